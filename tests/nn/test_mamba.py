@@ -1,0 +1,108 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mambacast import MambaConfig, MambaModel
+from mambacast.nn.mamba import MambaBlock
+
+SMALL = MambaConfig(d_model=16, d_state=4, num_layers=2, prediction_horizons=[1, 5])
+
+
+def small_model(dtype=torch.float64, seed=0, n_features=3, config=SMALL):
+    torch.manual_seed(seed)
+    return MambaModel(config, n_features=n_features).to(dtype).eval()
+
+
+def test_output_shapes():
+    model = small_model(torch.float32)
+    x = torch.randn(5, 12, 3)
+    assert model(x).shape == (5, 2)
+    assert model.encode(x).shape == (5, 12, 16)
+    assert model.horizons == [1, 5]
+
+
+def test_bad_input_shape_is_explicit():
+    model = small_model(torch.float32)
+    with pytest.raises(ValueError, match=r"n_features=3, got \(5, 12, 4\)"):
+        model(torch.randn(5, 12, 4))
+    with pytest.raises(ValueError, match="n_features"):
+        MambaModel(SMALL, n_features=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seq_len=st.integers(2, 24), data=st.data(), seed=st.integers(0, 2**16))
+def test_encode_is_causal(seq_len, data, seed):
+    t = data.draw(st.integers(0, seq_len - 2))
+    model = small_model(seed=seed % 7)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, seq_len, 3, dtype=torch.float64, generator=g)
+    x_changed = x.clone()
+    x_changed[:, t + 1:] = torch.randn(2, seq_len - t - 1, 3, dtype=torch.float64, generator=g) * 10
+    with torch.no_grad():
+        a, b = model.encode(x), model.encode(x_changed)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-12)
+    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_step_equals_parallel_encode(dtype, tol):
+    model = small_model(dtype, config=MambaConfig(num_layers=2))
+    x = torch.randn(3, 200, 3, dtype=dtype)
+    with torch.no_grad():
+        parallel = model.encode(x)
+        state = model.init_state(3)
+        steps = []
+        for t in range(200):
+            h, state = model.step(x[:, t], state)
+            steps.append(h)
+    torch.testing.assert_close(torch.stack(steps, 1), parallel, rtol=tol, atol=tol)
+
+
+def test_initialisation_matches_the_paper():
+    cfg = MambaConfig()
+    torch.manual_seed(0)
+    block = MambaBlock(cfg)
+    n = torch.arange(1, cfg.d_state + 1, dtype=torch.float32)
+    torch.testing.assert_close(block.A, -n.repeat(cfg.d_inner, 1))
+    dt = torch.nn.functional.softplus(block.dt_proj.bias)
+    assert dt.min() >= cfg.dt_min * (1 - 1e-4) and dt.max() <= cfg.dt_max * (1 + 1e-4)
+    # log-uniform: the log-spread covers most of [log dt_min, log dt_max]
+    assert dt.log().max() - dt.log().min() > 0.8 * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+    torch.testing.assert_close(block.D.detach(), torch.ones(cfg.d_inner))
+    assert block.dt_rank == 4 and block.conv1d.groups == cfg.d_inner
+
+
+def test_parameter_count_at_the_guide_config():
+    # Per block: norm 128 + in_proj 16384 + conv 640 + x_proj 4608 + dt_proj 640 + A 2048 + D 128
+    # + out_proj 8192 = 32768; embedding n_features*64+64; final norm 128; heads 4*(64+1).
+    model = MambaModel(MambaConfig(), n_features=10)
+    assert model.count_parameters() == 4 * 32768 + (10 * 64 + 64) + 128 + 4 * 65
+
+
+def test_model_learns_ar1_to_oracle_accuracy():
+    """Small model, few seconds of Adam: 1-step MSE within 10% of the true conditional mean's."""
+    phi, seq_len, n = 0.6, 16, 12000
+    g = torch.Generator().manual_seed(1)
+    eps = torch.randn(n, generator=g)
+    r = torch.zeros(n)
+    for t in range(1, n):
+        r[t] = phi * r[t - 1] + eps[t]
+    windows = r.unfold(0, seq_len + 1, 1)                          # (n - seq_len, seq_len + 1)
+    x, y = windows[:, :seq_len, None], windows[:, seq_len:]
+    split = 8000
+    torch.manual_seed(0)
+    model = MambaModel(MambaConfig(d_model=16, d_state=4, num_layers=1, prediction_horizons=[1]), 1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        idx = torch.randint(0, split, (64,), generator=g)
+        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mse = torch.nn.functional.mse_loss(model(x[split:]), y[split:]).item()
+    oracle = torch.nn.functional.mse_loss(phi * x[split:, -1], y[split:]).item()
+    assert mse < 1.10 * oracle, (mse, oracle)

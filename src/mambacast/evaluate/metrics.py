@@ -1,0 +1,441 @@
+"""Forecast metrics and tests: point errors, direction, proper scoring rules, calibration, Diebold-Mariano.
+
+Conventions
+-----------
+* Inputs are numpy arrays (anything `np.asarray` accepts); every function rejects empty arrays,
+  NaN/inf and mismatched shapes with a `ValueError` that names the argument.
+* Point metrics (`mae`, `rmse`, `mase`) return one float.
+* Scoring rules (`pinball_loss`, `crps_*`) return one score per forecast, shape `(n,)` (`pinball_loss`:
+  `(n, n_quantiles)`), so that they can feed `diebold_mariano`; average them for the mean score.
+  All are negatively oriented: lower is better.
+* `n` is the number of forecast origins of one series at one horizon; quantile forecasts are
+  `(n, n_quantiles)` with levels `quantiles` of shape `(n_quantiles,)`, strictly increasing in (0, 1).
+
+References: Diebold & Mariano (1995), JBES 13(3); Harvey, Leybourne & Newbold (1997), IJF 13(2);
+Gneiting & Raftery (2007), JASA 102(477); Hyndman & Koehler (2006), IJF 22(4).
+The formulas are written out in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Literal, NamedTuple
+
+import numpy as np
+import scoringrules as sr
+from scipy import stats
+
+__all__ = [
+    "INTERVALS",
+    "DirectionCounts",
+    "mae",
+    "rmse",
+    "mase",
+    "direction_counts",
+    "direction_accuracy",
+    "pinball_loss",
+    "crps_gaussian",
+    "crps_student_t",
+    "crps_from_quantiles",
+    "crps_ensemble",
+    "interval_coverage",
+    "pit_values",
+    "calibration_curve",
+    "diebold_mariano",
+    "evaluate_forecasts",
+]
+
+logger = logging.getLogger(__name__)
+
+Alternative = Literal["two-sided", "less", "greater"]
+
+#: Central prediction intervals reported by `evaluate_forecasts`: nominal coverage -> (lower, upper) level.
+INTERVALS: dict[int, tuple[float, float]] = {50: (0.25, 0.75), 80: (0.1, 0.9), 90: (0.05, 0.95)}
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _array(name: str, x: object) -> np.ndarray:
+    """`x` as a float64 array; raises if it is empty or holds NaN/inf."""
+    a = np.asarray(x, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError(f"{name} is empty: need at least one value")
+    if not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name} holds {bad} NaN/inf value(s): drop or fill them before evaluating")
+    return a
+
+
+def _same_shape(**arrays: np.ndarray) -> None:
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"shape mismatch: {', '.join(f'{k}{v}' for k, v in shapes.items())}")
+
+
+def _vector(name: str, x: object) -> np.ndarray:
+    a = _array(name, x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (n,), got shape {a.shape}")
+    return a
+
+
+def _levels(quantiles: object) -> np.ndarray:
+    q = _vector("quantiles", quantiles)
+    if np.any((q <= 0) | (q >= 1)) or np.any(np.diff(q) <= 0):
+        raise ValueError(f"quantiles must be strictly increasing levels in (0, 1), got {q.tolist()}")
+    return q
+
+
+def _quantile_forecasts(y: object, q_pred: object, quantiles: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate y (n,), q_pred (n, n_q) and levels (n_q,)."""
+    y_, q_ = _vector("y", y), _levels(quantiles)
+    p = _array("q_pred", q_pred)
+    if p.shape != (y_.size, q_.size):
+        raise ValueError(f"q_pred must have shape (n, n_quantiles) = {(y_.size, q_.size)}, got {p.shape}")
+    return y_, p, q_
+
+
+def _positive(name: str, x: object, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.broadcast_to(_array(name, x), shape)
+    if np.any(a <= 0):
+        raise ValueError(f"{name} must be > 0 everywhere")
+    return a
+
+
+# ------------------------------------------------------------------------------------------- point errors
+
+
+def mae(y_true: object, y_pred: object) -> float:
+    """Mean absolute error `mean|y - yhat|` over arrays of any (equal) shape."""
+    y, p = _array("y_true", y_true), _array("y_pred", y_pred)
+    _same_shape(y_true=y, y_pred=p)
+    return float(np.mean(np.abs(y - p)))
+
+
+def rmse(y_true: object, y_pred: object) -> float:
+    """Root mean squared error `sqrt(mean (y - yhat)^2)` over arrays of any (equal) shape."""
+    y, p = _array("y_true", y_true), _array("y_pred", y_pred)
+    _same_shape(y_true=y, y_pred=p)
+    return float(np.sqrt(np.mean((y - p) ** 2)))
+
+
+def mase(y_true: object, y_pred: object, insample: object, m: int = 1) -> float:
+    """Mean absolute scaled error (Hyndman & Koehler 2006).
+
+    `MASE = mean|y - yhat| / Q`, `Q = mean_{t>m} |x_t - x_{t-m}|` over the in-sample (training) series `x`:
+    the in-sample MAE of the naive forecast `x_{t-m}`. For `h`-step forecasts of a price, pass the training
+    prices and `m=h`, so the scale is the in-sample error of the random walk at the same horizon and
+    MASE < 1 means "better than the random walk". For `h`-day log-returns pass the training *log-prices*
+    and `m=h`: a log-return error equals the log-price error, and the naive forecast is a zero log-return.
+
+    Shapes: y_true, y_pred (n,) (any equal shape); insample (n_train,), n_train > m.
+    """
+    y, p = _array("y_true", y_true), _array("y_pred", y_pred)
+    _same_shape(y_true=y, y_pred=p)
+    x = _vector("insample", insample)
+    if not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"m must be a positive integer lag, got {m!r}")
+    if x.size <= m:
+        raise ValueError(f"insample has {x.size} values: need more than m={m} for the naive scale")
+    scale = float(np.mean(np.abs(x[m:] - x[:-m])))
+    if scale == 0.0:
+        raise ValueError(f"insample is constant at lag m={m}: the naive in-sample error is 0 and MASE is undefined")
+    return float(np.mean(np.abs(y - p))) / scale
+
+
+# ----------------------------------------------------------------------------------------------- direction
+
+
+class DirectionCounts(NamedTuple):
+    """Sign agreement of realised and predicted moves."""
+
+    hits: int  #: pairs with sign(y) == sign(yhat), both non-zero
+    n_used: int  #: pairs with both signs non-zero
+    n_zero_pred: int  #: pairs excluded because the prediction is exactly 0 (no call)
+    n_zero_true: int  #: pairs with a non-zero prediction excluded because the realised move is exactly 0
+
+
+def direction_counts(y_true_ret: object, y_pred_ret: object) -> DirectionCounts:
+    """Count sign hits; a zero prediction makes no directional call, a zero realised move has no direction.
+
+    Shapes: y_true_ret, y_pred_ret (n,) (any equal shape).
+    """
+    y, p = _array("y_true_ret", y_true_ret), _array("y_pred_ret", y_pred_ret)
+    _same_shape(y_true_ret=y, y_pred_ret=p)
+    zero_pred = p == 0
+    zero_true = (y == 0) & ~zero_pred
+    used = ~(zero_pred | zero_true)
+    hits = int(np.count_nonzero(np.sign(y[used]) == np.sign(p[used])))
+    return DirectionCounts(hits, int(used.sum()), int(zero_pred.sum()), int(zero_true.sum()))
+
+
+def direction_accuracy(
+    y_true_ret: object, y_pred_ret: object, alternative: Alternative = "two-sided"
+) -> tuple[float, float]:
+    """Hit rate of predicted signs and its exact binomial p-value against 50%.
+
+    `accuracy = hits / n_used`; `p = binomtest(hits, n_used, 0.5, alternative)` (exact, scipy). Pairs with a
+    zero prediction or a zero realised move are excluded (see `direction_counts`) and logged. With nothing
+    left (e.g. the random walk, which always predicts 0) returns `(nan, nan)`.
+    Note the test assumes independent signs; overlapping h-step returns (h > 1) are autocorrelated and
+    make it anti-conservative.
+    """
+    c = direction_counts(y_true_ret, y_pred_ret)
+    if c.n_zero_pred or c.n_zero_true:
+        logger.info("direction_accuracy: excluded %d zero predictions and %d zero realised moves of %d",
+                    c.n_zero_pred, c.n_zero_true, c.n_used + c.n_zero_pred + c.n_zero_true)
+    if c.n_used == 0:
+        logger.warning("direction_accuracy: no pair with a non-zero prediction and move; returning nan")
+        return float("nan"), float("nan")
+    p_value = stats.binomtest(c.hits, c.n_used, 0.5, alternative=alternative).pvalue
+    return c.hits / c.n_used, float(p_value)
+
+
+# ------------------------------------------------------------------------------------------- scoring rules
+
+
+def pinball_loss(y: object, q_pred: object, quantiles: object) -> np.ndarray:
+    """Pinball (quantile) loss `rho_tau(y - q) = (y - q) * (tau - 1{y < q})`, per observation and level.
+
+    Shapes: y (n,), q_pred (n, n_q), quantiles (n_q,) -> (n, n_q). A proper score for the tau-quantile
+    (Gneiting & Raftery 2007, sec. 9); `2 * mean` over a dense level grid approximates the CRPS.
+    """
+    y_, p, q = _quantile_forecasts(y, q_pred, quantiles)
+    u = y_[:, None] - p
+    return u * (q[None, :] - (u < 0))
+
+
+def crps_gaussian(y: object, mu: object, sigma: object) -> np.ndarray:
+    """Closed-form CRPS of N(mu, sigma^2) at y (Gneiting & Raftery 2007, eq. 21).
+
+    `CRPS = sigma * [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)]`, `z = (y - mu) / sigma`.
+    Shapes: y (n,); mu, sigma (n,) or scalars -> (n,).
+    """
+    y_ = _vector("y", y)
+    m = np.broadcast_to(_array("mu", mu), y_.shape)
+    s = _positive("sigma", sigma, y_.shape)
+    z = (y_ - m) / s
+    return s * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
+
+
+def crps_student_t(y: object, df: object, loc: object, scale: object) -> np.ndarray:
+    """Closed-form CRPS of the location-scale Student-t `loc + scale * T_df` at y (scoringrules `crps_t`).
+
+    `scale` is the t scale, not the standard deviation (`sd = scale * sqrt(df / (df - 2))`). Needs df > 1;
+    df = inf is the Gaussian limit and uses `crps_gaussian`. Shapes: y (n,); df, loc, scale (n,) or scalars -> (n,).
+    """
+    y_ = _vector("y", y)
+    nu = np.broadcast_to(np.asarray(df, dtype=np.float64), y_.shape)
+    if np.any(np.isnan(nu)) or np.any(nu <= 1):
+        raise ValueError("df must be > 1 (inf allowed) for the CRPS of a Student-t to be finite")
+    m = np.broadcast_to(_array("loc", loc), y_.shape)
+    s = _positive("scale", scale, y_.shape)
+    gaussian = np.isinf(nu)
+    out = np.empty_like(y_)
+    out[gaussian] = crps_gaussian(y_[gaussian], m[gaussian], s[gaussian]) if gaussian.any() else 0.0
+    t = ~gaussian
+    out[t] = np.asarray(sr.crps_t(y_[t], nu[t], m[t], s[t]), dtype=np.float64) if t.any() else 0.0
+    return out
+
+
+def crps_from_quantiles(y: object, q_pred: object, quantiles: object) -> np.ndarray:
+    """CRPS approximated from quantile forecasts (scoringrules `crps_quantile`): `(2 / n_q) * sum_tau rho_tau`.
+
+    Accurate when the levels are a dense, evenly spaced grid; with a few levels it is the scaled
+    mean pinball loss. Shapes: y (n,), q_pred (n, n_q), quantiles (n_q,) -> (n,).
+    """
+    y_, p, q = _quantile_forecasts(y, q_pred, quantiles)
+    return np.asarray(sr.crps_quantile(y_, p, q), dtype=np.float64)
+
+
+def crps_ensemble(y: object, members: object) -> np.ndarray:
+    """CRPS of an ensemble (sample) forecast, `E|X - y| - E|X - X'| / 2` (scoringrules `crps_ensemble`).
+
+    Shapes: y (n,), members (n, n_members) -> (n,).
+    """
+    y_ = _vector("y", y)
+    e = _array("members", members)
+    if e.ndim != 2 or e.shape[0] != y_.size:
+        raise ValueError(f"members must have shape (n, n_members) with n={y_.size}, got {e.shape}")
+    return np.asarray(sr.crps_ensemble(y_, e), dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------- calibration
+
+
+def interval_coverage(y: object, lower: object, upper: object) -> tuple[float, float]:
+    """Empirical coverage `mean(lower <= y <= upper)` and mean width `mean(upper - lower)`.
+
+    Shapes: y, lower, upper (n,) (any equal shape). Raises if any lower > upper.
+    """
+    y_, lo, hi = _array("y", y), _array("lower", lower), _array("upper", upper)
+    _same_shape(y=y_, lower=lo, upper=hi)
+    if np.any(lo > hi):
+        raise ValueError(f"lower > upper at {int(np.count_nonzero(lo > hi))} position(s): bounds are swapped")
+    return float(np.mean((lo <= y_) & (y_ <= hi))), float(np.mean(hi - lo))
+
+
+def pit_values(y: object, cdf: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Probability integral transform `u_i = F_i(y_i)`: each forecast's CDF at its own realisation.
+
+    `cdf` maps the realisations (n,) to their forecast CDF values (n,), e.g.
+    `lambda v: forecast.cdf(v, j)` for a batched `Forecast`. For a calibrated forecaster u ~ U(0, 1)
+    (Gneiting & Raftery 2007, sec. 2; Dawid 1984). Returns (n,) values in [0, 1].
+    """
+    y_ = _vector("y", y)
+    u = _array("cdf(y)", cdf(y_))
+    if u.shape != y_.shape:
+        raise ValueError(f"cdf returned shape {u.shape}, expected {y_.shape}")
+    if np.any((u < 0) | (u > 1)):
+        raise ValueError("cdf returned values outside [0, 1]: it is not a CDF")
+    return u
+
+
+def calibration_curve(y: object, q_pred: object, quantiles: object) -> dict[float, float]:
+    """Observed frequency `mean(y <= q_tau)` for each nominal level tau (reliability of quantile forecasts).
+
+    Shapes: y (n,), q_pred (n, n_q), quantiles (n_q,) -> {tau: frequency}; calibrated means frequency ~ tau.
+    """
+    y_, p, q = _quantile_forecasts(y, q_pred, quantiles)
+    freq = np.mean(y_[:, None] <= p, axis=0)
+    return {float(t): float(f) for t, f in zip(q, freq, strict=True)}
+
+
+# -------------------------------------------------------------------------------------- Diebold-Mariano
+
+
+def _dm_variance(d: np.ndarray, h: int) -> float:
+    """`(gamma_0 + 2 sum_{k=1}^{h-1} gamma_k) / n` with `gamma_k = (1/n) sum_t (d_t - dbar)(d_{t-k} - dbar)`."""
+    n = d.size
+    e = d - d.mean()
+    gamma = [float(e[k:] @ e[: n - k]) / n for k in range(h)]
+    return (gamma[0] + 2 * sum(gamma[1:])) / n
+
+
+def diebold_mariano(
+    loss_a: object, loss_b: object, h: int = 1, alternative: Alternative = "two-sided"
+) -> tuple[float, float]:
+    """Diebold-Mariano test of equal expected loss with the Harvey-Leybourne-Newbold correction.
+
+    `d_t = loss_a_t - loss_b_t`, `DM = dbar / sqrt(V)` with `V = (gamma_0 + 2 sum_{k=1}^{h-1} gamma_k) / n`
+    (Diebold & Mariano 1995: h-step errors are MA(h-1)); the HLN statistic
+    `DM* = DM * sqrt((n + 1 - 2h + h(h-1)/n) / n)` is compared with Student-t, n-1 df
+    (Harvey, Leybourne & Newbold 1997).
+    `alternative`: "two-sided"; "less" = a has lower expected loss than b; "greater" = a has higher.
+
+    Degenerate variance: if V <= 0 with h > 1 (the rectangular window is not positive definite), the test is
+    redone with h = 1, as R's `forecast::dm.test` does, and a warning is logged. If d is constant
+    (gamma_0 = 0): identical losses give (0.0, 1.0); a constant non-zero difference gives stat = +-inf with the
+    limiting p-value (0 for the side it favours, 1 for the other).
+
+    Shapes: loss_a, loss_b (n,) per-period losses of the same targets, in time order; n >= 2h.
+    """
+    a, b = _vector("loss_a", loss_a), _vector("loss_b", loss_b)
+    _same_shape(loss_a=a, loss_b=b)
+    if not isinstance(h, (int, np.integer)) or h < 1:
+        raise ValueError(f"h must be a positive integer horizon, got {h!r}")
+    if alternative not in ("two-sided", "less", "greater"):
+        raise ValueError(f"alternative must be 'two-sided', 'less' or 'greater', got {alternative!r}")
+    d = a - b
+    n = d.size
+    if n < max(2, 2 * h):
+        raise ValueError(f"need at least max(2, 2h) = {max(2, 2 * h)} loss pairs for h={h}, got {n}")
+    var = _dm_variance(d, h)
+    if var <= 0 and h > 1:
+        logger.warning("diebold_mariano: non-positive variance estimate at h=%d; redoing the test with h=1", h)
+        return diebold_mariano(a, b, h=1, alternative=alternative)
+    dbar = float(d.mean())
+    if var <= 0:
+        if dbar == 0:
+            return 0.0, 1.0
+        stat = float(np.copysign(np.inf, dbar))
+    else:
+        hln = np.sqrt((n + 1 - 2 * h + h * (h - 1) / n) / n)
+        stat = float(dbar / np.sqrt(var) * hln)
+    t = stats.t(df=n - 1)
+    if alternative == "two-sided":
+        p = 2 * t.sf(abs(stat))
+    elif alternative == "less":
+        p = t.cdf(stat)
+    else:
+        p = t.sf(stat)
+    return stat, float(min(p, 1.0))
+
+
+# ------------------------------------------------------------------------------------------------ summary
+
+
+def _level_key(quantiles: Mapping[float, object], level: float) -> float | None:
+    return next((k for k in quantiles if abs(k - level) < 1e-9), None)
+
+
+def evaluate_forecasts(
+    y_true_ret: object,
+    y_pred_ret: object,
+    origin_prices: object,
+    insample_prices: object,
+    horizon: int,
+    quantiles: Mapping[float, object] | None = None,
+    scale: object | None = None,
+    df: object | None = None,
+) -> dict[str, float]:
+    """All metrics for one series at one horizon, on h-day log-returns and on prices.
+
+    Inputs, for the n forecast origins t in time order:
+      y_true_ret (n,)     realised log-returns log(p[t+h] / p[t])
+      y_pred_ret (n,)     point forecasts of the same (prices are derived as p[t] * exp(r))
+      origin_prices (n,)  p[t]
+      insample_prices (n_train,)  the training prices, for the MASE scale (in-sample h-step naive error)
+      horizon             h in trading days
+      quantiles           optional {level: (n,) log-return quantiles}, increasing in the level
+      scale, df           optional predictive law of the log-return: `y_pred_ret + scale * Z` with Z standard
+                          normal (df None) or Student-t with df degrees of freedom (scale = t scale; df a
+                          scalar or (n,), inf = Gaussian)
+
+    Keys (all floats): n; ret_mae, ret_rmse, ret_mase, price_mae, price_rmse, price_mase; direction_accuracy,
+    direction_p_value, direction_n, direction_n_zero_pred, direction_n_zero_true; with quantiles:
+    pinball_q{tau}, pinball_mean, ret_crps_quantile, price_crps_quantile, calibration_q{tau}, and for each
+    interval of `INTERVALS` whose levels are present: coverage_{c}, ret_width_{c}, price_width_{c}
+    (coverage is the same in both units, the transform being monotone); with scale: ret_crps (closed form).
+    """
+    y, p = _vector("y_true_ret", y_true_ret), _vector("y_pred_ret", y_pred_ret)
+    p0 = _vector("origin_prices", origin_prices)
+    _same_shape(y_true_ret=y, y_pred_ret=p, origin_prices=p0)
+    train = _vector("insample_prices", insample_prices)
+    if np.any(p0 <= 0) or np.any(train <= 0):
+        raise ValueError("prices must be > 0 to take logs")
+    price_true, price_pred = p0 * np.exp(y), p0 * np.exp(p)
+    out: dict[str, float] = {
+        "n": float(y.size),
+        "ret_mae": mae(y, p),
+        "ret_rmse": rmse(y, p),
+        "ret_mase": mase(y, p, np.log(train), m=horizon),
+        "price_mae": mae(price_true, price_pred),
+        "price_rmse": rmse(price_true, price_pred),
+        "price_mase": mase(price_true, price_pred, train, m=horizon),
+    }
+    acc, p_value = direction_accuracy(y, p)
+    counts = direction_counts(y, p)
+    out.update(direction_accuracy=acc, direction_p_value=p_value, direction_n=float(counts.n_used),
+               direction_n_zero_pred=float(counts.n_zero_pred), direction_n_zero_true=float(counts.n_zero_true))
+    if quantiles:
+        levels = sorted(quantiles)
+        qp = np.column_stack([_vector(f"quantiles[{k}]", quantiles[k]) for k in levels])
+        pin = pinball_loss(y, qp, levels)
+        out.update({f"pinball_q{k:g}": float(v) for k, v in zip(levels, pin.mean(axis=0), strict=True)})
+        out["pinball_mean"] = float(pin.mean())
+        out["ret_crps_quantile"] = float(crps_from_quantiles(y, qp, levels).mean())
+        out["price_crps_quantile"] = float(crps_from_quantiles(price_true, p0[:, None] * np.exp(qp), levels).mean())
+        out.update({f"calibration_q{k:g}": v for k, v in calibration_curve(y, qp, levels).items()})
+        for c, (lo, hi) in INTERVALS.items():
+            klo, khi = _level_key(quantiles, lo), _level_key(quantiles, hi)
+            if klo is None or khi is None:
+                continue
+            lower, upper = np.asarray(quantiles[klo], float), np.asarray(quantiles[khi], float)
+            out[f"coverage_{c}"], out[f"ret_width_{c}"] = interval_coverage(y, lower, upper)
+            out[f"price_width_{c}"] = float(np.mean(p0 * (np.exp(upper) - np.exp(lower))))
+    if scale is not None:
+        out["ret_crps"] = float((crps_gaussian(y, p, scale) if df is None else crps_student_t(y, df, p, scale)).mean())
+    return out

@@ -1,5 +1,17 @@
-"""Evaluation core: forecast metrics and tests (`metrics`)."""
+"""Evaluation core: forecast metrics and tests (`metrics`) and baseline forecasters (`baselines`)."""
 
+from .baselines import (
+    DEFAULT_QUANTILES,
+    BaseForecaster,
+    Drift,
+    Forecast,
+    Forecaster,
+    GarchT,
+    HistoricalVolGaussian,
+    Momentum,
+    RandomWalk,
+    momentum_log_returns,
+)
 from .metrics import (
     INTERVALS,
     calibration_curve,
@@ -20,7 +32,16 @@ from .metrics import (
 )
 
 __all__ = [
+    "DEFAULT_QUANTILES",
     "INTERVALS",
+    "BaseForecaster",
+    "Drift",
+    "Forecast",
+    "Forecaster",
+    "GarchT",
+    "HistoricalVolGaussian",
+    "Momentum",
+    "RandomWalk",
     "calibration_curve",
     "crps_ensemble",
     "crps_from_quantiles",
@@ -33,6 +54,7 @@ __all__ = [
     "interval_coverage",
     "mae",
     "mase",
+    "momentum_log_returns",
     "pinball_loss",
     "pit_values",
     "rmse",

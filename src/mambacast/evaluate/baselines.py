@@ -1,0 +1,576 @@
+"""Baseline forecasters behind one interface, so the backtest treats the Mamba model and the baselines alike.
+
+Every forecaster predicts h-day log-returns `r = log(p[t+h] / p[t])` from the closes up to and including the
+forecast origin t, for several horizons at once, as a point (`mean`) and a predictive distribution
+(`quantiles`, and for the parametric baselines the exact location-scale law `mean + scale * Z`).
+
+Baselines (exact rules in docs/evaluation.md):
+  RandomWalk             r = 0;                  N(0, sigma_train^2 h)
+  Drift                  r = mu_train h;         N(mu_train h, sigma_train^2 h)
+  Momentum               r = shrink * mean of the last `lookback` daily log-returns * h;
+                         N(r, sigma_60^2 h) with sigma_60 the sd of the last 60 daily log-returns
+                         (`momentum_log_returns` is the rule the predictor falls back to)
+  HistoricalVolGaussian  r = 0 (or mu_train h);  N(r, sigma_window^2 h), rolling window
+  GarchT                 GARCH(1,1), Student-t innovations (arch); r = mu h; standardised t with the
+                         fitted nu and variance sum_{k=1..h} sigma^2_{t+k|t}
+
+`predict_many(prices, origins, horizons)` forecasts at many origins in one call (vectorised for the
+baselines): the result equals stacking `predict(prices[:o + 1], horizons)` over the origins, so it never looks
+past an origin. Arrays of a many-origin `Forecast` carry a leading origin axis: `(n_origins, n_horizons)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from arch import arch_model
+from scipy import signal, stats
+
+__all__ = [
+    "DEFAULT_QUANTILES",
+    "MIN_DAILY_VOL",
+    "Forecast",
+    "Forecaster",
+    "BaseForecaster",
+    "momentum_log_returns",
+    "RandomWalk",
+    "Drift",
+    "Momentum",
+    "HistoricalVolGaussian",
+    "GarchT",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Quantile levels every baseline reports: the 50/80/90% central intervals and the median.
+DEFAULT_QUANTILES: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+#: Floor on a daily log-return volatility (a flat window would otherwise give a zero-width distribution).
+MIN_DAILY_VOL = 1e-6
+
+
+# --------------------------------------------------------------------------------------------- Forecast
+
+
+def _float_array(name: str, x: object) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"Forecast.{name} holds NaN/inf")
+    return a
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Multi-horizon forecast of log-returns `log(p[t+h] / p[t])` at one origin or many.
+
+    horizons   [h_1, ..., h_H] in trading days
+    mean       (H,) or (n_origins, H): point forecast of the log-return (price point: p_t * exp(mean))
+    quantiles  optional {level: array shaped like mean}, non-decreasing in the level
+    scale      optional, shaped like mean: the predictive law is `mean + scale * Z`, Z ~ N(0, 1) if df is None,
+               else Student-t(df) (scale is then the t scale; sd = scale * sqrt(df / (df - 2)))
+    df         Student-t degrees of freedom, > 2 (inf = Gaussian): a scalar or an array broadcastable to mean
+               (e.g. one per horizon), stored shaped like mean; or None (Gaussian)
+    """
+
+    horizons: list[int]
+    mean: np.ndarray
+    quantiles: dict[float, np.ndarray] | None = None
+    scale: np.ndarray | None = None
+    df: np.ndarray | float | None = None
+
+    def __post_init__(self) -> None:
+        horizons = _check_horizons(self.horizons)
+        mean = _float_array("mean", self.mean)
+        if mean.ndim not in (1, 2) or mean.shape[-1] != len(horizons):
+            raise ValueError(f"Forecast.mean must be (n_horizons,) or (n_origins, n_horizons) with "
+                             f"n_horizons={len(horizons)}, got shape {mean.shape}")
+        quantiles = None
+        if self.quantiles is not None:
+            quantiles = {float(q): _float_array(f"quantiles[{q}]", v) for q, v in sorted(self.quantiles.items())}
+            if not quantiles or any(not 0 < q < 1 for q in quantiles):
+                raise ValueError(f"Forecast.quantiles needs levels in (0, 1), got {list(quantiles)}")
+            if any(v.shape != mean.shape for v in quantiles.values()):
+                raise ValueError(f"every Forecast.quantiles array must have the shape of mean {mean.shape}")
+            if np.any(np.diff(np.stack(list(quantiles.values())), axis=0) < 0):
+                raise ValueError("Forecast.quantiles must be non-decreasing in the level")
+        scale = None
+        if self.scale is not None:
+            scale = _float_array("scale", self.scale)
+            if scale.shape != mean.shape or np.any(scale <= 0):
+                raise ValueError(f"Forecast.scale must be > 0 with the shape of mean {mean.shape}")
+        df = None
+        if self.df is not None:
+            df = np.asarray(self.df, dtype=np.float64)
+            if scale is None or np.any(np.isnan(df)) or np.any(df <= 2):
+                raise ValueError(f"Forecast.df must be > 2 (inf allowed) and needs a scale, got {self.df}")
+            try:
+                df = np.broadcast_to(df, mean.shape).copy()
+            except ValueError:
+                raise ValueError(f"Forecast.df of shape {df.shape} does not broadcast to mean {mean.shape}") from None
+        object.__setattr__(self, "horizons", horizons)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "quantiles", quantiles)
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "df", df)
+
+    @classmethod
+    def from_location_scale(
+        cls,
+        horizons: Sequence[int],
+        mean: np.ndarray,
+        scale: np.ndarray,
+        df: np.ndarray | float | None = None,
+        levels: Sequence[float] = DEFAULT_QUANTILES,
+    ) -> Forecast:
+        """Forecast of the law `mean + scale * Z` (Gaussian, or Student-t with df), with its quantiles at `levels`."""
+        m, s = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        quantiles = {float(q): m + s * (stats.norm.ppf(q) if df is None else stats.t.ppf(q, df)) for q in levels}
+        return cls(list(horizons), m, quantiles, s, df)
+
+    @classmethod
+    def stack(cls, forecasts: Sequence[Forecast]) -> Forecast:
+        """Stack single-origin forecasts (same horizons and quantile levels) into one (n_origins, H) forecast."""
+        if not forecasts:
+            raise ValueError("cannot stack an empty list of forecasts")
+        first = forecasts[0]
+        for f in forecasts:
+            if f.mean.ndim != 1 or f.horizons != first.horizons:
+                raise ValueError("stack needs single-origin forecasts with equal horizons")
+            if any((getattr(f, a) is None) != (getattr(first, a) is None) for a in ("quantiles", "scale", "df")):
+                raise ValueError("stack needs forecasts that all have (or all lack) quantiles, scale and df")
+            if f.quantiles is not None and list(f.quantiles) != list(first.quantiles or {}):
+                raise ValueError("stack needs forecasts with the same quantile levels")
+        quantiles = None if first.quantiles is None else {
+            q: np.stack([f.quantiles[q] for f in forecasts]) for q in first.quantiles  # type: ignore[index]
+        }
+        scale = None if first.scale is None else np.stack([f.scale for f in forecasts])
+        df = None if first.df is None else np.stack([f.df for f in forecasts])
+        return cls(first.horizons, np.stack([f.mean for f in forecasts]), quantiles, scale, df)
+
+    @property
+    def n_origins(self) -> int | None:
+        """Number of origins of a many-origin forecast; None for a single-origin one."""
+        return self.mean.shape[0] if self.mean.ndim == 2 else None
+
+    def at(self, i: int) -> Forecast:
+        """The single-origin forecast at row `i` of a many-origin forecast."""
+        if self.mean.ndim != 2:
+            raise ValueError("at() needs a many-origin forecast (mean of shape (n_origins, n_horizons))")
+        quantiles = None if self.quantiles is None else {q: v[i] for q, v in self.quantiles.items()}
+        return Forecast(self.horizons, self.mean[i], quantiles, None if self.scale is None else self.scale[i],
+                        None if self.df is None else self.df[i])
+
+    def price_point(self, current_price: float | np.ndarray) -> np.ndarray:
+        """Point price forecast `p_t * exp(mean)`: (H,), or (n_origins, H) with current_price (n_origins,)."""
+        return self._prices(current_price) * np.exp(self.mean)
+
+    def price_quantiles(self, current_price: float | np.ndarray) -> dict[float, np.ndarray]:
+        """Price quantiles `p_t * exp(q_level)` (exact: exp is increasing), shaped like mean."""
+        if self.quantiles is None:
+            raise ValueError("this forecast has no quantiles")
+        p = self._prices(current_price)
+        return {q: p * np.exp(v) for q, v in self.quantiles.items()}
+
+    def cdf(self, log_return: float | np.ndarray, horizon_index: int) -> float | np.ndarray:
+        """P(r_h <= log_return) at horizon `horizons[horizon_index]`: scalar, or (n_origins,).
+
+        Exact for a parametric forecast (scale set). From quantiles alone, the CDF is interpolated linearly
+        between the quantile points and clamped to [lowest level, highest level] outside them: beyond the
+        outermost quantiles a quantile forecast only bounds the tail probability.
+        """
+        x = np.asarray(log_return, dtype=np.float64)
+        m = self.mean[..., horizon_index]
+        if self.scale is not None:
+            z = (x - m) / self.scale[..., horizon_index]
+            u = stats.norm.cdf(z) if self.df is None else stats.t.cdf(z, self.df[..., horizon_index])
+        elif self.quantiles is not None and len(self.quantiles) >= 2:
+            levels = np.array(list(self.quantiles))
+            qv = np.stack([v[..., horizon_index] for v in self.quantiles.values()], axis=-1)
+            u = _interp_cdf(np.broadcast_to(x, m.shape), qv, levels)
+        else:
+            raise ValueError("this forecast has no distribution (needs scale, or at least two quantiles)")
+        return float(u) if np.ndim(u) == 0 else u
+
+    def prob_above(self, current_price: float | np.ndarray, strike: float, horizon_index: int) -> float | np.ndarray:
+        """P(p_{t+h} > strike) = 1 - F_h(log(strike / p_t)) at horizon `horizons[horizon_index]`."""
+        if not strike > 0:
+            raise ValueError(f"strike must be > 0, got {strike}")
+        return 1.0 - self.cdf(np.log(strike / self._origin_prices(current_price)), horizon_index)
+
+    def _origin_prices(self, current_price: float | np.ndarray) -> np.ndarray:
+        """current_price as a scalar array (single origin) or (n_origins,) (many origins)."""
+        p = np.asarray(current_price, dtype=np.float64)
+        if np.any(~np.isfinite(p)) or np.any(p <= 0):
+            raise ValueError("current_price must be finite and > 0")
+        expected = () if self.mean.ndim == 1 else (self.mean.shape[0],)
+        if p.shape != expected and not (p.ndim == 0 and self.mean.ndim == 2):
+            raise ValueError(f"current_price must have shape {expected} (a scalar is also accepted for many "
+                             f"origins), got {p.shape}")
+        return p
+
+    def _prices(self, current_price: float | np.ndarray) -> np.ndarray:
+        """current_price broadcastable against mean."""
+        p = self._origin_prices(current_price)
+        return p[..., None] if p.ndim == 1 else p
+
+
+def _interp_cdf(x: np.ndarray, qv: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Piecewise-linear CDF through the points (qv[..., k], levels[k]), clamped to [levels[0], levels[-1]]."""
+    idx = np.clip(np.sum(qv <= x[..., None], axis=-1), 1, levels.size - 1)
+    lo = np.take_along_axis(qv, (idx - 1)[..., None], axis=-1)[..., 0]
+    hi = np.take_along_axis(qv, idx[..., None], axis=-1)[..., 0]
+    gap = hi - lo
+    w = np.divide(x - lo, gap, out=np.ones_like(gap), where=gap > 0)
+    return np.clip(levels[idx - 1] + w * (levels[idx] - levels[idx - 1]), levels[0], levels[-1])
+
+
+# ---------------------------------------------------------------------------------------------- interface
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """What the backtest needs from the model and from every baseline."""
+
+    name: str
+
+    def fit(self, prices: np.ndarray) -> Forecaster:
+        """Estimate parameters on the training closes `prices` (n_days,) up to the forecast origin."""
+        ...
+
+    def predict(self, prices: np.ndarray, horizons: Sequence[int]) -> Forecast:
+        """Forecast from the closes up to and including the origin t = prices[-1]; mean of shape (H,)."""
+        ...
+
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        """Forecasts at the origins (indices into prices), each from prices[:o + 1]; mean (n_origins, H)."""
+        ...
+
+
+class BaseForecaster(ABC):
+    """Base class: subclasses implement `fit` and `predict`; `predict_many` loops over `predict`."""
+
+    name: str
+
+    @abstractmethod
+    def fit(self, prices: np.ndarray) -> BaseForecaster: ...
+
+    @abstractmethod
+    def predict(self, prices: np.ndarray, horizons: Sequence[int]) -> Forecast: ...
+
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        """Forecasts at many origins by calling `predict(prices[:o + 1], horizons)` for each origin."""
+        p = _check_prices(prices)
+        return Forecast.stack([self.predict(p[: o + 1], horizons) for o in _check_origins(origins, p.size, 0)])
+
+
+class _VectorisedForecaster(BaseForecaster):
+    """A baseline whose `predict_many` is vectorised; `predict` is its single-origin case."""
+
+    def predict(self, prices: np.ndarray, horizons: Sequence[int]) -> Forecast:
+        p = _check_prices(prices)
+        return self.predict_many(p, [p.size - 1], horizons).at(0)
+
+    @abstractmethod
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast: ...
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _check_prices(prices: object, min_len: int = 1) -> np.ndarray:
+    p = np.asarray(prices, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"prices must be 1-D (n_days,), got shape {p.shape}")
+    if p.size < min_len:
+        raise ValueError(f"need at least {min_len} prices, got {p.size}")
+    if not np.all(np.isfinite(p)) or np.any(p <= 0):
+        raise ValueError("prices must be finite and > 0 (drop NaN rows and bad ticks first)")
+    return p
+
+
+def _check_horizons(horizons: object) -> list[int]:
+    hs = list(horizons)  # type: ignore[call-overload]
+    if not hs or any(not isinstance(h, (int, np.integer)) or isinstance(h, bool) or h < 1 for h in hs):
+        raise ValueError(f"horizons must be a non-empty list of positive integers, got {hs!r}")
+    if len(set(hs)) != len(hs):
+        raise ValueError(f"horizons must not repeat, got {hs!r}")
+    return [int(h) for h in hs]
+
+
+def _check_origins(origins: Sequence[int], n_prices: int, min_origin: int) -> np.ndarray:
+    o = np.asarray(origins)
+    if o.ndim != 1 or o.size == 0 or not np.issubdtype(o.dtype, np.integer):
+        raise ValueError(f"origins must be a non-empty 1-D sequence of integer indices, got {origins!r}")
+    if o.min() < min_origin or o.max() >= n_prices:
+        raise ValueError(f"origins must lie in [{min_origin}, {n_prices - 1}] (enough history, inside prices), "
+                         f"got range [{o.min()}, {o.max()}]")
+    return o.astype(np.int64)
+
+
+def _floor_vol(sigma: np.ndarray, who: str) -> np.ndarray:
+    if np.any(sigma < MIN_DAILY_VOL):
+        logger.warning("%s: daily volatility below %g at %d origin(s) (flat prices); floored",
+                       who, MIN_DAILY_VOL, int(np.count_nonzero(sigma < MIN_DAILY_VOL)))
+    return np.maximum(sigma, MIN_DAILY_VOL)
+
+
+def _train_moments(prices: np.ndarray, who: str) -> tuple[float, float]:
+    """Mean and sd (ddof=1) of the daily log-returns of the training closes (n_days >= 3)."""
+    r = np.diff(np.log(_check_prices(prices, min_len=3)))
+    return float(r.mean()), float(_floor_vol(np.array(r.std(ddof=1)), who))
+
+
+def _trailing_mean_std(log_prices: np.ndarray, origins: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd (ddof=1) of the last k = min(window, o) daily log-returns before each origin o (>= 2)."""
+    r = np.diff(log_prices)
+    k = np.minimum(window, origins)
+    mean = (log_prices[origins] - log_prices[origins - k]) / k
+    c2 = np.concatenate([[0.0], np.cumsum(r**2)])
+    var = (c2[origins] - c2[origins - k] - k * mean**2) / (k - 1)
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def _gaussian(horizons: list[int], mean_daily: np.ndarray, vol_daily: np.ndarray, who: str) -> Forecast:
+    """N(mean_daily * h, vol_daily^2 * h) per origin (rows) and horizon (columns)."""
+    h = np.asarray(horizons, dtype=np.float64)
+    vol = _floor_vol(np.asarray(vol_daily, dtype=np.float64), who)
+    return Forecast.from_location_scale(horizons, np.outer(mean_daily, h), np.outer(vol, np.sqrt(h)))
+
+
+def _check_fitted(value: object, who: str) -> None:
+    if value is None:
+        raise RuntimeError(f"{who} is not fitted: call fit(training_prices) first")
+
+
+# -------------------------------------------------------------------------------------------- momentum
+
+
+def _momentum_mean(log_prices: np.ndarray, origins: np.ndarray, lookback: int, shrink: float) -> np.ndarray:
+    """shrink * (log p_o - log p_{o-k}) / k with k = min(lookback, o): the daily momentum drift, (n_origins,)."""
+    k = np.minimum(lookback, origins)
+    return shrink * (log_prices[origins] - log_prices[origins - k]) / k
+
+
+def _check_momentum_args(lookback: int, shrink: float) -> None:
+    if not isinstance(lookback, (int, np.integer)) or lookback < 1:
+        raise ValueError(f"lookback must be a positive integer, got {lookback!r}")
+    if not 0.0 <= shrink <= 1.0:
+        raise ValueError(f"shrink must lie in [0, 1], got {shrink!r}")
+
+
+def momentum_log_returns(
+    prices: np.ndarray, horizons: Sequence[int], lookback: int = 20, shrink: float = 0.5
+) -> np.ndarray:
+    """The momentum rule: predicted h-day log-returns `shrink * rbar * h`, shape (H,).
+
+    `rbar = (log p_t - log p_{t-k}) / k`, the mean of the last k = min(lookback, n_days - 1) daily log-returns
+    before the origin t = prices[-1]. `shrink` in [0, 1] pulls the extrapolated trend toward the random walk
+    (0 = random walk, 1 = full extrapolation); 0.5 is a convention, not an estimate. Needs >= 2 prices.
+    This is the fallback the predictor uses when no model can answer.
+    """
+    _check_momentum_args(lookback, shrink)
+    p = _check_prices(prices, min_len=2)
+    rbar = _momentum_mean(np.log(p), np.array([p.size - 1]), lookback, shrink)[0]
+    return rbar * np.asarray(_check_horizons(horizons), dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------- baselines
+
+
+class RandomWalk(_VectorisedForecaster):
+    """Zero log-return; Gaussian N(0, sigma^2 h) with sigma the sd of the training daily log-returns."""
+
+    name = "random_walk"
+
+    def __init__(self) -> None:
+        self.sigma_: float | None = None
+
+    def fit(self, prices: np.ndarray) -> RandomWalk:
+        self.sigma_ = _train_moments(prices, self.name)[1]
+        return self
+
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        _check_fitted(self.sigma_, self.name)
+        o = _check_origins(origins, _check_prices(prices).size, 0)
+        return _gaussian(_check_horizons(horizons), np.zeros(o.size), np.full(o.size, self.sigma_), self.name)
+
+
+class Drift(_VectorisedForecaster):
+    """Training-mean daily log-return times h; Gaussian N(mu h, sigma^2 h) with training mean and sd."""
+
+    name = "drift"
+
+    def __init__(self) -> None:
+        self.mu_: float | None = None
+        self.sigma_: float | None = None
+
+    def fit(self, prices: np.ndarray) -> Drift:
+        self.mu_, self.sigma_ = _train_moments(prices, self.name)
+        return self
+
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        _check_fitted(self.mu_, self.name)
+        o = _check_origins(origins, _check_prices(prices).size, 0)
+        return _gaussian(_check_horizons(horizons), np.full(o.size, self.mu_), np.full(o.size, self.sigma_),
+                         self.name)
+
+
+class Momentum(_VectorisedForecaster):
+    """`momentum_log_returns` as the mean; Gaussian with the sd of the last `vol_window` daily log-returns.
+
+    Stateless: `fit` only checks its input. Needs >= 3 prices up to each origin (origins >= 2).
+    """
+
+    name = "momentum"
+
+    def __init__(self, lookback: int = 20, shrink: float = 0.5, vol_window: int = 60) -> None:
+        _check_momentum_args(lookback, shrink)
+        if not isinstance(vol_window, (int, np.integer)) or vol_window < 2:
+            raise ValueError(f"vol_window must be an integer >= 2, got {vol_window!r}")
+        self.lookback, self.shrink, self.vol_window = lookback, shrink, vol_window
+
+    def fit(self, prices: np.ndarray) -> Momentum:
+        _check_prices(prices, min_len=3)
+        return self
+
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        lp = np.log(_check_prices(prices, min_len=3))
+        o = _check_origins(origins, lp.size, 2)
+        mean = _momentum_mean(lp, o, self.lookback, self.shrink)
+        return _gaussian(_check_horizons(horizons), mean, _trailing_mean_std(lp, o, self.vol_window)[1], self.name)
+
+
+class HistoricalVolGaussian(_VectorisedForecaster):
+    """Zero mean (or training drift); Gaussian with the sd of the last `window` daily log-returns (rolling).
+
+    Needs >= 3 prices up to each origin (origins >= 2).
+    """
+
+    def __init__(self, window: int = 60, drift: bool = False) -> None:
+        if not isinstance(window, (int, np.integer)) or window < 2:
+            raise ValueError(f"window must be an integer >= 2, got {window!r}")
+        self.window, self.drift = window, drift
+        self.name = "hist_vol_drift" if drift else "hist_vol"
+        self.mu_: float | None = None
+
+    def fit(self, prices: np.ndarray) -> HistoricalVolGaussian:
+        self.mu_ = _train_moments(prices, self.name)[0] if self.drift else 0.0
+        return self
+
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        _check_fitted(self.mu_, self.name)
+        lp = np.log(_check_prices(prices, min_len=3))
+        o = _check_origins(origins, lp.size, 2)
+        vol = _trailing_mean_std(lp, o, self.window)[1]
+        return _gaussian(_check_horizons(horizons), np.full(o.size, self.mu_), vol, self.name)
+
+
+class GarchT(_VectorisedForecaster):
+    """GARCH(1,1) with Student-t innovations (Bollerslev 1986, 1987), fitted with `arch` on 100 x log-returns.
+
+    Model (percent units): `100 r_s = mu + eps_s`, `eps_s = sigma_s z_s`, z standardised t(nu),
+    `sigma^2_{s+1} = omega + alpha eps_s^2 + beta sigma^2_s`. Parameters are estimated only in `fit` (the backtest
+    refits every 252 days); `predict_many` filters sigma^2 through the given history with the fitted parameters,
+    starting from the training sample variance of eps at prices[0]. With phi = alpha + beta,
+    `sigma^2_{t+k|t} = omega sum_{j<k-1} phi^j + phi^{k-1} sigma^2_{t+1|t}`; the h-day log-return is forecast as
+    `mu h / 100` with variance `V_h = sum_{k=1..h} sigma^2_{t+k|t} / 100^2` and the standardised t(nu) law
+    (an approximation: a sum of GARCH-t returns is not exactly t).
+
+    If the fit fails, does not converge, or the training window has fewer than `min_obs` returns, a warning is
+    logged and the model falls back to a constant historical volatility (Gaussian, training mean and sd):
+    omega = training variance, alpha = beta = 0, nu = None.
+    """
+
+    name = "garch_t"
+
+    def __init__(self, min_obs: int = 250) -> None:
+        self.min_obs = min_obs
+        self.params_: dict[str, float] | None = None  # mu, omega, alpha, beta in percent units
+        self.nu_: float | None = None  # Student-t degrees of freedom; None after a fallback (Gaussian)
+        self.init_var_: float | None = None
+
+    @property
+    def converged(self) -> bool:
+        """True if the GARCH-t fit is in use, False after a fallback to historical volatility."""
+        _check_fitted(self.params_, self.name)
+        return self.nu_ is not None
+
+    @property
+    def persistence(self) -> float:
+        """alpha + beta of the fitted model (0 after a fallback)."""
+        _check_fitted(self.params_, self.name)
+        return self.params_["alpha"] + self.params_["beta"]  # type: ignore[index]
+
+    def fit(self, prices: np.ndarray) -> GarchT:
+        r = 100 * np.diff(np.log(_check_prices(prices, min_len=3)))
+        fitted = None
+        if r.size < self.min_obs:
+            logger.warning("%s: %d training returns < min_obs=%d; falling back to historical volatility",
+                           self.name, r.size, self.min_obs)
+        else:
+            fitted = self._fit_arch(r)
+        if fitted is None:
+            var = 1e4 * float(_floor_vol(np.array(r.std(ddof=1) / 100), self.name)) ** 2
+            self.params_, self.nu_ = {"mu": float(r.mean()), "omega": var, "alpha": 0.0, "beta": 0.0}, None
+            self.init_var_ = var
+        else:
+            self.params_, self.nu_ = fitted
+            self.init_var_ = float(np.var(r - self.params_["mu"]))
+        return self
+
+    def _fit_arch(self, r: np.ndarray) -> tuple[dict[str, float], float] | None:
+        """Maximum-likelihood fit with arch: (params, nu), or None (with a logged warning) on failure."""
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = arch_model(r, mean="Constant", vol="GARCH", p=1, q=1, dist="t", rescale=False).fit(disp="off")
+        except Exception as exc:  # noqa: BLE001 - any optimiser failure must degrade to the fallback, not crash
+            logger.warning("%s: GARCH fit failed (%s: %s); falling back to historical volatility",
+                           self.name, type(exc).__name__, exc)
+            return None
+        for w in caught:
+            logger.info("%s: arch: %s", self.name, w.message)
+        p = res.params
+        params = {"mu": float(p["mu"]), "omega": float(p["omega"]), "alpha": float(p["alpha[1]"]),
+                  "beta": float(p["beta[1]"])}
+        nu = float(p["nu"])
+        if res.convergence_flag != 0 or not np.all(np.isfinite([*params.values(), nu])) or nu <= 2:
+            logger.warning("%s: GARCH fit did not converge (flag %s, params %s, nu %s); falling back to "
+                           "historical volatility", self.name, res.convergence_flag, params, nu)
+            return None
+        return params, nu
+
+    def conditional_variance(self, prices: np.ndarray) -> np.ndarray:
+        """One-step variances sigma^2_{t+1|t} (percent^2) at every origin t = 0..n_days-1 of prices, (n_days,)."""
+        _check_fitted(self.params_, self.name)
+        pr: dict[str, float] = self.params_  # type: ignore[assignment]
+        eps = 100 * np.diff(np.log(_check_prices(prices))) - pr["mu"]
+        drive = np.concatenate([[self.init_var_], pr["omega"] + pr["alpha"] * eps**2])
+        return signal.lfilter([1.0], [1.0, -pr["beta"]], drive)  # s2[i] = drive[i] + beta * s2[i-1]
+
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        p = _check_prices(prices)
+        o = _check_origins(origins, p.size, 0)
+        hs = _check_horizons(horizons)
+        s2 = self.conditional_variance(p[: o.max() + 1])[o]
+        pr: dict[str, float] = self.params_  # type: ignore[assignment]
+        coeffs = np.array([_garch_sum_coeffs(pr["alpha"] + pr["beta"], h) for h in hs])  # (H, 2)
+        var = (np.outer(s2, coeffs[:, 0]) + pr["omega"] * coeffs[:, 1]) / 1e4
+        mean = np.outer(np.full(o.size, pr["mu"] / 100), hs)
+        scale = np.sqrt(var if self.nu_ is None else var * (self.nu_ - 2) / self.nu_)
+        return Forecast.from_location_scale(hs, mean, scale, df=self.nu_)
+
+
+def _garch_sum_coeffs(phi: float, h: int) -> tuple[float, float]:
+    """(A_h, B_h) with sum_{k=1..h} sigma^2_{t+k|t} = A_h sigma^2_{t+1|t} + B_h omega for GARCH(1,1).
+
+    A_h = sum_{k=1..h} phi^{k-1};  B_h = sum_{k=1..h} sum_{j=0..k-2} phi^j.
+    """
+    powers = phi ** np.arange(h)
+    partial = np.concatenate([[0.0], np.cumsum(powers)[:-1]])  # sum_{j<k-1} phi^j for k = 1..h
+    return float(powers.sum()), float(partial.sum())

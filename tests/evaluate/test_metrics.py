@@ -244,3 +244,14 @@ def test_evaluate_forecasts_is_consistent_with_the_parts():
     assert {"pinball_q0.05", "pinball_mean", "ret_crps_quantile", "price_crps_quantile", "coverage_50"} <= set(out)
     assert all(isinstance(v, float) for v in out.values())
     assert "coverage_80" not in M.evaluate_forecasts(y, pred, origin, train, h, quantiles={0.5: pred})
+
+
+def test_crps_student_t_infinite_df_is_gaussian_and_evaluate_accepts_per_origin_df():
+    y, loc, scale = np.array([0.3, -1.0]), np.array([0.0, 0.5]), np.array([1.0, 2.0])
+    got = M.crps_student_t(y, np.array([np.inf, 5.0]), loc, scale)
+    assert got[0] == pytest.approx(M.crps_gaussian(y[:1], 0.0, 1.0)[0])
+    assert got[1] == pytest.approx(float(sr.crps_t(-1.0, 5.0, 0.5, 2.0)))
+    out = M.evaluate_forecasts(y, loc, [10.0, 10.0], [9.0, 10.0, 11.0], 1, scale=scale, df=[np.inf, 5.0])
+    assert out["ret_crps"] == pytest.approx(got.mean())
+    with pytest.raises(ValueError, match="without scale"):
+        M.evaluate_forecasts(y, loc, [10.0, 10.0], [9.0, 10.0, 11.0], 1, df=5.0)

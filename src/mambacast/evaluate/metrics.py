@@ -436,6 +436,8 @@ def evaluate_forecasts(
             lower, upper = np.asarray(quantiles[klo], float), np.asarray(quantiles[khi], float)
             out[f"coverage_{c}"], out[f"ret_width_{c}"] = interval_coverage(y, lower, upper)
             out[f"price_width_{c}"] = float(np.mean(p0 * (np.exp(upper) - np.exp(lower))))
+    if df is not None and scale is None:
+        raise ValueError("df was given without scale: the predictive law needs both")
     if scale is not None:
         out["ret_crps"] = float((crps_gaussian(y, p, scale) if df is None else crps_student_t(y, df, p, scale)).mean())
     return out

@@ -64,7 +64,7 @@ def _float_array(name: str, x: object) -> np.ndarray:
     return a
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Forecast:
     """Multi-horizon forecast of log-returns `log(p[t+h] / p[t])` at one origin or many.
 

@@ -257,26 +257,41 @@ class FeatureScaler:
 class TargetScaler:
     """Per-horizon standardisation of the log-return targets, fitted on training targets only.
 
+    Targets come either as the generator's dict ``{horizon: (n_samples, 1)}`` or as one array
+    ``(n_samples, n_horizons)`` whose columns follow `horizons` (positions 0, 1, ... when None).
+
     Attributes:
-        horizons_: horizons in fitted order; mean_, scale_: ``(n_horizons,)`` float64.
+        horizons_: horizon of each column, in fitted order.
+        mean_, scale_: ``(n_horizons,)`` float64; ``std_`` is the same as ``scale_``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, horizons: Sequence[int] | None = None) -> None:
+        self.horizons = None if horizons is None else [int(h) for h in horizons]
         self.horizons_: list[int] = []
         self.mean_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
 
-    def fit(self, y: Mapping[int, np.ndarray]) -> TargetScaler:
-        """Fit on ``{horizon: (n_samples, 1)}`` training targets."""
-        if not y:
-            raise DataError("TargetScaler.fit needs targets {horizon: (n_samples, 1)}, got none")
-        self.horizons_ = [int(h) for h in y]
-        stacked = [np.asarray(v, dtype=np.float64).reshape(-1) for v in y.values()]
-        if any(v.size == 0 or not np.isfinite(v).all() for v in stacked):
-            raise DataError("TargetScaler.fit got empty or non-finite targets")
-        self.mean_ = np.array([v.mean() for v in stacked])
-        std = np.array([v.std() for v in stacked])
-        self.scale_ = np.where(std < _MIN_STD, 1.0, std)
+    @property
+    def std_(self) -> np.ndarray | None:
+        return self.scale_
+
+    def fit(self, y: Mapping[int, np.ndarray] | np.ndarray) -> TargetScaler:
+        """Fit on training targets ``{h: (n_samples, 1)}`` or ``(n_samples, n_horizons)``."""
+        if isinstance(y, Mapping):
+            horizons = [int(h) for h in y]
+            columns = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in y.values()], axis=1) \
+                if y else np.empty((0, 0))
+        else:
+            columns = np.asarray(y, dtype=np.float64)
+            columns = columns[:, None] if columns.ndim == 1 else columns
+            horizons = self.horizons if self.horizons is not None else list(range(columns.shape[-1]))
+        if columns.ndim != 2 or columns.size == 0 or columns.shape[1] != len(horizons):
+            raise DataError(f"TargetScaler.fit needs targets {{horizon: (n_samples, 1)}} or (n_samples, n_horizons) "
+                            f"matching horizons={horizons}, got shape {columns.shape}")
+        if not np.isfinite(columns).all():
+            raise DataError("TargetScaler.fit got non-finite targets; check the prices for zeros or gaps")
+        std = columns.std(axis=0)
+        self.horizons_, self.mean_, self.scale_ = horizons, columns.mean(axis=0), np.where(std < _MIN_STD, 1.0, std)
         return self
 
     def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
@@ -290,23 +305,28 @@ class TargetScaler:
         except ValueError as exc:
             raise DataError(f"horizon {horizon} was not fitted (fitted: {self.horizons_})") from exc
 
-    def transform(self, y: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """``{h: (n, 1)}`` -> standardised float32 ``{h: (n, 1)}``."""
+    def _columns(self, arr: np.ndarray) -> np.ndarray:
+        mean, _ = self._fitted()
+        if arr.shape[-1:] != mean.shape:
+            raise DataError(f"TargetScaler has {mean.size} horizons {self.horizons_} but got shape {arr.shape}")
+        return arr
+
+    def transform(self, y: Mapping[int, np.ndarray] | np.ndarray) -> dict[int, np.ndarray] | np.ndarray:
+        """Standardised float32 targets, in the form given (dict, or array ``(..., n_horizons)``)."""
         mean, scale = self._fitted()
-        return {h: ((np.asarray(v, dtype=np.float64) - mean[self._column(h)]) / scale[self._column(h)])
-                .astype(np.float32) for h, v in y.items()}
+        if isinstance(y, Mapping):
+            return {h: ((np.asarray(v, dtype=np.float64) - mean[self._column(h)]) / scale[self._column(h)])
+                    .astype(np.float32) for h, v in y.items()}
+        return ((self._columns(np.asarray(y, dtype=np.float64)) - mean) / scale).astype(np.float32)
 
     def inverse_transform(self, y: Mapping[int, np.ndarray] | np.ndarray) -> dict[int, np.ndarray] | np.ndarray:
-        """Back to log returns: a dict ``{h: values}``, or an array ``(..., n_horizons)`` whose last axis
-        follows ``horizons_`` (e.g. a model's ``(batch, n_horizons)`` output). Returns float64."""
+        """Back to log returns (float64), in the form given: a dict ``{h: values}``, or an array
+        ``(..., n_horizons)`` such as a model's ``(batch, n_horizons)`` output."""
         mean, scale = self._fitted()
         if isinstance(y, Mapping):
             return {h: np.asarray(v, dtype=np.float64) * scale[self._column(h)] + mean[self._column(h)]
                     for h, v in y.items()}
-        arr = np.asarray(y, dtype=np.float64)
-        if arr.shape[-1:] != mean.shape:
-            raise DataError(f"TargetScaler has {mean.size} horizons {self.horizons_} but got shape {arr.shape}")
-        return arr * scale + mean
+        return self._columns(np.asarray(y, dtype=np.float64)) * scale + mean
 
     def to_dict(self) -> dict[str, Any]:
         mean, scale = self._fitted()
@@ -322,7 +342,6 @@ class TargetScaler:
             raise DataError(f"bad TargetScaler data (needs 'horizons', 'mean', 'scale'): {exc}") from exc
         if not (len(horizons) == mean.size == scale.size) or mean.ndim != 1 or not (scale > 0).all():
             raise DataError("bad TargetScaler data: 'horizons', 'mean' and 'scale' must have equal lengths, scale > 0")
-        scaler = cls()
+        scaler = cls(horizons)
         scaler.horizons_, scaler.mean_, scaler.scale_ = horizons, mean, scale
         return scaler
-

@@ -317,7 +317,7 @@ def _read_table(file: Path, fmt: str) -> pd.DataFrame:
     try:
         stat = file.stat()
     except FileNotFoundError as exc:
-        raise DataFileError(f"{file} does not exist; pass --path to an existing file or directory") from exc
+        raise DataFileError(f"{file} does not exist; pass --data with an existing file or directory") from exc
     return _read_table_cached(str(file), fmt, stat.st_mtime_ns, stat.st_size)
 
 
@@ -408,7 +408,7 @@ def _symbol_files(directory: Path, fmt: str) -> dict[str, Path]:
 def _load_file_source(symbol: str, path: str | Path | None, fmt: str) -> pd.DataFrame:
     if path is None:
         raise DataFileError(f"--source {fmt} needs a path: a directory of {fmt} files named like "
-                            f"AAPL{_SUFFIXES[fmt][0]} or one {fmt} file with a symbol column (pass path=... / --path)")
+                            f"AAPL{_SUFFIXES[fmt][0]} or one {fmt} file with a symbol column (pass path=... / --data)")
     root = Path(path).expanduser()
     source = f"{fmt}:{root}"
     if root.is_dir():

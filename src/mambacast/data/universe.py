@@ -85,7 +85,7 @@ def parse_symbols(spec: str | list[str]) -> list[str]:
 
 def check_available(symbols: str | list[str], source: str = "sample",
                     path: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
-    """Which symbols `source` can serve.
+    """Which symbols `source` can serve (each is loaded once: for yahoo that downloads or reads the cache).
 
     Returns:
         ``(available, missing)``: the available symbols in order, and for each missing one a

@@ -381,3 +381,10 @@ def test_as_price_frame(walk_frame: pd.DataFrame) -> None:
     assert from_series.attrs["symbol"] == "WALK" and from_series.index.equals(walk_frame.index)
     from_frame = as_price_frame(walk_frame.rename(columns=str.upper))
     assert list(from_frame.columns) == list(walk_frame.columns) and from_frame.attrs["symbol"] == "WALK"
+
+
+def test_long_file_errors_give_the_line_in_the_file(tmp_path) -> None:
+    file = tmp_path / "all.csv"
+    _write_csv(file, "symbol,date,close\nAAA,2024-01-02,1\nBBB,2024-01-02,2\nBBB,2024-01-03,n/a?\n")
+    with pytest.raises(DataFileError, match=r"all.csv: column 'close' has non-numeric value 'n/a\?' at line 4"):
+        load_prices("BBB", source="csv", path=file)

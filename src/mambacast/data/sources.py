@@ -321,9 +321,11 @@ def _read_table(file: Path, fmt: str) -> pd.DataFrame:
     return _read_table_cached(str(file), fmt, stat.st_mtime_ns, stat.st_size)
 
 
-def _where(fmt: str, position: int) -> str:
+def _where(table: pd.DataFrame, fmt: str, position: int) -> str:
+    """Where data row `position` of `table` is in its file (a long file's subset keeps the file's row labels)."""
+    row = int(table.index[position])
     # CSV: the header is line 1, so data row i (0-based) is on line i + 2.
-    return f"line {position + 2}" if fmt == "csv" else f"row {position}"
+    return f"line {row + 2}" if fmt == "csv" else f"row {row}"
 
 
 def _numeric(table: pd.DataFrame, column: str, file: Path, fmt: str) -> pd.Series:
@@ -335,7 +337,7 @@ def _numeric(table: pd.DataFrame, column: str, file: Path, fmt: str) -> pd.Serie
         first = int(bad[0])
         more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
         raise DataFileError(
-            f"{file}: column '{column}' has non-numeric value {raw.iloc[first]!r} at {_where(fmt, first)}"
+            f"{file}: column '{column}' has non-numeric value {raw.iloc[first]!r} at {_where(table, fmt, first)}"
             f"{more}; write plain numbers (no currency signs or thousands separators), or leave the cell empty "
             "for a missing day")
     return values.astype("float64")
@@ -352,7 +354,7 @@ def _dates(table: pd.DataFrame, file: Path, fmt: str) -> pd.DatetimeIndex:
     if bad.size:
         first = int(bad[0])
         raise DataFileError(
-            f"{file}: unparsable date {raw.iloc[first]!r} at {_where(fmt, first)} ({bad.size} bad in total); "
+            f"{file}: unparsable date {raw.iloc[first]!r} at {_where(table, fmt, first)} ({bad.size} bad in total); "
             "use one format for the whole column, ISO (2024-01-31) is safest")
     index = pd.DatetimeIndex(dates)
     dup = index[index.duplicated()]
@@ -433,7 +435,7 @@ def _load_file_source(symbol: str, path: str | Path | None, fmt: str) -> pd.Data
         raise UnknownSymbolError(
             f"{root} has no rows for {symbol}; {_close_matches(symbol, keys.dropna().unique())}"
             f"{'; ' + hint if hint else ''}")
-    return _frame_from_table(rows.reset_index(drop=True), root, fmt, symbol, source)
+    return _frame_from_table(rows, root, fmt, symbol, source)
 
 
 def _list_file_source(path: str | Path | None, fmt: str) -> list[dict[str, Any]]:

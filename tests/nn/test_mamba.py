@@ -77,9 +77,10 @@ def test_initialisation_matches_the_paper():
 
 def test_parameter_count_at_the_guide_config():
     # Per block: norm 128 + in_proj 16384 + conv 640 + x_proj 4608 + dt_proj 640 + A 2048 + D 128
-    # + out_proj 8192 = 32768; embedding n_features*64+64; final norm 128; heads 4*(64+1).
+    # + out_proj 8192 = 32768; embedding n_features*64+64; final norm 128; point heads 4*(64+1);
+    # Student-t heads: scale 4*(64+1) + df 4.
     model = MambaModel(MambaConfig(), n_features=10)
-    assert model.count_parameters() == 4 * 32768 + (10 * 64 + 64) + 128 + 4 * 65
+    assert model.count_parameters() == 4 * 32768 + (10 * 64 + 64) + 128 + 4 * 65 + 4 * 65 + 4
 
 
 def test_model_learns_ar1_to_oracle_accuracy():

@@ -9,7 +9,7 @@ Block (Gu & Dao 2023, `mamba_simple` formulation), pre-norm residual:
     out = out_proj(y * SiLU(z));  return input + out
 
 Model: Linear(n_features -> d_model), `num_layers` blocks, final LayerNorm, one linear head
-per horizon on the last time step. `step()` is the recurrent form (O(1) per new bar) and
+per horizon on the last time step (plus a Student-t scale head for the forecast distribution). `step()` is the recurrent form (O(1) per new bar) and
 equals the parallel `encode()` step for step.
 """
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MambaConfig
-from .heads import PointHead
+from .heads import PointHead, StudentTHead
 from .scan import selective_scan
 
 __all__ = ["MambaBlock", "MambaModel", "LayerState"]
@@ -120,6 +120,7 @@ class MambaModel(nn.Module):
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.num_layers))
         self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.head = PointHead(config.d_model, config.prediction_horizons)
+        self.dist_head = StudentTHead(config.d_model, config.prediction_horizons)
         # GPT-2 / mamba_simple: scale residual-branch outputs by 1/sqrt(num_layers) at init.
         for layer in self.layers:
             nn.init.kaiming_uniform_(layer.out_proj.weight, a=math.sqrt(5))
@@ -146,6 +147,12 @@ class MambaModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encode(x)[:, -1])
+
+    def forward_distribution(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Student-t per horizon: loc (batch, n_horizons) = forward(x), scale (batch, n_horizons), df (n_horizons,)."""
+        h = self.encode(x)[:, -1]
+        scale, df = self.dist_head(h)
+        return self.head(h), scale, df
 
     def init_state(self, batch_size: int) -> list[LayerState]:
         p = self.embed.weight

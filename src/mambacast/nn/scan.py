@@ -2,7 +2,7 @@
 
 Every implementation shares one signature and computes, for each batch row and channel,
 
-    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t        h_{-1} = 0
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t        h_{-1} = initial_state or 0
     y_t = C_t . h_t + D * u_t
 
 Shapes (names used across the package):
@@ -12,26 +12,59 @@ Shapes (names used across the package):
     D:        (d_inner,) or None
     returns y: (batch, seq_len, d_inner)
 
-`selective_scan_ref` is the readable sequential loop and the oracle for every fast path.
-`selective_scan` is the default: a chunked scan with a hand-written backward that keeps
-only one `(chunk, batch, d_inner, d_state)` block alive at a time plus the state at each
-chunk boundary, recomputing the inside of a chunk during the backward pass (the strategy
-of mamba-ssm's CUDA kernel, here in plain PyTorch).
+Keyword-only extras, shared by every implementation (mamba-ssm's `selective_scan_fn` names):
+    z:                  (batch, seq_len, d_inner) or None; if given the output is `y * silu(z)`
+    delta_bias:         (d_inner,) or None; added to delta before the (optional) softplus
+    delta_softplus:     if True, delta = softplus(delta + delta_bias) inside the scan
+    initial_state:      (batch, d_inner, d_state) or None (zeros): the state h_{-1}
+    return_final_state: if True return (y, h_last) with h_last (batch, d_inner, d_state)
+Gradients flow to every tensor input, `initial_state` included, and from `h_last`, so a long
+sequence can be scanned piece by piece with the state carried between pieces.
+
+Implementations:
+`selective_scan_ref`     the readable sequential loop and the oracle for every fast path.
+`selective_scan_chunked` pure PyTorch; a chunked scan with a hand-written backward that keeps
+                         only one `(chunk, batch, d_inner, d_state)` block alive at a time plus the
+                         state at each chunk boundary, recomputing the inside of a chunk during the
+                         backward pass (the strategy of mamba-ssm's CUDA kernel, here in PyTorch).
+`selective_scan_fused`   the compiled CPU kernel (`mambacast/ops/csrc/selective_scan.cpp`):
+                         discretisation, recurrence, C-contraction, D skip, softplus and z gating
+                         fused in one pass per (batch row, block of channels) with the state in
+                         registers; no `(batch, seq_len, d_inner, d_state)` tensor is ever made.
+                         The backward recomputes each chunk from its saved boundary state.
+`selective_scan`         the entry point: `fused` on CPU for float32/float64 when the kernel
+                         builds, `chunked` otherwise. `MAMBACAST_SCAN=ref|chunked|fused` forces one
+                         (`fused` then raises if the kernel is unavailable instead of falling back).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "DEFAULT_CHUNK"]
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_fused",
+           "scan_impl", "DEFAULT_CHUNK", "fused_chunk"]
 
-# Steps per chunk. 64 keeps a (64, 32, 128, 16) fp32 block at 16 MiB for the guide's config
-# while leaving the Python loop (one fused multiply-add per step) the only per-step cost.
+# Steps per chunk of the chunked scan. 64 keeps a (64, 32, 128, 16) fp32 block at 16 MiB for the
+# guide's config while leaving the Python loop (one fused multiply-add per step) the only per-step cost.
 DEFAULT_CHUNK = 64
+IMPLS = ("ref", "chunked", "fused")
+MAX_FUSED_STATE = 1024
 
 
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None) -> None:
+def fused_chunk(d_state: int) -> int:
+    """Steps per recompute chunk of the fused kernel: its per-task scratch, 2 * chunk * d_state
+    vectors of 64 bytes, stays at 256 KiB (in L2) for any d_state; 128 steps at d_state 16."""
+    return max(16, min(256, 2048 // max(1, d_state)))
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                  z: Tensor | None = None, delta_bias: Tensor | None = None,
+                  initial_state: Tensor | None = None) -> None:
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must both be (batch, seq_len, d_inner); got {tuple(u.shape)} "
                          f"and {tuple(delta.shape)}")
@@ -44,28 +77,50 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
             raise ValueError(f"{name} must be (batch, seq_len, d_state)={expected}; got {tuple(t.shape)}")
     if D is not None and tuple(D.shape) != (d_inner,):
         raise ValueError(f"D must be (d_inner,)=({d_inner},); got {tuple(D.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must be (batch, seq_len, d_inner)={tuple(u.shape)}; got {tuple(z.shape)}")
+    if delta_bias is not None and tuple(delta_bias.shape) != (d_inner,):
+        raise ValueError(f"delta_bias must be (d_inner,)=({d_inner},); got {tuple(delta_bias.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, d_inner, A.shape[1]):
+        raise ValueError(f"initial_state must be (batch, d_inner, d_state)={(batch, d_inner, A.shape[1])}; "
+                         f"got {tuple(initial_state.shape)}")
+
+
+def _discretise_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
+    if delta_bias is not None:
+        delta = delta + delta_bias
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _finish(y: Tensor, z: Tensor | None, h_last: Tensor, return_final_state: bool) -> Tensor | tuple[Tensor, Tensor]:
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, h_last) if return_final_state else y
 
 
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                       D: Tensor | None = None) -> Tensor:
+                       D: Tensor | None = None, *, z: Tensor | None = None, delta_bias: Tensor | None = None,
+                       delta_softplus: bool = False, initial_state: Tensor | None = None,
+                       return_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Sequential reference: one step of the recurrence per time step, autograd throughout.
 
     Holds `(batch, seq_len, d_inner, d_state)` for the discretised `exp(delta*A)` and
     `delta*B*u`; it is meant to be read and to check the fast paths, not to be fast.
     """
-    _check_shapes(u, delta, A, B, C, D)
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     batch, seq_len, d_inner = u.shape
+    delta = _discretise_delta(delta, delta_bias, delta_softplus)
     deltaA = torch.exp(delta.unsqueeze(-1) * A)                         # (b, l, d, n)
     deltaBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)                # (b, l, d, n)
-    h = u.new_zeros(batch, d_inner, A.shape[1])
+    h = initial_state if initial_state is not None else u.new_zeros(batch, d_inner, A.shape[1])
     ys = []
     for t in range(seq_len):
         h = deltaA[:, t] * h + deltaBu[:, t]
         ys.append((h * C[:, t].unsqueeze(1)).sum(-1))                   # (b, d)
-    y = torch.stack(ys, dim=1)
+    y = torch.stack(ys, dim=1) if ys else u.new_zeros(u.shape)
     if D is not None:
         y = y + u * D
-    return y
+    return _finish(y, z, h, return_final_state)
 
 
 def _chunk_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, t0: int, t1: int
@@ -97,9 +152,9 @@ def _contract_c(hs: Tensor, Ct: Tensor) -> Tensor:
 class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,  # type: ignore[override]
-                D: Tensor | None, chunk: int) -> Tensor:
+                D: Tensor | None, chunk: int, h0: Tensor | None) -> tuple[Tensor, Tensor]:
         batch, seq_len, d_inner = u.shape
-        h = u.new_zeros(batch, d_inner, A.shape[1])
+        h = u.new_zeros(batch, d_inner, A.shape[1]) if h0 is None else h0.detach()
         y = torch.empty_like(u)
         starts = list(range(0, seq_len, chunk))
         h0s = []
@@ -119,23 +174,26 @@ class _ChunkedScan(torch.autograd.Function):
         empty = u.new_empty(0)
         saved_hs = (hs, dA, dBu) if ctx.single else (empty, empty, empty)
         ctx.save_for_backward(u, delta, A, B, C, D if D is not None else u.new_empty(0),
-                              torch.stack(h0s), *saved_hs)
+                              torch.stack(h0s) if h0s else u.new_empty(0), *saved_hs)
         ctx.has_d = D is not None
         ctx.chunk = chunk
-        return y
+        ctx.set_materialize_grads(False)
+        return y, h.clone()
 
     @staticmethod
-    def backward(ctx, dy: Tensor):  # type: ignore[override]
+    def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):  # type: ignore[override]
         u, delta, A, B, C, D, h0s, *saved = ctx.saved_tensors
         batch, seq_len, d_inner = u.shape
         chunk = ctx.chunk
-        dy = dy.contiguous()
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous()
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
         dB = torch.empty_like(B)
         dC = torch.empty_like(C)
         dAmat = torch.zeros_like(A)
-        carry = None  # exp(delta_{t1} A) * g_{t1}, flowing back from the next chunk
+        # carry = dL/dh at the end of the chunk being processed, from outside it: from the final
+        # state at first, then exp(delta_{t1} A) * g_{t1} flowing back from the next chunk.
+        carry = dh_last
         starts = list(range(0, seq_len, chunk))
         for i in reversed(range(len(starts))):
             t0 = starts[i]
@@ -174,23 +232,139 @@ class _ChunkedScan(torch.autograd.Function):
         if ctx.has_d:
             du.add_(dy * D)
             dD = (dy * u).sum(dim=(0, 1))
-        return du, ddelta, dAmat, dB, dC, dD, None
+        return du, ddelta, dAmat, dB, dC, dD, None, carry if ctx.needs_input_grad[7] else None
 
 
 def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                           D: Tensor | None = None, chunk: int = DEFAULT_CHUNK) -> Tensor:
+                           D: Tensor | None = None, chunk: int = DEFAULT_CHUNK, *, z: Tensor | None = None,
+                           delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                           initial_state: Tensor | None = None,
+                           return_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Chunked scan with a recomputing backward; same maths as `selective_scan_ref`.
 
     Memory: one `(chunk, batch, d_inner, d_state)` block plus `ceil(seq_len/chunk)` boundary
     states, instead of the reference's `(batch, seq_len, d_inner, d_state)` tensors.
     """
-    _check_shapes(u, delta, A, B, C, D)
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive integer")
-    return _ChunkedScan.apply(u, delta, A, B, C, D, chunk)
+    delta = _discretise_delta(delta, delta_bias, delta_softplus)
+    y, h_last = _ChunkedScan.apply(u, delta, A, B, C, D, chunk, initial_state)
+    return _finish(y, z, h_last, return_final_state)
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+class _FusedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,  # type: ignore[override]
+                D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, h0: Tensor | None,
+                softplus: bool, chunk: int) -> tuple[Tensor, Tensor]:
+        from ..ops import load
+
+        ops = load()
+        At = A.t().contiguous()                                          # (n, d)
+        h0t = None if h0 is None else h0.transpose(1, 2).contiguous()    # (b, n, d)
+        save = any(ctx.needs_input_grad[:9])
+        y, h_last, hsave = ops.scan_fwd(u, delta, At, B, C, D, z, delta_bias, h0t, softplus, chunk, save)
+        if save:
+            ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, hsave)
+        ctx.softplus, ctx.chunk = softplus, chunk
+        ctx.set_materialize_grads(False)
+        return y, h_last.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):  # type: ignore[override]
+        from ..ops import load
+
+        u, delta, At, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
+        dy = torch.zeros_like(u) if dy is None else _unit_last(dy)
+        dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = load().scan_bwd(
+            u, delta, At, B, C, D, z, delta_bias, hsave, dy, dhl, ctx.softplus, ctx.chunk)
+        need = ctx.needs_input_grad
+
+        def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension
+            return partial[0] if partial.shape[0] == 1 else partial.sum(0)
+
+        return (du if need[0] else None, ddelta if need[1] else None,
+                dA.sum(0).t() if need[2] else None, total(dB) if need[3] else None,
+                total(dC) if need[4] else None, total(dD) if D is not None and need[5] else None,
+                dz if z is not None and need[6] else None,
+                total(dbias) if delta_bias is not None and need[7] else None,
+                dh0.transpose(1, 2) if need[8] else None, None, None)
+
+
+def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Tensor | None = None, chunk: int | None = None, *, z: Tensor | None = None,
+                         delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                         initial_state: Tensor | None = None,
+                         return_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """The compiled CPU kernel (float32/float64, d_state <= 256); same maths as `selective_scan_ref`.
+
+    Memory: the inputs, y, and one `(batch, d_inner, d_state)` state per `chunk` steps saved for
+    the backward (none without autograd). Raises `mambacast.ops.ExtensionUnavailable` if the
+    kernel cannot be built. Inputs of mixed floating dtypes are computed in their promoted dtype.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if u.device.type != "cpu":
+        raise ValueError(f"selective_scan_fused runs on the CPU only; got tensors on {u.device}")
+    if A.shape[1] > MAX_FUSED_STATE:
+        raise ValueError(f"selective_scan_fused supports d_state <= {MAX_FUSED_STATE}; got {A.shape[1]}")
+    chunk = fused_chunk(A.shape[1]) if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be a positive integer")
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"selective_scan_fused supports float32 and float64; got {dtype}")
+
+    def prep(t: Tensor | None, vector: bool = False) -> Tensor | None:
+        if t is None:
+            return None
+        t = t.to(dtype)
+        return t.contiguous() if vector else _unit_last(t)
+
+    y, h_last = _FusedScan.apply(prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D, True), prep(z),
+                                 prep(delta_bias, True), prep(initial_state), bool(delta_softplus), chunk)
+    return (y, h_last) if return_final_state else y
+
+
+def _fused_applies(u: Tensor, A: Tensor) -> bool:
+    return (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64)
+            and A.shape[1] <= MAX_FUSED_STATE)
+
+
+def scan_impl(u: Tensor, A: Tensor) -> str:
+    """The implementation `selective_scan` uses for these inputs: 'ref', 'chunked' or 'fused'.
+
+    `MAMBACAST_SCAN` (ref|chunked|fused|auto, default auto) forces one; auto picks `fused` on
+    CPU for float32/float64 when the kernel builds (a build failure is logged once), else `chunked`.
+    """
+    choice = os.environ.get("MAMBACAST_SCAN", "auto").strip().lower() or "auto"
+    if choice == "auto":
+        if _fused_applies(u, A):
+            from ..ops import available
+
+            if available():
+                return "fused"
+        return "chunked"
+    if choice not in IMPLS:
+        raise ValueError(f"MAMBACAST_SCAN={choice!r} is invalid: use one of auto, {', '.join(IMPLS)}")
+    return choice
+
+
+_IMPL_FNS = {"ref": selective_scan_ref, "chunked": selective_scan_chunked, "fused": selective_scan_fused}
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                   D: Tensor | None = None) -> Tensor:
-    """Default selective scan (see module docstring for the equations and shapes)."""
-    return selective_scan_chunked(u, delta, A, B, C, D)
+                   D: Tensor | None = None, *, z: Tensor | None = None, delta_bias: Tensor | None = None,
+                   delta_softplus: bool = False, initial_state: Tensor | None = None,
+                   return_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Default selective scan (see module docstring for the equations, shapes and the choice of kernel)."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return _IMPL_FNS[scan_impl(u, A)](u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
+                                      delta_softplus=delta_softplus, initial_state=initial_state,
+                                      return_final_state=return_final_state)

@@ -1,0 +1,133 @@
+"""Build and load the fused CPU selective-scan kernel (``csrc/selective_scan.cpp``) on first use.
+
+The kernel is compiled once per (source, flags, torch, Python, CPU) combination with
+``torch.utils.cpp_extension.load`` into ``$MAMBACAST_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/mambacast`` or ``~/.cache/mambacast``), under ``ext/mambacast_scan_<key>``.
+It is compiled with ``-march=native``, so the key includes the CPU's model name and flag list:
+a cache shared between different machines never hands one machine another's binary. If the
+native build fails, a portable ``-O3`` build is tried. Loading is lazy and thread-safe; a
+failure (no compiler, no ninja, build or import error) is logged once as a warning and
+remembered, and callers fall back to the pure-PyTorch scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+__all__ = ["ExtensionUnavailable", "load", "available", "cache_dir", "SOURCE"]
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
+_COMMON_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
+_FLAG_SETS = (["-march=native"], [])
+
+_lock = threading.Lock()
+_ops: Any = None
+_error: BaseException | None = None
+
+
+class ExtensionUnavailable(RuntimeError):
+    """The fused kernel could not be built or loaded on this machine."""
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("MAMBACAST_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mambacast"
+
+
+def _cpu_signature() -> str:
+    try:
+        model = flags = ""
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "Processor", "CPU part") and not model:
+                    model = line
+                elif key in ("flags", "Features") and not flags:
+                    flags = line
+                if model and flags:
+                    break
+        if model or flags:
+            return model + flags
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {platform.platform()}"
+
+
+def _build() -> Any:
+    from torch.utils import cpp_extension
+
+    source = SOURCE.read_bytes()
+    errors = []
+    for extra in _FLAG_SETS:
+        flags = _COMMON_FLAGS + extra
+        key = hashlib.sha256(b"\0".join([
+            source, " ".join(flags).encode(), torch.__version__.encode(), sys.version.encode(),
+            _cpu_signature().encode(),
+        ])).hexdigest()[:16]
+        name = f"mambacast_scan_{key}"
+        build_dir = cache_dir() / "ext" / name
+        try:
+            build_dir.mkdir(parents=True, exist_ok=True)
+            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                               build_directory=str(build_dir), is_python_module=False, verbose=False)
+            ops = torch.ops.mambacast
+            ops.scan_fwd, ops.scan_bwd  # noqa: B018 - raises if the library did not register
+            return SimpleNamespace(scan_fwd=ops.scan_fwd, scan_bwd=ops.scan_bwd, name=name, flags=flags)
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
+            errors.append(f"{' '.join(flags)}: {type(exc).__name__}: {str(exc).strip()[-2000:]}")
+    raise ExtensionUnavailable("could not build the fused selective-scan kernel:\n" + "\n".join(errors))
+
+
+def load() -> Any:
+    """Return the kernel's ops (``scan_fwd``, ``scan_bwd``), building them on first call.
+
+    Raises ExtensionUnavailable (every call, after one logged warning) if it cannot be built.
+    """
+    global _ops, _error
+    if _ops is not None:
+        return _ops
+    with _lock:
+        if _ops is not None:
+            return _ops
+        if _error is None:
+            try:
+                _ops = _build()
+                logger.debug("loaded fused selective-scan kernel %s", _ops.name)
+                return _ops
+            except Exception as exc:  # noqa: BLE001
+                _error = exc if isinstance(exc, ExtensionUnavailable) else ExtensionUnavailable(
+                    f"could not build the fused selective-scan kernel: {type(exc).__name__}: {exc}")
+                logger.warning("%s\nFalling back to the pure-PyTorch chunked scan (slower). "
+                               "Set MAMBACAST_SCAN=chunked to silence this.", _error)
+        raise _error
+
+
+def available() -> bool:
+    """True if the fused kernel is (or can be) loaded; builds it on first call."""
+    try:
+        load()
+        return True
+    except ExtensionUnavailable:
+        return False
+
+
+def _reset() -> None:
+    """Forget a load failure (tests); a loaded kernel stays loaded (its ops cannot be unregistered)."""
+    global _error
+    with _lock:
+        _error = None

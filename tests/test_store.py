@@ -100,3 +100,17 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     (tmp_path / ".x.bin.tmp-123").write_bytes(b"partial")   # what a killed writer leaves
     assert ModelStore(tmp_path).clean_temporary_files() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_cleaning_one_symbol_leaves_the_others(tmp_path):
+    store = ModelStore(tmp_path)
+    leftovers = [store.checkpoint_dir("AAPL") / ".best_model.safetensors.tmp-x",
+                 store.weights_path("AAPL").with_name(".AAPL.safetensors.tmp-y"),
+                 store.metrics_path("AAPL").with_name(".AAPL_metrics.json.tmp-z")]
+    others = [store.weights_path("AAPLX").with_name(".AAPLX.safetensors.tmp-y"),
+              store.checkpoint_dir("MSFT") / ".training_state.safetensors.tmp-q"]
+    for p in leftovers + others:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+    assert store.clean_temporary_files("AAPL") == 3
+    assert all(p.exists() for p in others) and not any(p.exists() for p in leftovers)

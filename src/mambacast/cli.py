@@ -5,19 +5,263 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+from typing import Any
 
 from . import __version__
+from .config import PRESETS, TrainConfig, preset
 
 
 class CLIError(Exception):
     """An error the user can fix; printed as one line, exit status 2."""
 
 
+# ---- train ---------------------------------------------------------------------------------------
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a Mamba model per symbol (the guide's train_mamba_models.py)",
+                       description="Train one Mamba model per symbol and store weights, metadata, metrics "
+                                   "and checkpoints under --save-dir.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--test", action="store_true", help="train the test symbols AAPL, MSFT, GOOGL")
+    which.add_argument("--symbols", help="comma list (AAPL,MSFT) or a universe name (TEST, TIER_1, SAMPLE)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 50; early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    p.add_argument("--days", type=int, default=2000, help="trading days of history to use (default 2000)")
+    p.add_argument("--parallel", type=int, default=1, help="symbols trained at once in worker processes")
+    p.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"],
+                   help="price source (default: sample, real prices bundled with the install)")
+    p.add_argument("--data", help="file or folder for --source csv/parquet")
+    p.add_argument("--with-volume", action="store_true",
+                   help="add volume features (needs a source with volume, e.g. AAPL, MSFT, GOOGL from bokeh)")
+    p.add_argument("--save-dir", default="models/mamba", help="model store folder (default models/mamba)")
+    p.add_argument("--preset", choices=PRESETS, default="default", help="row of the guide's tuning table")
+    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default from the preset: 0.001)")
+    p.add_argument("--seed", type=int, default=42, help="random seed; same seed + data = same weights on CPU")
+    p.add_argument("--resume", action="store_true",
+                   help="skip symbols already trained and continue interrupted ones from their last epoch")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="only the final line per symbol and the summary")
+    p.set_defaults(func=_cmd_train)
+
+
+class _TrainPrinter:
+    """Turns pipeline progress events into the guide's lines (and a progress bar on a terminal)."""
+
+    def __init__(self, quiet: bool, bar: bool):
+        self.quiet, self.bar = quiet, bar
+        self._bar_open = False
+
+    def _line(self, text: str) -> None:
+        if self._bar_open:
+            sys.stdout.write("\r\033[K")
+            self._bar_open = False
+        print(text, flush=True)
+
+    def __call__(self, event: str, symbol: str, data: dict[str, Any]) -> None:
+        tag = f"[{symbol}]"
+        if event == "done":
+            if data.get("status") == "failed":
+                self._line(f"{tag} ✗ Failed: {data['error']}")
+            elif data.get("status") == "ok":
+                self._line(f"{tag} ✓ Training complete! Best Val Loss: {data['best_val_loss']:.4f}, "
+                           f"Time: {data['training_time']:.1f}s")
+            return
+        if self.quiet:
+            return
+        if event == "start":
+            self._line(f"{tag} Starting Mamba training...")
+        elif event == "loaded":
+            self._line(f"{tag} Loaded {data['days']} days of price data")
+        elif event == "samples":
+            self._line(f"{tag} Created {data['samples']} training samples "
+                       f"({data['train']} train / {data['val']} validation after the embargo)")
+        elif event == "model":
+            self._line(f"{tag} Model has {data['parameters']:,} parameters")
+            resumed = data.get("resumed_epoch")
+            extra = f" (resuming at epoch {resumed + 1})" if resumed is not None else ""
+            self._line(f"{tag} Training for {data['epochs']} epochs...{extra}")
+        elif event == "batch" and self.bar:
+            done = data["batch"] + 1
+            width = 24
+            fill = int(width * done / data["n_batches"])
+            sys.stdout.write(f"\r{tag} [{'#' * fill}{'.' * (width - fill)}] {done}/{data['n_batches']} "
+                             f"loss {data['loss']:.4f}")
+            sys.stdout.flush()
+            self._bar_open = True
+        elif event == "epoch":
+            self._line(f"{tag} epoch {data['epoch'] + 1}/{data['epochs']}  loss {data['train_loss']:.4f}  "
+                       f"val_loss {data['val_loss']:.4f}  val_mae {data['val_mae']:.4f}  lr {data['lr']:.2g}  "
+                       f"{data['epoch_time']:.1f}s")
+
+
+def _summary_table(results: list[dict[str, Any]]) -> str:
+    rows = [("symbol", "days", "samples", "best val loss", "best epoch", "epochs", "time", "status")]
+    for r in results:
+        ok = r["status"] != "failed"
+        t = r.get("training_time")
+        rows.append((r["symbol"], str(r.get("days", "-")) if ok else "-", str(r.get("num_samples", "-")) if ok else "-",
+                     f"{r['best_val_loss']:.4f}" if ok else "-", str(r["best_epoch"]) if ok else "-",
+                     str(r["total_epochs"]) if ok else "-", f"{t:.1f}s" if t else "-", r["status"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .data.universe import TEST, parse_symbols
+    from .train.pipeline import train_symbols
+
+    if not args.test and not args.symbols:
+        raise CLIError("say what to train: --test (AAPL, MSFT, GOOGL) or --symbols AAPL,MSFT or --symbols TIER_1")
+    symbols = list(TEST) if args.test else parse_symbols(args.symbols)
+    model_config, train_config = preset(args.preset)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                   ("learning_rate", args.learning_rate), ("seed", args.seed)) if v is not None}
+    train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
+    if args.days is not None and args.days < 1:
+        raise CLIError(f"--days {args.days} is invalid: must be a positive number of trading days")
+    if args.source in ("csv", "parquet") and not args.data:
+        raise CLIError(f"--source {args.source} needs --data PATH (a file, or a folder with one file per symbol)")
+    printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1)
+    t0 = time.perf_counter()
+    results = train_symbols(symbols, parallel=args.parallel, progress=printer, model_config=model_config,
+                            train_config=train_config, days=args.days, source=args.source, data_path=args.data,
+                            save_dir=args.save_dir, resume=args.resume, device=args.device,
+                            include_volume=args.with_volume)
+    for r in results:
+        if r["status"] == "skipped":
+            print(f"[{r['symbol']}] already trained in {args.save_dir} (--resume); skipped")
+    print()
+    print(_summary_table(results))
+    failed = [r["symbol"] for r in results if r["status"] == "failed"]
+    print(f"\n{len(results) - len(failed)}/{len(results)} symbols trained in {time.perf_counter() - t0:.1f}s; "
+          f"models in {args.save_dir}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="list available symbols and check price data quality")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    lst = data_sub.add_parser("list", help="every symbol a source has, with dates, rows and volume")
+    chk = data_sub.add_parser("check", help="run the quality checks on symbols' price history")
+    chk.add_argument("--symbols", required=True, help="comma list or a universe name (TEST, TIER_1, SAMPLE)")
+    chk.add_argument("--days", type=int, default=2000, help="check the last N trading days (default 2000)")
+    for q in (lst, chk):
+        q.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"])
+        q.add_argument("--data", help="file or folder for --source csv/parquet (cache folder for yahoo)")
+    lst.set_defaults(func=_cmd_data_list)
+    chk.set_defaults(func=_cmd_data_check)
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from .data.commands import list_symbols_table
+
+    print(list_symbols_table(args.source, args.data))
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.commands import format_quality_report, quality_report
+
+    report = quality_report(args.symbols, args.source, args.data, days=args.days)
+    print(format_quality_report(report, args.source, args.days))
+    return 1 if report["status"].isin(["failed", "error"]).any() else 0
+
+
+# ---- predict -------------------------------------------------------------------------------------
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="forecast prices with stored models (momentum fallback otherwise)",
+                       description="Forecast each symbol's price 1, 5, 10 and 30 trading days after the last "
+                                   "day of its history (or --as-of), with the 80%% interval and the source.")
+    p.add_argument("--symbols", required=True, help="comma list or a universe name (TEST, TIER_1, SAMPLE)")
+    p.add_argument("--as-of", help="forecast from this date (YYYY-MM-DD): history after it is ignored")
+    p.add_argument("--strike", type=float, help="also print P(price above STRIKE) at each horizon")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", metavar="PNG", help="save a fan chart of history and forecast quantiles")
+    p.add_argument("--save-dir", default="models/mamba", help="model store folder (default models/mamba)")
+    p.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"])
+    p.add_argument("--data", help="file or folder for --source csv/parquet")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    import pandas as pd
+
+    from .data.sources import load_prices
+    from .data.universe import parse_symbols
+    from .predict import MambaPredictor
+
+    if args.strike is not None and not args.strike > 0:
+        raise CLIError(f"--strike {args.strike} is invalid: must be a positive price")
+    symbols = parse_symbols(args.symbols)
+    histories = {}
+    for symbol in symbols:
+        frame = load_prices(symbol, days=None, source=args.source, path=args.data)
+        if args.as_of:
+            try:
+                cutoff = pd.Timestamp(args.as_of)
+            except ValueError:
+                raise CLIError(f"--as-of {args.as_of!r} is not a date; use YYYY-MM-DD") from None
+            frame = frame.loc[:cutoff]
+            if frame.empty:
+                raise CLIError(f"{symbol}: no prices on or before --as-of {args.as_of}")
+        histories[symbol] = frame.iloc[-1000:]
+    predictor = MambaPredictor(symbols, model_dir=args.save_dir)
+
+    async def run() -> list:
+        return await asyncio.gather(*(predictor.predict_detailed(s, h, float(h["close"].iloc[-1]))
+                                      for s, h in histories.items()))
+
+    results = asyncio.run(run())
+    if args.json:
+        out = []
+        for r in results:
+            d = r.to_dict()
+            if args.strike is not None:
+                d["strike"] = args.strike
+                d["prob_above"] = {k: r.prob_above(args.strike, k) for k in r.prices}
+            out.append(d)
+        print(json.dumps(out, indent=2))
+    else:
+        print(_prediction_table(results, args.strike))
+    if args.plot:
+        from .report import plot_fan_chart
+
+        print(f"fan chart saved to {plot_fan_chart(results, histories, args.plot)}")
+    return 0
+
+
+def _prediction_table(results: list, strike: float | None) -> str:
+    head = ["symbol", "as of", "current", "horizon", "forecast", "80% interval", "source"]
+    if strike is not None:
+        head.insert(6, f"P(>{strike:g})")
+    rows = [head]
+    for r in results:
+        for k, price in r.prices.items():
+            q = r.quantiles[k]
+            row = [r.symbol, r.as_of or "-", f"{r.current_price:.2f}", k, f"{price:.2f}",
+                   f"{q[0.1]:.2f} - {q[0.9]:.2f}", r.source]
+            if strike is not None:
+                row.insert(6, f"{r.prob_above(strike, k):.3f}")
+            rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    notes = [f"{r.symbol}: momentum fallback because {r.reason}" for r in results if r.reason]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+# ---- entry point ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambacast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mambacast {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_data(sub)
+    _add_predict(sub)
     return parser
 
 
@@ -38,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         print("mambacast: interrupted", file=sys.stderr)
         return 130
 
+
+__all__ = ["main", "build_parser", "CLIError"]
 
 if __name__ == "__main__":
     sys.exit(main())

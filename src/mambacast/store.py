@@ -137,9 +137,13 @@ class ModelStore:
         """Remove temporary files left by a killed writer; returns how many were removed."""
         if not self.root.exists():
             return 0
-        pattern = f".{symbol}*{_TMP_MARK}*" if symbol else f".*{_TMP_MARK}*"
+        if symbol is None:
+            candidates = list(self.root.rglob(f".*{_TMP_MARK}*"))
+        else:  # only this symbol's files: other symbols may be training in parallel right now
+            candidates = [*self.root.glob(f"*/.{self._check_symbol(symbol)}[._]*{_TMP_MARK}*"),
+                          *self.checkpoint_dir(symbol).glob(f".*{_TMP_MARK}*")]
         removed = 0
-        for p in self.root.rglob(pattern):
+        for p in candidates:
             p.unlink(missing_ok=True)
             removed += 1
         if removed:

@@ -81,6 +81,11 @@ def check_symbols(symbols: str | list[str], source: str = "sample", path: str | 
                   days: int | None = 2000, min_samples: int = 100, max_missing_ratio: float = 0.05) -> str:
     """`quality_report` as text: one line per symbol and a summary line."""
     report = quality_report(symbols, source, path, days, min_samples, max_missing_ratio)
+    return format_quality_report(report, source, days)
+
+
+def format_quality_report(report: pd.DataFrame, source: str = "sample", days: int | None = 2000) -> str:
+    """Text table of a `quality_report` frame with a summary line."""
     rows = [(r.symbol, r.status.upper(), f"{r.rows:,}", _date(r.first_date), _date(r.last_date), r.message)
             for r in report.itertuples()]
     text = _table(rows, ("symbol", "status", "rows", "first date", "last date", "message"))

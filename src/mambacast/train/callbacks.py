@@ -1,0 +1,246 @@
+"""Keras-style training callbacks with the guide's behaviour, for the PyTorch `Trainer`.
+
+The guide trains with `EarlyStopping(patience=5)`, `ReduceLROnPlateau(factor=0.5, patience=3)` and
+`ModelCheckpoint` (best weights). These classes reproduce Keras' rules exactly (improvement means
+`current < best - min_delta`; the wait counter resets on improvement; stopping happens when it reaches
+`patience`), and each can save and restore its counters so an interrupted run resumes identically.
+
+A callback sees the trainer, which exposes `model`, `optimizer`, `lr` and `stop_training`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..store import ModelStore, atomic_write_json
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = [
+    "Callback", "EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "TrainingStateCheckpoint",
+    "MetricsTracker", "TrainingCallbacks",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    """Hooks called by `Trainer.fit`; `logs` holds train_loss, val_loss, train_mae, val_mae, lr, epoch_time."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_batch_end(self, trainer: Trainer, batch: int, n_batches: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors to save with the training state (e.g. best weights)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs.
+
+    With `restore_best_weights`, the model ends training with the weights of its best epoch.
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 1e-4,
+                 restore_best_weights: bool = True):
+        self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
+        self.restore_best_weights = restore_best_weights
+        self.best = math.inf
+        self.best_epoch = -1
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        current = logs[self.monitor]
+        if current < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            trainer.stop_training = True
+            log.info("early stopping at epoch %d: %s has not improved on %.6f (epoch %d) for %d epochs",
+                     epoch, self.monitor, self.best, self.best_epoch, self.patience)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            trainer.model.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped_epoch": self.stopped_epoch}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.best_weights or {})
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.best_weights = {k: v.clone() for k, v in tensors.items()} or None
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by `factor` after `patience` epochs without improvement."""
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.5, patience: int = 3,
+                 min_delta: float = 1e-4, min_lr: float = 1e-6, cooldown: int = 0):
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"factor={factor} is invalid: must be strictly between 0 and 1")
+        self.monitor, self.factor, self.patience = monitor, factor, patience
+        self.min_delta, self.min_lr, self.cooldown = abs(min_delta), min_lr, cooldown
+        self.best = math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        current = logs[self.monitor]
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if current < self.best - self.min_delta:
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = trainer.lr
+                if old > self.min_lr:
+                    trainer.lr = max(old * self.factor, self.min_lr)
+                    log.info("epoch %d: reducing learning rate %.3g -> %.3g", epoch, old, trainer.lr)
+                self.cooldown_counter, self.wait = self.cooldown, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+
+class ModelCheckpoint(Callback):
+    """Save the weights of every epoch that improves `monitor` (Keras `save_best_only=True`)."""
+
+    def __init__(self, path: str | Path, monitor: str = "val_loss"):
+        self.path = Path(path)
+        self.monitor = monitor
+        self.best = math.inf
+        self.best_epoch = -1
+        self._store = ModelStore(self.path.parent)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        current = logs[self.monitor]
+        if current < self.best:
+            self.best, self.best_epoch = current, epoch
+            self._store.save_tensors(self.path, trainer.model.state_dict(),
+                                     {"epoch": epoch, self.monitor: current})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+
+class TrainingStateCheckpoint(Callback):
+    """After every epoch, atomically save everything `Trainer.fit(resume_from=...)` needs to continue.
+
+    Put it last so the saved state includes what the other callbacks changed this epoch.
+    """
+
+    def __init__(self, path: str | Path, info: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.info = info or {}
+        self._store = ModelStore(self.path.parent)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        tensors, state = trainer.training_state(epoch)
+        self._store.save_tensors(self.path, tensors, {**state, "info": self.info})
+
+
+class MetricsTracker(Callback):
+    """Per-epoch metrics, saved to `metrics/<SYMBOL>_metrics.json` (the guide's API).
+
+    Losses are MSE and MAE of per-horizon standardised log-return targets, averaged over horizons:
+    1.0 is the error of always predicting the training mean; lower is better. Epochs in the file
+    and the summary count from 1 (`best_epoch` 38 of `total_epochs` 50, as in the guide).
+    """
+
+    def __init__(self, save_dir: str | Path, symbol: str):
+        self.store = ModelStore(save_dir)
+        self.symbol = symbol
+        self.path = self.store.metrics_path(symbol)
+        self.history: list[dict[str, float]] = []
+        self.extra: dict[str, Any] = {}
+
+    def update(self, epoch: int, train_loss: float, val_loss: float, train_mae: float, val_mae: float,
+               lr: float, epoch_time: float) -> None:
+        # `epoch` is the 0-based loop index (as Keras passes it); files and summaries count from 1.
+        self.history = [h for h in self.history if h["epoch"] <= epoch]  # a resumed epoch replaces its old row
+        self.history.append({"epoch": int(epoch) + 1, "train_loss": float(train_loss), "val_loss": float(val_loss),
+                             "train_mae": float(train_mae), "val_mae": float(val_mae), "lr": float(lr),
+                             "epoch_time": float(epoch_time)})
+
+    def get_summary(self) -> dict[str, Any]:
+        if not self.history:
+            return {"symbol": self.symbol, "total_epochs": 0}
+        best = min(self.history, key=lambda h: h["val_loss"])
+        return {
+            "symbol": self.symbol,
+            "best_val_loss": best["val_loss"],
+            "best_epoch": best["epoch"],
+            "total_epochs": len(self.history),
+            "final_train_loss": self.history[-1]["train_loss"],
+            "final_val_loss": self.history[-1]["val_loss"],
+            "final_lr": self.history[-1]["lr"],
+            "training_time": sum(h["epoch_time"] for h in self.history),
+            "mean_epoch_time": sum(h["epoch_time"] for h in self.history) / len(self.history),
+        }
+
+    def save(self) -> Path:
+        atomic_write_json(self.path, {"symbol": self.symbol, "loss": "mse_standardised_log_return",
+                                      "summary": self.get_summary(), "history": self.history, **self.extra})
+        return self.path
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        self.update(epoch, logs["train_loss"], logs["val_loss"], logs["train_mae"], logs["val_mae"],
+                    logs["lr"], logs["epoch_time"])
+        self.save()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+
+class TrainingCallbacks:
+    """The guide's callback bundle: best-weights checkpoint, early stopping, LR reduction on plateau."""
+
+    def __init__(self, save_dir: str | Path, symbol: str, patience: int = 5, min_delta: float = 1e-4,
+                 lr_factor: float = 0.5, lr_patience: int = 3, min_lr: float = 1e-6):
+        self.store = ModelStore(save_dir)
+        self.symbol = symbol
+        self.patience, self.min_delta = patience, min_delta
+        self.lr_factor, self.lr_patience, self.min_lr = lr_factor, lr_patience, min_lr
+
+    def get_callbacks(self) -> list[Callback]:
+        return [
+            ModelCheckpoint(self.store.best_checkpoint_path(self.symbol)),
+            EarlyStopping(patience=self.patience, min_delta=self.min_delta, restore_best_weights=True),
+            ReduceLROnPlateau(factor=self.lr_factor, patience=self.lr_patience, min_delta=self.min_delta,
+                              min_lr=self.min_lr),
+        ]
+
+    # The guide's name for the same list.
+    get_keras_callbacks = get_callbacks
+

@@ -1,0 +1,428 @@
+"""From a symbol to a stored model: load prices, check them, build windows, train, save.
+
+`train_symbol` is the synchronous unit of work (one symbol, one process); `train_single_symbol`
+is the guide's async API around it; `train_symbols` trains many, one after another or in
+`parallel` worker processes with the CPU threads divided between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import __version__
+from ..config import MambaConfig, TrainConfig
+from ..data.augment import DataAugmentor
+from ..data.errors import DataError
+from ..data.features import TimeSeriesFeatureEngineer
+from ..data.quality import check_data_quality
+from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, temporal_split
+from ..data.sources import as_price_frame, load_prices
+from ..nn.mamba import MambaModel
+from ..store import ModelStore, StoreError
+from .callbacks import Callback, MetricsTracker, TrainingCallbacks, TrainingStateCheckpoint
+from .trainer import NonFiniteLossError, Trainer, resolve_device
+
+__all__ = ["PreparedData", "prepare_data", "calibrate_distribution", "train_symbol", "train_single_symbol",
+           "train_symbols", "DEFAULT_WINDOWS", "ProgressFn"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOWS = (5, 10, 20, 60)
+# progress(event, symbol, data): events are "start", "loaded", "samples", "model", "batch", "epoch", "done".
+ProgressFn = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass
+class PreparedData:
+    """Windows, targets and scalers of one symbol, split by time with an embargo.
+
+    X: (n_samples, seq_len, n_features) standardised with training statistics;
+    y: (n_samples, n_horizons) future log-returns (raw); y_scaled standardised per horizon.
+    """
+
+    symbol: str
+    prices: pd.DataFrame
+    feature_names: list[str]
+    warmup: int
+    X: np.ndarray
+    y: np.ndarray
+    y_scaled: np.ndarray
+    window_end: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    feature_scaler: FeatureScaler
+    target_scaler: TargetScaler
+    data_hash: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def date_at(self, row: int) -> str:
+        value = self.prices.index[row]
+        return value.date().isoformat() if isinstance(value, pd.Timestamp) else str(value)
+
+
+def data_fingerprint(prices: pd.DataFrame) -> str:
+    """SHA-256 of the dates and closes used for training (identifies the exact training data)."""
+    h = hashlib.sha256()
+    h.update(np.asarray(prices.index.astype(str)).astype("U").tobytes())
+    h.update(np.ascontiguousarray(prices["close"].to_numpy(dtype=np.float64)).tobytes())
+    return h.hexdigest()
+
+
+def prepare_data(symbol: str, prices: Any, model_config: MambaConfig, train_config: TrainConfig,
+                 windows: Sequence[int] = DEFAULT_WINDOWS, include_volume: bool = False) -> PreparedData:
+    """Quality-check prices, extract causal features, cut windows, split with embargo, fit scalers."""
+    frame = as_price_frame(prices)
+    frame.attrs.setdefault("symbol", symbol)  # so data errors name the symbol, also for plain arrays
+    check_data_quality(frame, symbol)
+    engineer = TimeSeriesFeatureEngineer(windows=list(windows), include_volume=include_volume)
+    features = engineer.extract_features(frame)
+    gen = SequenceGenerator(train_config.sequence_length, model_config.prediction_horizons, stride=1)
+    _, y_dict = gen.generate_sequences(features, frame, start=engineer.warmup_)
+    y = np.hstack([y_dict[h] for h in model_config.prediction_horizons]).astype(np.float32)
+    train_idx, val_idx = temporal_split(len(y), train_config.validation_split, embargo=model_config.max_horizon)
+    # Scale the (n_days, n_features) matrix with statistics of the rows the training windows read
+    # (each day once), then window it again: X stays a zero-copy view of the scaled matrix.
+    feature_scaler = FeatureScaler().fit(features[gen.rows_covered(train_idx)])
+    X, _ = gen.generate_sequences(feature_scaler.transform(features), frame, start=engineer.warmup_)
+    target_scaler = TargetScaler(model_config.prediction_horizons).fit(y[train_idx])
+    return PreparedData(
+        symbol=symbol, prices=frame, feature_names=list(engineer.feature_names_), warmup=int(engineer.warmup_),
+        X=X, y=y, y_scaled=target_scaler.transform(y), window_end=np.asarray(gen.window_end_index_),
+        train_idx=train_idx, val_idx=val_idx, feature_scaler=feature_scaler, target_scaler=target_scaler,
+        data_hash=data_fingerprint(frame),
+    )
+
+
+class _ProgressCallback(Callback):
+    def __init__(self, symbol: str, epochs: int, progress: ProgressFn | None):
+        self.symbol, self.epochs, self.progress = symbol, epochs, progress
+
+    def on_batch_end(self, trainer: Trainer, batch: int, n_batches: int, loss: float) -> None:
+        if self.progress:
+            self.progress("batch", self.symbol, {"batch": batch, "n_batches": n_batches, "loss": loss})
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        if self.progress:
+            self.progress("epoch", self.symbol, {"epoch": epoch, "epochs": self.epochs, **logs})
+
+
+def _validation_report(trainer: Trainer, data: PreparedData, horizons: list[int]) -> dict[str, Any]:
+    """Per-horizon validation errors in log-return units, beside the zero-return (random walk) forecast."""
+    pred = data.target_scaler.inverse_transform(trainer.predict(data.X[data.val_idx]).numpy())
+    actual = data.y[data.val_idx]
+    report = {}
+    for j, h in enumerate(horizons):
+        err, rw = pred[:, j] - actual[:, j], actual[:, j]
+        mse, rw_mse = float(np.mean(err ** 2)), float(np.mean(rw ** 2))
+        nonzero = actual[:, j] != 0
+        report[f"{h}d"] = {
+            "rmse_log_return": mse ** 0.5,
+            "random_walk_rmse_log_return": rw_mse ** 0.5,
+            "mse_ratio_to_random_walk": mse / rw_mse if rw_mse > 0 else None,
+            "direction_accuracy": float(np.mean(np.sign(pred[nonzero, j]) == np.sign(actual[nonzero, j]))),
+            "n": int(len(actual)),
+        }
+    return report
+
+
+@torch.no_grad()
+def calibrate_distribution(model: MambaModel, X_val: np.ndarray, y_val_scaled: np.ndarray) -> dict[str, Any]:
+    """Fit one scale factor per horizon so the central 80% interval covers 80% of validation outcomes.
+
+    Split-conformal on the standardised residuals z = (y - loc) / scale: the factor is
+    `quantile(|z|, 0.8) / t_ppf(0.9, df)`. Coverage of the 50/80/90% intervals is reported before
+    and after; after is 80% for the 80% interval by construction on this split, so honest coverage
+    comes from held-out data (`benchmarks/bench_calibration.py`, the backtest).
+    """
+    from scipy import stats
+
+    model.eval()
+    X = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32))
+    loc, scale, df = (t.double().numpy() for t in model.forward_distribution(X))
+    z = np.abs((y_val_scaled - loc) / scale)                               # (n, n_horizons)
+    factor = np.quantile(z, 0.8, axis=0) / stats.t.ppf(0.9, df)
+
+    def coverage(f: np.ndarray) -> dict[str, list[float]]:
+        return {str(level): [float(np.mean(z[:, j] <= f[j] * stats.t.ppf(0.5 + level / 200, df[j])))
+                             for j in range(z.shape[1])] for level in (50, 80, 90)}
+
+    return {"method": "split-conformal scale factor for the central 80% interval on the validation split",
+            "scale_factor": [float(f) for f in factor], "df": [float(d) for d in df],
+            "coverage_before": coverage(np.ones_like(factor)), "coverage_after": coverage(factor)}
+
+
+def _plot_curves(history: list[dict[str, float]], path: Path, symbol: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed (pip install 'mambacast[plots]'); no training plot for %s", symbol)
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, title) in zip(axes, [("loss", "MSE (standardised)"), ("mae", "MAE (standardised)"),
+                                       ("lr", "learning rate")], strict=True):
+        if key == "lr":
+            ax.plot(epochs, [h["lr"] for h in history], color="tab:green")
+            ax.set_yscale("log")
+        else:
+            ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+            ax.legend()
+        ax.set_title(f"{symbol}: {title}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-plot.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,
+                 days: int | None = 2000, source: str = "sample", data_path: str | Path | None = None,
+                 prices: Any = None, save_dir: str | Path = "models/mamba", resume: bool = False,
+                 device: str | None = None, include_volume: bool = False,
+                 progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train one symbol end to end and store it; returns the result summary.
+
+    Raises DataError for bad or missing data and NonFiniteLossError when training diverges.
+    With `resume`, a complete stored model is returned as is, and an interrupted run continues
+    from its last epoch if the data and configuration are unchanged.
+    """
+    model_config = model_config or MambaConfig()
+    train_config = train_config or TrainConfig()
+    store = ModelStore(save_dir)
+    store.clean_temporary_files(symbol)
+    emit = progress or (lambda event, sym, data: None)
+    emit("start", symbol, {})
+    t0 = time.perf_counter()
+    if resume and store.is_complete(symbol):
+        meta = store.load_metadata(symbol)
+        log.info("%s: a complete model exists in %s; skipping", symbol, store.root)
+        return {**_result_from_metadata(symbol, meta, store), "status": "skipped"}
+
+    frame = load_prices(symbol, days=days, source=source, path=data_path, with_volume=include_volume) \
+        if prices is None else as_price_frame(prices)
+    emit("loaded", symbol, {"days": len(frame)})
+    data = prepare_data(symbol, frame, model_config, train_config, include_volume=include_volume)
+    emit("samples", symbol, {"samples": len(data.X), "train": len(data.train_idx), "val": len(data.val_idx)})
+
+    torch.manual_seed(train_config.seed)
+    model = MambaModel(model_config, len(data.feature_names))
+    n_params = model.count_parameters()
+    X_train, y_train = data.X[data.train_idx], data.y_scaled[data.train_idx]
+    if train_config.augmentation_rate > 0:
+        augmentor = DataAugmentor(train_config.augmentation_rate, seed=train_config.seed)
+        X_train, y_aug = augmentor.augment(X_train, {0: y_train})
+        y_train = y_aug[0]
+
+    tracker = MetricsTracker(save_dir, symbol)
+    run_info = {"data_hash": data.data_hash, "model_config": model_config.to_dict(),
+                "train_config": train_config.to_dict(), "n_features": len(data.feature_names)}
+    callbacks = [
+        *TrainingCallbacks(save_dir, symbol, patience=train_config.patience, min_delta=train_config.min_delta,
+                           lr_factor=train_config.lr_factor, lr_patience=train_config.lr_patience,
+                           min_lr=train_config.min_lr).get_callbacks(),
+        tracker,
+        TrainingStateCheckpoint(store.state_path(symbol), info=run_info),
+        _ProgressCallback(symbol, train_config.epochs, progress),
+    ]
+    trainer = Trainer(model, train_config, callbacks, device=device)
+    resume_from = _resumable_state(store, symbol, run_info) if resume else None
+    emit("model", symbol, {"parameters": n_params, "epochs": train_config.epochs,
+                           "resumed_epoch": None if resume_from is None else resume_from[1]["epoch"] + 1})
+    trainer.fit(X_train, y_train, data.X[data.val_idx], data.y_scaled[data.val_idx], resume_from=resume_from)
+
+    summary = tracker.get_summary()
+    validation = _validation_report(trainer, data, model_config.prediction_horizons)
+    calibration = calibrate_distribution(trainer.model, data.X[data.val_idx], data.y_scaled[data.val_idx])
+    tracker.extra = {"validation": validation}
+    tracker.save()
+    plot = _plot_curves(tracker.history, store.plot_path(symbol), symbol)
+    train_rows = data.window_end[data.train_idx]
+    returns = np.diff(np.log(data.prices["close"].to_numpy(dtype=np.float64)))
+    metadata = {
+        "symbol": symbol,
+        "training_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_config": model_config.to_dict(),
+        "performance_metrics": {
+            "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
+            "total_epochs": summary["total_epochs"], "loss": "mse of per-horizon standardised log-returns",
+            "validation": validation,
+        },
+        "data_stats": {
+            "num_samples": int(len(data.X)), "num_train_samples": int(len(data.train_idx)),
+            "num_val_samples": int(len(data.val_idx)), "days": int(len(data.prices)),
+            "avg_return": float(returns[: int(train_rows[-1])].mean()),
+            "volatility": float(returns[: int(train_rows[-1])].std()),
+            "first_date": data.date_at(0), "last_date": data.date_at(len(data.prices) - 1),
+            "train_end_date": data.date_at(int(train_rows[-1])),
+            "val_start_date": data.date_at(int(data.window_end[data.val_idx[0]])),
+        },
+        "train_config": train_config.to_dict(),
+        "n_features": len(data.feature_names),
+        "feature_names": data.feature_names,
+        "feature_config": {"windows": list(DEFAULT_WINDOWS), "include_volume": include_volume,
+                           "warmup": data.warmup},
+        "sequence_length": train_config.sequence_length,
+        "calibration": calibration,
+        "feature_scaler": data.feature_scaler.to_dict(),
+        "target_scaler": data.target_scaler.to_dict(),
+        "data_source": data.prices.attrs.get("source", source),
+        "data_hash": data.data_hash,
+        "seed": train_config.seed,
+        "n_parameters": n_params,
+        "device": str(trainer.device),
+        "mambacast_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    paths = store.save_model(symbol, trainer.model.cpu(), metadata)
+    elapsed = time.perf_counter() - t0
+    result = {**_result_from_metadata(symbol, store.load_metadata(symbol), store), "status": "ok",
+              "training_time": elapsed, "plot": str(plot) if plot else None, **{k: str(v) for k, v in paths.items()}}
+    emit("done", symbol, result)
+    return result
+
+
+def _resumable_state(store: ModelStore, symbol: str, run_info: dict[str, Any]):
+    path = store.state_path(symbol)
+    if not path.exists():
+        return None
+    try:
+        tensors, info = store.load_tensors(path)
+    except StoreError as exc:
+        log.warning("%s: cannot resume (%s); training from scratch", symbol, exc)
+        return None
+    saved = info.get("info", {})
+    for key in ("data_hash", "model_config", "train_config", "n_features"):
+        if saved.get(key) != run_info[key]:
+            log.warning("%s: the interrupted run used a different %s; training from scratch", symbol, key)
+            return None
+    log.info("%s: resuming after epoch %d", symbol, info["epoch"])
+    return tensors, info
+
+
+def _result_from_metadata(symbol: str, meta: dict[str, Any], store: ModelStore) -> dict[str, Any]:
+    perf, stats = meta["performance_metrics"], meta["data_stats"]
+    return {
+        "symbol": symbol, "best_val_loss": perf["best_val_loss"], "best_epoch": perf["best_epoch"],
+        "total_epochs": perf["total_epochs"], "num_samples": stats["num_samples"], "days": stats["days"],
+        "n_parameters": meta["n_parameters"], "training_time": None, "validation": perf.get("validation"),
+        "weights": str(store.weights_path(symbol)), "metadata": str(store.metadata_path(symbol)),
+        "metrics": str(store.metrics_path(symbol)), "checkpoint": str(store.checkpoint_dir(symbol)),
+    }
+
+
+async def train_single_symbol(symbol: str, epochs: int = 50, batch_size: int = 32,
+                              config: MambaConfig | None = None, historical_days: int = 2000,
+                              **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """The guide's async API: train one symbol off the event loop; returns `(symbol, result)`.
+
+    Extra keyword arguments: `train_config` (a TrainConfig whose epochs/batch_size are overridden
+    by the arguments above), `learning_rate`, `seed`, and everything `train_symbol` takes.
+    """
+    base = kwargs.pop("train_config", None) or TrainConfig()
+    overrides = {k: kwargs.pop(k) for k in ("learning_rate", "seed") if k in kwargs}
+    train_config = TrainConfig.from_dict({**base.to_dict(), "epochs": epochs, "batch_size": batch_size,
+                                          **overrides})
+    result = await asyncio.to_thread(train_symbol, symbol, model_config=config, train_config=train_config,
+                                     days=historical_days, **kwargs)
+    return symbol, result
+
+
+# ---- many symbols ------------------------------------------------------------------------------
+def _failure(symbol: str, exc: BaseException) -> dict[str, Any]:
+    known = isinstance(exc, (DataError, NonFiniteLossError, StoreError, ValueError))
+    if not known:
+        log.error("%s failed unexpectedly:\n%s", symbol, "".join(traceback.format_exception(exc)))
+    return {"symbol": symbol, "status": "failed", "error": str(exc) if known else f"{type(exc).__name__}: {exc}"}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_train(symbol: str, kwargs: dict[str, Any], queue: Any) -> dict[str, Any]:
+    def progress(event: str, sym: str, data: dict[str, Any]) -> None:
+        if event != "batch" or data["batch"] % 10 == 0:  # batch events are many; thin them across processes
+            queue.put((event, sym, data))
+
+    try:
+        return train_symbol(symbol, progress=progress, **kwargs)
+    except Exception as exc:  # reported per symbol; the other workers continue
+        return _failure(symbol, exc)
+
+
+def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressFn | None = None,
+                  **kwargs: Any) -> list[dict[str, Any]]:
+    """Train each symbol; one failure is reported in its result and does not stop the others.
+
+    `parallel > 1` runs that many worker processes, each with `cpu_count // parallel` torch threads
+    so the cores are divided, not oversubscribed. Results come back in the order of `symbols`.
+    """
+    if parallel < 1:
+        raise ValueError(f"--parallel {parallel} is invalid: must be a positive integer")
+    if kwargs.get("device") not in (None, "auto", "cpu") and parallel > 1:
+        raise ValueError("--parallel > 1 trains in CPU worker processes; use --parallel 1 with --device cuda")
+    resolve_device(kwargs.get("device"))
+    if parallel == 1 or len(symbols) <= 1:
+        results = []
+        for symbol in symbols:
+            try:
+                results.append(train_symbol(symbol, progress=progress, **kwargs))
+            except Exception as exc:
+                results.append(_failure(symbol, exc))
+                if progress:
+                    progress("done", symbol, results[-1])
+        return results
+
+    import multiprocessing as mp
+
+    workers = min(parallel, len(symbols))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
+    by_symbol: dict[str, dict[str, Any]] = {}
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = {pool.submit(_worker_train, s, kwargs, queue): s for s in symbols}
+            pending = set(futures)
+            while pending:
+                _drain(queue, progress)
+                done = {f for f in pending if f.done()}
+                for f in done:
+                    by_symbol[futures[f]] = f.result()
+                    if by_symbol[futures[f]]["status"] == "failed" and progress:
+                        progress("done", futures[f], by_symbol[futures[f]])
+                pending -= done
+                if pending:
+                    time.sleep(0.1)
+            _drain(queue, progress)
+    return [by_symbol[s] for s in symbols]
+
+
+def _drain(queue: Any, progress: ProgressFn | None) -> None:
+    while not queue.empty():
+        event, symbol, data = queue.get()
+        if progress:
+            progress(event, symbol, data)

@@ -10,6 +10,21 @@ widened or narrowed by the calibration factor fitted on the validation split. Pr
 When a symbol has no model, its model cannot be loaded, or the history is too short for its
 windows, the predictor answers from the documented momentum rule (`evaluate.baselines`) and says
 so in `PredictionResult.source` / `.reason`; `predict` also logs a warning.
+
+Serving path (see docs/prediction.md):
+
+- Only the last `keep_days = warm-up + sequence_length + EMA memory` closes are turned into
+  features (`trim_history=True`). Rolling features depend on their window only; the exponential
+  averages (EMA ratios, MACD, RSI) depend on the whole history, but the influence of rows before
+  the cut decays as `(1 - alpha)^n`: the memory is chosen so that it is below `EMA_TOLERANCE`
+  (1e-9) of the starting gap, under float32 resolution (`ema_memory_days`).
+- Inference runs in the predictor's own thread pool whose threads use `inference_threads` torch
+  threads each (1 by default): one 60-day window is far too small for intra-op parallelism, and
+  on a busy machine OpenMP threads waiting for a descheduled sibling make a 1 ms forward take
+  hundreds of ms. Parallelism comes from serving several calls (symbols) at once instead.
+- `predict_many` stacks the windows of all requests for the same symbol into one forward pass and
+  runs different symbols in parallel; `forecast_origins` forecasts every day of one history in a
+  few forward passes (for backtests and calibration checks).
 """
 
 from __future__ import annotations
@@ -17,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,22 +43,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
+from scipy import special, stats
 
 from .config import MambaConfig
-from .data.features import TimeSeriesFeatureEngineer
+from .data.features import MACD_FAST, MACD_SIGNAL, MACD_SLOW, RSI_PERIOD, TimeSeriesFeatureEngineer
 from .data.sequences import FeatureScaler, TargetScaler
-from .data.sources import as_price_frame
+from .data.sources import as_close_array, as_price_frame
 from .evaluate.baselines import Momentum
 from .nn.mamba import MambaModel
 from .store import ModelStore, StoreError
 
-__all__ = ["MambaPredictor", "PredictionResult", "DEFAULT_QUANTILES"]
+__all__ = ["MambaPredictor", "PredictionResult", "OriginForecasts", "DEFAULT_QUANTILES", "EMA_TOLERANCE",
+           "ema_memory_days"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 _MIN_CLOSES = 3  # the momentum rule's minimum (two returns)
+EMA_TOLERANCE = 1e-9
+_MAX_BATCH = 512        # windows per forward pass (bounds memory: 512 x 60 x d_inner floats per layer)
+_GROUP_CHUNK = 128      # requests of one symbol per worker task in predict_many
+
+
+def ema_memory_days(windows: Sequence[int], tol: float = EMA_TOLERANCE) -> int:
+    """Days after which every exponential average of the features forgets its start to within `tol`.
+
+    An EMA with smoothing `alpha` started `n` rows before row t at a different value differs at t by
+    `(1 - alpha)^n` times the gap at the start; the slowest of the feature engineer's averages (EMA
+    ratios with span w: alpha = 2 / (w + 1); MACD spans 12, 26 and signal 9; Wilder RSI alpha = 1/14)
+    sets `n = ceil(log(tol) / log(1 - alpha_min))`: 622 days for the default windows and tol=1e-9.
+    """
+    alphas = [2.0 / (w + 1) for w in windows]
+    alphas += [2.0 / (MACD_FAST + 1), 2.0 / (MACD_SLOW + 1), 2.0 / (MACD_SIGNAL + 1), 1.0 / RSI_PERIOD]
+    return math.ceil(math.log(tol) / math.log1p(-min(alphas)))
 
 
 @dataclass
@@ -86,6 +120,39 @@ class PredictionResult:
                 "as_of": self.as_of}
 
 
+@dataclass(eq=False)
+class OriginForecasts:
+    """The model's log-return distributions at many forecast origins of one history (`forecast_origins`).
+
+    `origins` are row positions in the history (the forecast uses rows `0..origin`), `as_of` their
+    dates (None for plain arrays); `loc`, `scale` (calibrated) and `raw_scale` (before the calibration
+    factor) are `(n_origins, n_horizons)` in log-return units; `df` is `(n_horizons,)`.
+    """
+
+    symbol: str
+    horizons: list[int]
+    origins: np.ndarray
+    as_of: list[str | None]
+    loc: np.ndarray
+    scale: np.ndarray
+    raw_scale: np.ndarray
+    df: np.ndarray
+    calibration: np.ndarray
+    model_version: str
+
+    def cdf(self, log_returns: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """F(r) per origin and horizon (the PIT when r is the realised log-return); r is (n_origins, n_horizons)."""
+        scale = self.scale if calibrated else self.raw_scale
+        return special.stdtr(self.df, (np.asarray(log_returns, dtype=np.float64) - self.loc) / scale)
+
+    def interval(self, level: float, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Central `level` (e.g. 0.8) interval of the log-return, lower and upper, each (n_origins, n_horizons)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level={level!r} is invalid: must be strictly between 0 and 1")
+        half = (self.scale if calibrated else self.raw_scale) * special.stdtrit(self.df, 0.5 + level / 2)
+        return self.loc - half, self.loc + half
+
+
 @dataclass
 class _LoadedModel:
     model: MambaModel
@@ -95,10 +162,19 @@ class _LoadedModel:
     target_scaler: TargetScaler
     calibration: np.ndarray          # (n_horizons,) multiplier of the distribution scale
     lock: threading.Lock
+    keep_days: int = 0               # rows of history turned into features when trimming
 
     @property
     def needed_days(self) -> int:
         return int(self.meta["feature_config"]["warmup"]) + int(self.meta["sequence_length"])
+
+    @property
+    def sequence_length(self) -> int:
+        return int(self.meta["sequence_length"])
+
+    @property
+    def version(self) -> str:
+        return f"{self.meta['training_date']}/{self.meta['weights_sha256'][:12]}"
 
 
 def _check_inputs(symbol: str, closes: np.ndarray, current_price: float) -> None:
@@ -113,21 +189,63 @@ def _check_inputs(symbol: str, closes: np.ndarray, current_price: float) -> None
         raise ValueError(f"{symbol}: price_history contains zero or negative closes")
 
 
+def _check_quantiles(quantiles: Sequence[float]) -> None:
+    for q in quantiles:
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"quantile {q!r} is invalid: must be strictly between 0 and 1")
+
+
+def _as_of(price_history: Any) -> str | None:
+    if isinstance(price_history, (pd.DataFrame, pd.Series)) and len(price_history.index):
+        last = price_history.index[-1]
+        return last.date().isoformat() if isinstance(last, pd.Timestamp) else None
+    return None
+
+
+def _init_inference_thread(threads: int | None, process_default: int) -> None:
+    """Give this worker thread `threads` torch threads without changing anyone else's.
+
+    torch.set_num_threads sets this thread's OpenMP and MKL thread counts (both per thread) and the
+    count that threads created later start with; a short-lived helper thread puts the latter back.
+    """
+    if threads is None:
+        return
+    torch.get_num_threads()            # initialise this thread from the process setting first
+    torch.set_num_threads(threads)
+    helper = threading.Thread(target=torch.set_num_threads, args=(process_default,))
+    helper.start()
+    helper.join()
+
+
 class MambaPredictor:
     """High-level interface for Mamba predictions (the guide's API), safe for concurrent async callers.
 
-    Models load lazily, once per symbol, from `model_dir`; inference runs in a worker thread so the
-    event loop stays responsive.
+    Models load lazily, once per symbol, from `model_dir`; inference runs in the predictor's worker
+    threads (`max_workers`, default the number of CPUs, each with `inference_threads` torch threads,
+    default 1; None leaves torch's setting alone) so the event loop stays responsive. `trim_history`
+    (default True) turns only the last `keep_days` closes into features (see the module docstring);
+    False uses the whole history as given. `close()` stops the worker threads.
     """
 
     def __init__(self, symbols: Sequence[str], config: MambaConfig | None = None,
-                 model_dir: str | Path = "models/mamba", device: str = "cpu"):
+                 model_dir: str | Path = "models/mamba", device: str = "cpu", *, trim_history: bool = True,
+                 inference_threads: int | None = 1, max_workers: int | None = None):
+        if inference_threads is not None and (not isinstance(inference_threads, int) or inference_threads < 1):
+            raise ValueError(f"inference_threads={inference_threads!r} is invalid: must be a positive integer "
+                             "or None")
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise ValueError(f"max_workers={max_workers!r} is invalid: must be a positive integer or None")
         self.symbols = list(symbols)
         self.config = config
         self.store = ModelStore(model_dir)
         self.device = torch.device(device)
+        self.trim_history = bool(trim_history)
+        self.inference_threads = inference_threads
+        self.max_workers = max_workers or os.cpu_count() or 1
         self._models: dict[str, _LoadedModel | StoreError] = {}
         self._load_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     # ---- loading ------------------------------------------------------------------------------
     def _load(self, symbol: str) -> _LoadedModel | StoreError:
@@ -136,14 +254,16 @@ class MambaPredictor:
                 try:
                     model, meta = self.store.load_model(symbol, device=self.device)
                     fc = meta["feature_config"]
+                    engineer = TimeSeriesFeatureEngineer(windows=fc["windows"], include_volume=fc["include_volume"])
                     self._models[symbol] = _LoadedModel(
-                        model=model, meta=meta,
-                        engineer=TimeSeriesFeatureEngineer(windows=fc["windows"], include_volume=fc["include_volume"]),
+                        model=model, meta=meta, engineer=engineer,
                         feature_scaler=FeatureScaler.from_dict(meta["feature_scaler"]),
                         target_scaler=TargetScaler.from_dict(meta["target_scaler"]),
                         calibration=np.asarray(meta.get("calibration", {}).get("scale_factor",
                                                [1.0] * len(model.horizons)), dtype=np.float64),
-                        lock=threading.Lock())
+                        lock=threading.Lock(),
+                        keep_days=int(fc["warmup"]) + int(meta["sequence_length"])
+                        + ema_memory_days(engineer.windows))
                 except StoreError as exc:
                     log.warning("%s: model unavailable: %s", symbol, exc)
                     self._models[symbol] = exc
@@ -151,37 +271,107 @@ class MambaPredictor:
                     self._models[symbol] = StoreError(f"{self.store.metadata_path(symbol)}: {exc}")
             return self._models[symbol]
 
+    def _lookup(self, symbol: str) -> _LoadedModel | StoreError:
+        if symbol in self.symbols or self.store.metadata_path(symbol).exists():
+            return self._load(symbol)
+        return StoreError(f"no model for {symbol} in {self.store.root}")
+
+    # ---- worker threads -----------------------------------------------------------------------
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="mambacast-predict",
+                                                initializer=_init_inference_thread,
+                                                initargs=(self.inference_threads, torch.get_num_threads()))
+            return self._pool
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), fn, *args)
+
+    def close(self) -> None:
+        """Stop the worker threads (a later call starts new ones)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
     # ---- forecasting --------------------------------------------------------------------------
-    def _forecast(self, symbol: str, price_history: Any, current_price: float,
-                  quantiles: Sequence[float]) -> PredictionResult:
-        frame = as_price_frame(price_history)
-        closes = frame["close"].to_numpy(dtype=np.float64)
+    def _prepare(self, symbol: str, price_history: Any, current_price: float, quantiles: Sequence[float]
+                 ) -> PredictionResult | tuple[_LoadedModel, np.ndarray, str | None]:
+        """Validate one request; a momentum answer, or (model, scaled window (seq_len, n_features), as_of)."""
+        closes = as_close_array(price_history)
         _check_inputs(symbol, closes, current_price)
-        for q in quantiles:
-            if not 0.0 < q < 1.0:
-                raise ValueError(f"quantile {q!r} is invalid: must be strictly between 0 and 1")
-        as_of = frame.index[-1].date().isoformat() if isinstance(frame.index[-1], pd.Timestamp) else None
-        loaded = self._load(symbol) if symbol in self.symbols or self.store.metadata_path(symbol).exists() \
-            else StoreError(f"no model for {symbol} in {self.store.root}")
+        _check_quantiles(quantiles)
+        as_of = _as_of(price_history)
+        loaded = self._lookup(symbol)
         if isinstance(loaded, StoreError):
             return self._momentum(symbol, closes, current_price, quantiles, f"no usable model: {loaded}", as_of)
         if len(closes) < loaded.needed_days:
             return self._momentum(symbol, closes, current_price, quantiles,
                                   f"history has {len(closes)} days; the model needs at least {loaded.needed_days}",
                                   as_of)
-        horizons = loaded.model.horizons
-        features = loaded.engineer.extract_features(frame)
-        window = features[-loaded.meta["sequence_length"]:][None]
-        x = torch.from_numpy(loaded.feature_scaler.transform(window).astype(np.float32)).to(self.device)
+        keep = loaded.keep_days if self.trim_history else len(closes)
+        if loaded.engineer.include_volume:
+            part = price_history.iloc[-keep:] if isinstance(price_history, (pd.DataFrame, pd.Series)) \
+                else closes[-keep:]
+            features = loaded.engineer.extract_features(as_price_frame(part))
+        else:
+            features = loaded.engineer.extract_features(closes[-keep:])
+        window = loaded.feature_scaler.transform(features[-loaded.sequence_length:])
+        return loaded, window, as_of
+
+    def _infer(self, loaded: _LoadedModel, windows: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """windows (batch, seq_len, n_features) -> loc, scale, raw_scale (batch, n_horizons), df (n_horizons,)."""
+        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
         with loaded.lock, torch.no_grad():
-            loc_t, scale_t, df_t = loaded.model.forward_distribution(x)
-        loc_z, scale_z = loc_t[0].double().cpu().numpy(), scale_t[0].double().cpu().numpy()
-        df = df_t.double().cpu().numpy()
+            outs = [loaded.model.forward_distribution(x[i:i + _MAX_BATCH]) for i in range(0, len(x), _MAX_BATCH)]
+        loc_z = torch.cat([o[0] for o in outs]).double().cpu().numpy()
+        scale_z = torch.cat([o[1] for o in outs]).double().cpu().numpy()
+        df = outs[0][2].double().cpu().numpy()
         mean, std = loaded.target_scaler.mean_, loaded.target_scaler.std_
-        loc = mean + std * loc_z
-        scale = std * scale_z * loaded.calibration
-        version = f"{loaded.meta['training_date']}/{loaded.meta['weights_sha256'][:12]}"
-        return _result(symbol, current_price, horizons, loc, scale, df, quantiles, "mamba", None, version, as_of)
+        raw = std * scale_z
+        return mean + std * loc_z, raw * loaded.calibration, raw, df
+
+    def _model_result(self, symbol: str, current_price: float, loaded: _LoadedModel, loc: np.ndarray,
+                      scale: np.ndarray, df: np.ndarray, quantiles: Sequence[float], as_of: str | None
+                      ) -> PredictionResult:
+        return _result(symbol, current_price, loaded.model.horizons, loc, scale, df, quantiles, "mamba", None,
+                       loaded.version, as_of)
+
+    def _forecast(self, symbol: str, price_history: Any, current_price: float,
+                  quantiles: Sequence[float]) -> PredictionResult:
+        prepared = self._prepare(symbol, price_history, current_price, quantiles)
+        if isinstance(prepared, PredictionResult):
+            return prepared
+        loaded, window, as_of = prepared
+        loc, scale, _, df = self._infer(loaded, window[None])
+        return self._model_result(symbol, current_price, loaded, loc[0], scale[0], df, quantiles, as_of)
+
+    def _forecast_group(self, requests: Sequence[tuple[str, Any, float]], quantiles: Sequence[float],
+                        return_exceptions: bool) -> list[PredictionResult | BaseException]:
+        """Requests of one symbol: validate and window each, then one forward pass over all the windows."""
+        results: list[PredictionResult | BaseException | None] = [None] * len(requests)
+        pending: list[tuple[int, _LoadedModel, np.ndarray, str | None]] = []
+        for j, (symbol, history, price) in enumerate(requests):
+            try:
+                prepared = self._prepare(symbol, history, price, quantiles)
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                results[j] = exc
+                continue
+            if isinstance(prepared, PredictionResult):
+                results[j] = prepared
+            else:
+                pending.append((j, *prepared))
+        if pending:
+            loaded = pending[0][1]
+            loc, scale, _, df = self._infer(loaded, np.stack([p[2] for p in pending]))
+            for k, (j, _, _, as_of) in enumerate(pending):
+                symbol, _, price = requests[j]
+                results[j] = self._model_result(symbol, price, loaded, loc[k], scale[k], df, quantiles, as_of)
+        return results  # type: ignore[return-value]
 
     def _momentum(self, symbol: str, closes: np.ndarray, current_price: float, quantiles: Sequence[float],
                   reason: str, as_of: str | None) -> PredictionResult:
@@ -195,7 +385,7 @@ class MambaPredictor:
     # ---- the guide's API -----------------------------------------------------------------------
     async def predict_detailed(self, symbol: str, price_history: Any, current_price: float,
                                quantiles: Sequence[float] = DEFAULT_QUANTILES) -> PredictionResult:
-        return await asyncio.to_thread(self._forecast, symbol, price_history, current_price, quantiles)
+        return await self._run(self._forecast, symbol, price_history, current_price, quantiles)
 
     async def predict(self, symbol: str, price_history: Any, current_price: float) -> dict[str, float]:
         """`{'1d': price, '5d': price, ...}`: median predicted price per horizon."""
@@ -213,6 +403,65 @@ class MambaPredictor:
     async def prob_below(self, symbol: str, price_history: Any, current_price: float, strike: float,
                          horizon: int | str) -> float:
         return (await self.predict_detailed(symbol, price_history, current_price)).prob_below(strike, horizon)
+
+    async def predict_many(self, requests: Sequence[tuple[str, Any, float]],
+                           quantiles: Sequence[float] = DEFAULT_QUANTILES, *, return_exceptions: bool = False
+                           ) -> list[PredictionResult | BaseException]:
+        """`predict_detailed` for many `(symbol, price_history, current_price)` requests, in request order.
+
+        Requests for the same symbol (e.g. many as-of dates) share one forward pass over their stacked
+        windows; different symbols run in parallel in the worker threads. The answers are those of
+        `predict_detailed` (to float32 rounding of the batched matrix products). A bad request raises
+        its ValueError, or with `return_exceptions=True` its exception takes that request's place.
+        """
+        requests = list(requests)
+        _check_quantiles(quantiles)
+        for i, req in enumerate(requests):
+            if not (isinstance(req, tuple) and len(req) == 3):
+                raise ValueError(f"request {i} must be a (symbol, price_history, current_price) tuple, got "
+                                 f"{type(req).__name__}")
+        groups: dict[str, list[int]] = {}
+        for i, (symbol, _, _) in enumerate(requests):
+            groups.setdefault(symbol, []).append(i)
+        chunks = [idx[k:k + _GROUP_CHUNK] for idx in groups.values() for k in range(0, len(idx), _GROUP_CHUNK)]
+        parts = await asyncio.gather(*(self._run(self._forecast_group, [requests[i] for i in chunk], quantiles,
+                                                 return_exceptions) for chunk in chunks))
+        out: list[PredictionResult | BaseException | None] = [None] * len(requests)
+        for chunk, results in zip(chunks, parts, strict=True):
+            for i, result in zip(chunk, results, strict=True):
+                out[i] = result
+        return out  # type: ignore[return-value]
+
+    def forecast_origins(self, symbol: str, price_history: Any, origins: Sequence[int] | None = None
+                         ) -> OriginForecasts:
+        """The model's distributions at many origins of one history, in a few forward passes (blocking).
+
+        The forecast at origin t uses rows 0..t only (features are causal), i.e. it is what
+        `predict_detailed(symbol, history[:t + 1], ...)` answers without trimming. `origins` default to
+        every row with a full window. Raises StoreError when the symbol has no usable model (no fallback:
+        this is for backtests and calibration checks of the model itself).
+        """
+        loaded = self._lookup(symbol)
+        if isinstance(loaded, StoreError):
+            raise loaded
+        closes = as_close_array(price_history)
+        _check_inputs(symbol, closes, 1.0)
+        first = loaded.needed_days - 1
+        rows = np.arange(first, len(closes)) if origins is None else np.asarray(origins, dtype=np.int64)
+        if rows.ndim != 1 or (rows.size and (rows.min() < first or rows.max() >= len(closes))):
+            raise ValueError(f"{symbol}: origins must be row positions in [{first}, {len(closes) - 1}] (a full "
+                             f"window of {loaded.needed_days} days up to the origin)")
+        frame = as_price_frame(price_history) if loaded.engineer.include_volume else closes
+        scaled = loaded.feature_scaler.transform(loaded.engineer.extract_features(frame))
+        windows = np.lib.stride_tricks.sliding_window_view(scaled, loaded.sequence_length, axis=0)
+        windows = windows.transpose(0, 2, 1)[rows - loaded.sequence_length + 1]   # (n, seq_len, n_features)
+        loc, scale, raw, df = self._infer(loaded, windows)
+        index = price_history.index if isinstance(price_history, (pd.DataFrame, pd.Series)) else None
+        as_of = [index[r].date().isoformat() if index is not None and isinstance(index[r], pd.Timestamp) else None
+                 for r in rows]
+        return OriginForecasts(symbol=symbol, horizons=loaded.model.horizons, origins=rows, as_of=as_of, loc=loc,
+                               scale=scale, raw_scale=raw, df=df, calibration=loaded.calibration.copy(),
+                               model_version=loaded.version)
 
     def train(self, training_data: dict[str, Any], epochs: int = 50, **kwargs: Any) -> dict[str, dict[str, Any]]:
         """Train and store a model per symbol from its price history (closes array, Series or DataFrame)."""
@@ -234,12 +483,15 @@ class MambaPredictor:
 def _result(symbol: str, current_price: float, horizons: list[int], loc: np.ndarray, scale: np.ndarray,
             df: np.ndarray, quantiles: Sequence[float], source: str, reason: str | None, version: str | None,
             as_of: str | None) -> PredictionResult:
-    qs = sorted(quantiles)
+    qs = np.asarray(sorted(quantiles), dtype=np.float64)
     keys = [f"{h}d" for h in horizons]
-    quant: dict[str, dict[float, float]] = {}
-    for k, mu, s, nu in zip(keys, loc, scale, df, strict=True):
-        z = stats.t.ppf(qs, nu) if math.isfinite(nu) else stats.norm.ppf(qs)
-        quant[k] = {q: float(current_price * math.exp(mu + s * zq)) for q, zq in zip(qs, z, strict=True)}
+    # special.stdtrit / ndtri are what stats.t.ppf / stats.norm.ppf compute (bit for bit), without their
+    # per-call argument handling; one call for every horizon and level.
+    df_col = np.asarray(df, dtype=np.float64)[:, None]
+    z = np.where(np.isfinite(df_col), special.stdtrit(np.where(np.isfinite(df_col), df_col, 1.0), qs),
+                 special.ndtri(qs))
+    price = current_price * np.exp(np.asarray(loc)[:, None] + np.asarray(scale)[:, None] * z)
+    quant = {k: dict(zip(qs.tolist(), row.tolist(), strict=True)) for k, row in zip(keys, price, strict=True)}
     return PredictionResult(
         symbol=symbol, current_price=float(current_price), horizons=list(horizons),
         prices={k: float(current_price * math.exp(mu)) for k, mu in zip(keys, loc, strict=True)},

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from mambacast import MambaConfig, MambaPredictor, TrainConfig
 from mambacast.data.features import TimeSeriesFeatureEngineer
@@ -172,3 +173,55 @@ def test_inference_threads_are_per_worker(model_dir):
         p.close()
     with pytest.raises(ValueError, match="inference_threads=0"):
         MambaPredictor(["AAPL"], inference_threads=0)
+
+
+def test_rolling_calibration_refits_the_validation_estimator_on_recent_residuals(model_dir, long_history):
+    plain = MambaPredictor(["AAPL"], model_dir=model_dir, trim_history=False)
+    rolling = MambaPredictor(["AAPL"], model_dir=model_dir, calibration="rolling", calibration_window=250)
+    try:
+        closes = long_history["close"].to_numpy()
+        fc = plain.forecast_origins("AAPL", long_history)          # raw forecasts at every origin 119..1499
+        T = len(closes) - 1
+        got = run(rolling.predict_detailed("AAPL", long_history, float(closes[-1])))
+        for j, h in enumerate([1, 5, 10, 30]):
+            s = np.arange(T - h - 249, T - h + 1)
+            z = np.abs(np.log(closes[s + h] / closes[s]) - fc.loc[s - 119, j]) / fc.raw_scale[s - 119, j]
+            factor = np.quantile(z, 0.8) / stats.t.ppf(0.9, fc.df[j])
+            assert got._dist[KEYS[j]][1] == pytest.approx(fc.raw_scale[-1, j] * factor, rel=1e-5)
+            assert got._dist[KEYS[j]][0] == pytest.approx(fc.loc[-1, j], abs=1e-7)
+        assert len(rolling._load("AAPL").factors) == 1
+        assert_same(run(rolling.predict_detailed("AAPL", long_history, float(closes[-1]))), got)  # from the cache
+        assert len(rolling._load("AAPL").factors) == 1
+    finally:
+        plain.close()
+        rolling.close()
+
+
+def test_rolling_calibration_in_batches_origins_and_short_histories(model_dir, long_history):
+    static = MambaPredictor(["AAPL"], model_dir=model_dir)
+    rolling = MambaPredictor(["AAPL"], model_dir=model_dir, calibration="rolling", calibration_window=250)
+    untrimmed = MambaPredictor(["AAPL"], model_dir=model_dir, calibration="rolling", trim_history=False)
+    try:
+        closes = long_history["close"]
+        # 119 + 250 + h - 1 rows are needed for horizon h: at origin 380 only 1d and 5d are refitted
+        ends = [300, 381, 1000, 1500]
+        requests = [("AAPL", long_history.iloc[:end], float(closes.iloc[end - 1])) for end in ends]
+        one_by_one = [run(rolling.predict_detailed(*r)) for r in requests]
+        rolling._load("AAPL").factors.clear()
+        for a, b in zip(run(rolling.predict_many(requests)), one_by_one, strict=True):
+            assert_same(a, b)
+        short = run(static.predict_detailed(*requests[0]))
+        assert_same(one_by_one[0], short)                           # 300 days: the validation factor everywhere
+        partial = run(static.predict_detailed(*requests[1]))
+        assert one_by_one[1]._dist["30d"] == pytest.approx(partial._dist["30d"])
+        assert one_by_one[1]._dist["1d"][1] != pytest.approx(partial._dist["1d"][1])
+        fc = untrimmed.forecast_origins("AAPL", long_history, [e - 1 for e in ends])
+        for i, got in enumerate(one_by_one):
+            np.testing.assert_allclose([got._dist[k][1] for k in KEYS], fc.scale[i], rtol=1e-5)
+        np.testing.assert_allclose(fc.scale, fc.raw_scale * fc.calibration)
+        with pytest.raises(ValueError, match="calibration='conformal' is invalid"):
+            MambaPredictor(["AAPL"], calibration="conformal")
+    finally:
+        static.close()
+        rolling.close()
+        untrimmed.close()

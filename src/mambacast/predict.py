@@ -25,11 +25,16 @@ Serving path (see docs/prediction.md):
 - `predict_many` stacks the windows of all requests for the same symbol into one forward pass and
   runs different symbols in parallel; `forecast_origins` forecasts every day of one history in a
   few forward passes (for backtests and calibration checks).
+
+`calibration="rolling"` replaces the stored validation-split factor by the same split-conformal
+estimator refitted on the model's residuals over the latest `calibration_window` (250) origins of the
+given history whose outcome is known; held-out results of both are in docs/prediction.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -54,7 +59,7 @@ from .nn.mamba import MambaModel
 from .store import ModelStore, StoreError
 
 __all__ = ["MambaPredictor", "PredictionResult", "OriginForecasts", "DEFAULT_QUANTILES", "EMA_TOLERANCE",
-           "ema_memory_days"]
+           "CALIBRATIONS", "ema_memory_days"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,9 @@ _MIN_CLOSES = 3  # the momentum rule's minimum (two returns)
 EMA_TOLERANCE = 1e-9
 _MAX_BATCH = 512        # windows per forward pass (bounds memory: 512 x 60 x d_inner floats per layer)
 _GROUP_CHUNK = 128      # requests of one symbol per worker task in predict_many
+_ROLLING_LEVEL = 0.8    # the rolling factor makes this central interval cover its share (as the validation one)
+_FACTOR_CACHE = 256     # rolling factors kept per symbol, keyed by the history they were fitted on
+CALIBRATIONS = ("validation", "rolling")
 
 
 def ema_memory_days(windows: Sequence[int], tol: float = EMA_TOLERANCE) -> int:
@@ -126,7 +134,8 @@ class OriginForecasts:
 
     `origins` are row positions in the history (the forecast uses rows `0..origin`), `as_of` their
     dates (None for plain arrays); `loc`, `scale` (calibrated) and `raw_scale` (before the calibration
-    factor) are `(n_origins, n_horizons)` in log-return units; `df` is `(n_horizons,)`.
+    factor) are `(n_origins, n_horizons)` in log-return units; `calibration` is the factor applied at each
+    origin (`scale = raw_scale * calibration`, same shape); `df` is `(n_horizons,)`.
     """
 
     symbol: str
@@ -163,6 +172,7 @@ class _LoadedModel:
     calibration: np.ndarray          # (n_horizons,) multiplier of the distribution scale
     lock: threading.Lock
     keep_days: int = 0               # rows of history turned into features when trimming
+    factors: dict[bytes, np.ndarray] = field(default_factory=dict)   # rolling factors by history digest
 
     @property
     def needed_days(self) -> int:
@@ -175,6 +185,22 @@ class _LoadedModel:
     @property
     def version(self) -> str:
         return f"{self.meta['training_date']}/{self.meta['weights_sha256'][:12]}"
+
+
+@dataclass
+class _Prepared:
+    """A request ready for the model: windows (k, seq_len, n_features), the last one the forecast's.
+
+    With the rolling calibration and no cached factor, the k - 1 windows before it are those of the
+    residual origins, `closes` the history rows they index (the last is the forecast origin).
+    """
+
+    loaded: _LoadedModel
+    windows: np.ndarray
+    as_of: str | None
+    closes: np.ndarray | None = None
+    key: bytes | None = None
+    factor: np.ndarray | None = None
 
 
 def _check_inputs(symbol: str, closes: np.ndarray, current_price: float) -> None:
@@ -225,11 +251,25 @@ class MambaPredictor:
     default 1; None leaves torch's setting alone) so the event loop stays responsive. `trim_history`
     (default True) turns only the last `keep_days` closes into features (see the module docstring);
     False uses the whole history as given. `close()` stops the worker threads.
+
+    `calibration` chooses the factor that scales the model's distribution: "validation" (default) is
+    the split-conformal factor fitted at training time on the validation split and stored with the
+    model; "rolling" refits the same estimator at each forecast on the model's own residuals over the
+    `calibration_window` latest origins whose outcome is in the given history (h days stale for
+    horizon h), so the intervals follow volatility regimes the validation split never saw. It needs
+    `calibration_window + max(horizons) - 1` more days of history (horizons without enough keep the
+    validation factor) and one forward pass over those windows per new history; the factor is cached
+    per symbol and history, so repeated calls on the same history cost what a "validation" call does.
     """
 
     def __init__(self, symbols: Sequence[str], config: MambaConfig | None = None,
                  model_dir: str | Path = "models/mamba", device: str = "cpu", *, trim_history: bool = True,
-                 inference_threads: int | None = 1, max_workers: int | None = None):
+                 inference_threads: int | None = 1, max_workers: int | None = None,
+                 calibration: str = "validation", calibration_window: int = 250):
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration={calibration!r} is invalid: use one of {', '.join(CALIBRATIONS)}")
+        if not isinstance(calibration_window, int) or calibration_window < 10:
+            raise ValueError(f"calibration_window={calibration_window!r} is invalid: must be an integer >= 10")
         if inference_threads is not None and (not isinstance(inference_threads, int) or inference_threads < 1):
             raise ValueError(f"inference_threads={inference_threads!r} is invalid: must be a positive integer "
                              "or None")
@@ -242,6 +282,8 @@ class MambaPredictor:
         self.trim_history = bool(trim_history)
         self.inference_threads = inference_threads
         self.max_workers = max_workers or os.cpu_count() or 1
+        self.calibration = calibration
+        self.calibration_window = calibration_window
         self._models: dict[str, _LoadedModel | StoreError] = {}
         self._load_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -297,8 +339,8 @@ class MambaPredictor:
 
     # ---- forecasting --------------------------------------------------------------------------
     def _prepare(self, symbol: str, price_history: Any, current_price: float, quantiles: Sequence[float]
-                 ) -> PredictionResult | tuple[_LoadedModel, np.ndarray, str | None]:
-        """Validate one request; a momentum answer, or (model, scaled window (seq_len, n_features), as_of)."""
+                 ) -> PredictionResult | _Prepared:
+        """Validate one request: a momentum answer, or the scaled windows the model must read."""
         closes = as_close_array(price_history)
         _check_inputs(symbol, closes, current_price)
         _check_quantiles(quantiles)
@@ -310,49 +352,69 @@ class MambaPredictor:
             return self._momentum(symbol, closes, current_price, quantiles,
                                   f"history has {len(closes)} days; the model needs at least {loaded.needed_days}",
                                   as_of)
-        keep = loaded.keep_days if self.trim_history else len(closes)
+        rolling = self.calibration == "rolling"
+        lookback = self.calibration_window + max(loaded.model.horizons) - 1 if rolling else 0
+        keep = min(len(closes), loaded.keep_days + lookback if self.trim_history else len(closes))
+        tail = closes[-keep:]
+        key, factor = None, None
+        if rolling:
+            key = hashlib.blake2b(tail.tobytes(), digest_size=16).digest()
+            with loaded.lock:
+                factor = loaded.factors.get(key)
+        # the current window, and before it (rolling, not cached) the windows of the residual origins
+        n_windows = 1 if factor is not None or not rolling else \
+            min(lookback, keep - loaded.needed_days) + 1
         if loaded.engineer.include_volume:
-            part = price_history.iloc[-keep:] if isinstance(price_history, (pd.DataFrame, pd.Series)) \
-                else closes[-keep:]
+            part = price_history.iloc[-keep:] if isinstance(price_history, (pd.DataFrame, pd.Series)) else tail
             features = loaded.engineer.extract_features(as_price_frame(part))
         else:
-            features = loaded.engineer.extract_features(closes[-keep:])
-        window = loaded.feature_scaler.transform(features[-loaded.sequence_length:])
-        return loaded, window, as_of
+            features = loaded.engineer.extract_features(tail)
+        scaled = loaded.feature_scaler.transform(features[-(loaded.sequence_length + n_windows - 1):])
+        windows = np.lib.stride_tricks.sliding_window_view(scaled, loaded.sequence_length, axis=0).transpose(0, 2, 1)
+        return _Prepared(loaded, windows, as_of, tail if rolling else None, key, factor)
 
-    def _infer(self, loaded: _LoadedModel, windows: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """windows (batch, seq_len, n_features) -> loc, scale, raw_scale (batch, n_horizons), df (n_horizons,)."""
-        x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+    def _infer(self, loaded: _LoadedModel, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """windows (batch, seq_len, n_features) -> loc, raw_scale (batch, n_horizons) in log-returns, df (n_horizons,).
+
+        raw_scale is the model's scale before any calibration factor.
+        """
+        x = torch.from_numpy(np.array(windows, dtype=np.float32, order="C")).to(self.device)  # a writable copy
         with loaded.lock, torch.no_grad():
             outs = [loaded.model.forward_distribution(x[i:i + _MAX_BATCH]) for i in range(0, len(x), _MAX_BATCH)]
         loc_z = torch.cat([o[0] for o in outs]).double().cpu().numpy()
         scale_z = torch.cat([o[1] for o in outs]).double().cpu().numpy()
         df = outs[0][2].double().cpu().numpy()
         mean, std = loaded.target_scaler.mean_, loaded.target_scaler.std_
-        raw = std * scale_z
-        return mean + std * loc_z, raw * loaded.calibration, raw, df
+        return mean + std * loc_z, std * scale_z, df
 
-    def _model_result(self, symbol: str, current_price: float, loaded: _LoadedModel, loc: np.ndarray,
-                      scale: np.ndarray, df: np.ndarray, quantiles: Sequence[float], as_of: str | None
-                      ) -> PredictionResult:
-        return _result(symbol, current_price, loaded.model.horizons, loc, scale, df, quantiles, "mamba", None,
-                       loaded.version, as_of)
+    def _finish(self, symbol: str, current_price: float, prep: _Prepared, loc: np.ndarray, raw: np.ndarray,
+                df: np.ndarray, quantiles: Sequence[float]) -> PredictionResult:
+        """Result from the outputs of one request's windows (the last one is the forecast)."""
+        loaded = prep.loaded
+        factor = loaded.calibration if prep.closes is None else prep.factor
+        if factor is None:   # rolling, not cached: fit it on the residual windows' forecasts
+            factor = _rolling_factor(prep.closes, loc, raw, df, loaded.model.horizons, self.calibration_window,
+                                     loaded.calibration)
+            with loaded.lock:
+                if len(loaded.factors) >= _FACTOR_CACHE:
+                    loaded.factors.pop(next(iter(loaded.factors)))
+                loaded.factors[prep.key] = factor
+        return _result(symbol, current_price, loaded.model.horizons, loc[-1], raw[-1] * factor, df, quantiles,
+                       "mamba", None, loaded.version, prep.as_of)
 
     def _forecast(self, symbol: str, price_history: Any, current_price: float,
                   quantiles: Sequence[float]) -> PredictionResult:
         prepared = self._prepare(symbol, price_history, current_price, quantiles)
         if isinstance(prepared, PredictionResult):
             return prepared
-        loaded, window, as_of = prepared
-        loc, scale, _, df = self._infer(loaded, window[None])
-        return self._model_result(symbol, current_price, loaded, loc[0], scale[0], df, quantiles, as_of)
+        loc, raw, df = self._infer(prepared.loaded, prepared.windows)
+        return self._finish(symbol, current_price, prepared, loc, raw, df, quantiles)
 
     def _forecast_group(self, requests: Sequence[tuple[str, Any, float]], quantiles: Sequence[float],
                         return_exceptions: bool) -> list[PredictionResult | BaseException]:
         """Requests of one symbol: validate and window each, then one forward pass over all the windows."""
         results: list[PredictionResult | BaseException | None] = [None] * len(requests)
-        pending: list[tuple[int, _LoadedModel, np.ndarray, str | None]] = []
+        pending: list[tuple[int, _Prepared]] = []
         for j, (symbol, history, price) in enumerate(requests):
             try:
                 prepared = self._prepare(symbol, history, price, quantiles)
@@ -364,13 +426,14 @@ class MambaPredictor:
             if isinstance(prepared, PredictionResult):
                 results[j] = prepared
             else:
-                pending.append((j, *prepared))
+                pending.append((j, prepared))
         if pending:
-            loaded = pending[0][1]
-            loc, scale, _, df = self._infer(loaded, np.stack([p[2] for p in pending]))
-            for k, (j, _, _, as_of) in enumerate(pending):
+            loc, raw, df = self._infer(pending[0][1].loaded, np.concatenate([p.windows for _, p in pending]))
+            end = 0
+            for j, prep in pending:
+                start, end = end, end + len(prep.windows)
                 symbol, _, price = requests[j]
-                results[j] = self._model_result(symbol, price, loaded, loc[k], scale[k], df, quantiles, as_of)
+                results[j] = self._finish(symbol, price, prep, loc[start:end], raw[start:end], df, quantiles)
         return results  # type: ignore[return-value]
 
     def _momentum(self, symbol: str, closes: np.ndarray, current_price: float, quantiles: Sequence[float],
@@ -437,9 +500,10 @@ class MambaPredictor:
         """The model's distributions at many origins of one history, in a few forward passes (blocking).
 
         The forecast at origin t uses rows 0..t only (features are causal), i.e. it is what
-        `predict_detailed(symbol, history[:t + 1], ...)` answers without trimming. `origins` default to
-        every row with a full window. Raises StoreError when the symbol has no usable model (no fallback:
-        this is for backtests and calibration checks of the model itself).
+        `predict_detailed(symbol, history[:t + 1], ...)` answers without trimming, with this predictor's
+        calibration (the rolling factor at t uses the residuals of origins up to t - h, as in serving).
+        `origins` default to every row with a full window. Raises StoreError when the symbol has no
+        usable model (no fallback: this is for backtests and calibration checks of the model itself).
         """
         loaded = self._lookup(symbol)
         if isinstance(loaded, StoreError):
@@ -451,16 +515,29 @@ class MambaPredictor:
         if rows.ndim != 1 or (rows.size and (rows.min() < first or rows.max() >= len(closes))):
             raise ValueError(f"{symbol}: origins must be row positions in [{first}, {len(closes) - 1}] (a full "
                              f"window of {loaded.needed_days} days up to the origin)")
+        horizons = loaded.model.horizons
+        if self.calibration == "rolling" and rows.size:   # every origin from the first residual one needed
+            span = np.arange(max(first, int(rows.min()) - self.calibration_window - max(horizons) + 1),
+                             int(rows.max()) + 1)
+        else:
+            span = rows
         frame = as_price_frame(price_history) if loaded.engineer.include_volume else closes
         scaled = loaded.feature_scaler.transform(loaded.engineer.extract_features(frame))
         windows = np.lib.stride_tricks.sliding_window_view(scaled, loaded.sequence_length, axis=0)
-        windows = windows.transpose(0, 2, 1)[rows - loaded.sequence_length + 1]   # (n, seq_len, n_features)
-        loc, scale, raw, df = self._infer(loaded, windows)
+        windows = windows.transpose(0, 2, 1)[span - loaded.sequence_length + 1]   # (n, seq_len, n_features)
+        loc, raw, df = self._infer(loaded, windows)
+        if self.calibration == "rolling" and rows.size:
+            factor = _rolling_factors(closes, span, loc, raw, df, horizons, self.calibration_window,
+                                      loaded.calibration)
+            pick = rows - span[0]
+            loc, raw, factor = loc[pick], raw[pick], factor[pick]
+        else:
+            factor = np.broadcast_to(loaded.calibration, loc.shape).copy()
         index = price_history.index if isinstance(price_history, (pd.DataFrame, pd.Series)) else None
         as_of = [index[r].date().isoformat() if index is not None and isinstance(index[r], pd.Timestamp) else None
                  for r in rows]
-        return OriginForecasts(symbol=symbol, horizons=loaded.model.horizons, origins=rows, as_of=as_of, loc=loc,
-                               scale=scale, raw_scale=raw, df=df, calibration=loaded.calibration.copy(),
+        return OriginForecasts(symbol=symbol, horizons=horizons, origins=rows, as_of=as_of, loc=loc,
+                               scale=raw * factor, raw_scale=raw, df=df, calibration=factor,
                                model_version=loaded.version)
 
     def train(self, training_data: dict[str, Any], epochs: int = 50, **kwargs: Any) -> dict[str, dict[str, Any]]:
@@ -478,6 +555,43 @@ class MambaPredictor:
             if symbol not in self.symbols:
                 self.symbols.append(symbol)
         return results
+
+
+def _rolling_factor(closes: np.ndarray, loc: np.ndarray, raw: np.ndarray, df: np.ndarray, horizons: list[int],
+                    window: int, fallback: np.ndarray) -> np.ndarray:
+    """Rolling split-conformal factor per horizon at the last row T of `closes` (serving path).
+
+    `loc`, `raw` (k, n_horizons) are the forecasts at the last k rows T-k+1..T. For horizon h the
+    residuals are those of the `window` origins s in [T-h-window+1, T-h] (outcome p[s+h] known at T):
+    `factor = quantile(|r - loc| / raw, 0.8) / t_ppf(0.9, df)`, the validation split's estimator on the
+    most recent outcomes. Horizons with fewer than `window` such origins keep the `fallback` factor.
+    """
+    T, k = len(closes) - 1, len(loc)
+    out = np.array(fallback, dtype=np.float64, copy=True)
+    for j, h in enumerate(horizons):
+        s = np.arange(T - h - window + 1, T - h + 1)
+        if s[0] < T - k + 1:
+            continue
+        i = s - (T - k + 1)
+        z = np.abs(np.log(closes[s + h] / closes[s]) - loc[i, j]) / raw[i, j]
+        out[j] = np.quantile(z, _ROLLING_LEVEL) / special.stdtrit(df[j], 0.5 + _ROLLING_LEVEL / 2)
+    return out
+
+
+def _rolling_factors(closes: np.ndarray, origins: np.ndarray, loc: np.ndarray, raw: np.ndarray, df: np.ndarray,
+                     horizons: list[int], window: int, fallback: np.ndarray) -> np.ndarray:
+    """`_rolling_factor` at every one of consecutive `origins` at once: (n_origins, n_horizons)."""
+    out = np.empty_like(loc)
+    for j, h in enumerate(horizons):
+        z = np.full(len(origins), np.nan)
+        known = origins + h < len(closes)
+        s = origins[known]
+        z[known] = np.abs(np.log(closes[s + h] / closes[s]) - loc[known, j]) / raw[known, j]
+        q = pd.Series(z).rolling(window, min_periods=window).quantile(_ROLLING_LEVEL).to_numpy()
+        f = np.full(len(origins), np.nan)
+        f[h:] = q[:-h] / special.stdtrit(df[j], 0.5 + _ROLLING_LEVEL / 2)   # origins <= t - h only
+        out[:, j] = np.where(np.isnan(f), fallback[j], f)
+    return out
 
 
 def _result(symbol: str, current_price: float, horizons: list[int], loc: np.ndarray, scale: np.ndarray,

@@ -9,8 +9,14 @@ Block (Gu & Dao 2023, `mamba_simple` formulation), pre-norm residual:
     out = out_proj(y * SiLU(z));  return input + out
 
 Model: Linear(n_features -> d_model), `num_layers` blocks, final LayerNorm, one linear head
-per horizon on the last time step (plus a Student-t scale head for the forecast distribution). `step()` is the recurrent form (O(1) per new bar) and
-equals the parallel `encode()` step for step.
+per horizon on the last time step (plus a Student-t scale head for the forecast distribution).
+`step()` is the recurrent form (O(1) per new bar) and equals the parallel `encode()` step for
+step; `encode_long()` runs `encode()` over arbitrarily long sequences in bounded memory.
+
+On CPU (float32/float64) everything between in_proj and out_proj runs as one fused autograd node
+(`nn.fused.mamba_inner`: compiled conv1d + SiLU, x_proj, and a selective-scan kernel that also does
+dt_proj, softplus, the D skip and the z gate); elsewhere, or if the kernel cannot be built, the
+same function runs as PyTorch ops (`mamba_inner_ref`).
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MambaConfig
+from .fused import fused_ops, mamba_inner
 from .heads import PointHead, StudentTHead
-from .scan import selective_scan
 
 __all__ = ["MambaBlock", "MambaModel", "LayerState"]
 
@@ -70,7 +76,9 @@ class MambaBlock(nn.Module):
 
     @property
     def A(self) -> Tensor:
-        return -torch.exp(self.A_log.float())
+        # Half-precision parameters compute A in float32 (as mamba_simple); float32/float64 keep their dtype.
+        A_log = self.A_log.float() if self.A_log.dtype in (torch.float16, torch.bfloat16) else self.A_log
+        return -torch.exp(A_log)
 
     def _ssm_params(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (..., d_inner) -> delta (..., d_inner), B and C (..., d_state)."""
@@ -78,20 +86,75 @@ class MambaBlock(nn.Module):
         return F.softplus(self.dt_proj(dt)), B, C
 
     def forward(self, hidden: Tensor) -> Tensor:
-        seq_len = hidden.shape[1]
-        x, z = self.in_proj(self.norm(hidden)).chunk(2, dim=-1)            # (b, l, d_inner) each
-        x = self.conv1d(x.transpose(1, 2))[..., :seq_len].transpose(1, 2)  # causal: drop right pad
-        x = F.silu(x)
-        delta, B, C = self._ssm_params(x)
-        y = selective_scan(x, delta, self.A, B, C, self.D)
-        return hidden + self.out_proj(y * F.silu(z))
+        """hidden (batch, seq_len, d_model) -> same; the sequence starts from the zero state."""
+        return self.forward_with_state(hidden, None, need_state=False)[0]
+
+    def forward_with_state(self, hidden: Tensor, state: LayerState | None,
+                           need_state: bool = True) -> tuple[Tensor, LayerState | None]:
+        """Continue a sequence from `state` (None: zeros); returns (output, state after the last step).
+
+        The state is the one `step()` carries: the last d_conv conv inputs and the SSM state, so
+        chunks of a long sequence, and `step()` after them, compute exactly what one `forward`
+        over the whole sequence computes.
+        """
+        xz = self.in_proj(self.norm(hidden))                               # (b, l, 2 * d_inner)
+        conv_prev = None if state is None else state.conv[:, :, 1:].transpose(1, 2)   # (b, d_conv-1, d_inner)
+        A = self.A.to(xz.dtype)
+        y, ssm = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
+                             self.dt_proj.weight, self.dt_proj.bias, A, self.D.to(xz.dtype), conv_prev,
+                             None if state is None else state.ssm)
+        out = hidden + self.out_proj(y)
+        if not need_state:
+            return out, None
+        # New conv state: the last d_conv inputs of (previous inputs, this chunk's x).
+        x = xz[..., :self.d_inner]
+        if state is None:
+            prev = x.new_zeros(x.shape[0], self.d_conv, self.d_inner)
+        else:
+            prev = state.conv.transpose(1, 2)
+        conv = torch.cat([prev, x], dim=1)[:, -self.d_conv:].transpose(1, 2)   # (b, d_inner, d_conv)
+        return out, LayerState(conv, ssm)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
         return LayerState(torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
                           torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype))
 
     def step(self, hidden: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
-        """One time step: hidden (batch, d_model) -> (batch, d_model), new state."""
+        """One time step: hidden (batch, d_model) -> (batch, d_model), new state.
+
+        Without autograd on CPU the whole block is one fused kernel call (`mamba_step`), else
+        `step_ref`, the same maths in PyTorch ops.
+        """
+        ops = self._step_ops(hidden)
+        return self._step_fused(ops, hidden, state) if ops is not None else self.step_ref(hidden, state)
+
+    def _step_ops(self, hidden: Tensor):
+        """The kernel's ops if the fused step applies to `hidden` (no autograd, CPU, the parameters' dtype)."""
+        p = self.in_proj.weight
+        if (torch.is_grad_enabled() and (hidden.requires_grad or p.requires_grad)) or hidden.dtype != p.dtype \
+                or self.norm.weight is None:
+            return None
+        return fused_ops(hidden, p, d_state=self.d_state)
+
+    def _A_for_step(self, dtype: torch.dtype) -> Tensor:
+        # -exp(A_log), recomputed only when A_log changes (an optimizer step bumps its version).
+        key = (self.A_log._version, self.A_log.data_ptr(), dtype)
+        cached = getattr(self, "_A_step_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.A.detach().to(dtype).contiguous())
+            self._A_step_cache = cached
+        return cached[1]
+
+    def _step_fused(self, ops, hidden: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        out, conv, ssm = ops.mamba_step(
+            hidden.contiguous(), self.norm.weight, self.norm.bias, self.norm.eps, self.in_proj.weight,
+            self.conv1d.weight.view(self.d_inner, self.d_conv), self.conv1d.bias, self.x_proj.weight,
+            self.dt_proj.weight, self.dt_proj.bias, self._A_for_step(hidden.dtype), self.D, self.out_proj.weight,
+            state.conv.to(hidden.dtype).contiguous(), state.ssm.to(hidden.dtype).contiguous())
+        return out, LayerState(conv, ssm)
+
+    def step_ref(self, hidden: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        """`step` in PyTorch ops (autograd, any device)."""
         x, z = self.in_proj(self.norm(hidden)).chunk(2, dim=-1)            # (b, d_inner)
         conv = torch.cat([state.conv[:, :, 1:], x.unsqueeze(-1)], dim=-1)  # (b, d_inner, d_conv)
         x = (conv * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias
@@ -145,6 +208,77 @@ class MambaModel(nn.Module):
             hidden = layer(hidden)
         return self.norm_f(hidden)
 
+    def _encode_chunk(self, x: Tensor, state: list[LayerState]) -> tuple[Tensor, list[LayerState]]:
+        hidden = self.embed(x)
+        new_state = []
+        for layer, s in zip(self.layers, state, strict=True):
+            hidden, s = layer.forward_with_state(hidden, s)
+            new_state.append(s)
+        return self.norm_f(hidden), new_state
+
+    def _encode_chunk_flat(self, x: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
+        state = [LayerState(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.layers))]
+        hidden, new_state = self._encode_chunk(x, state)
+        return (hidden, *(t for s in new_state for t in s))
+
+    def encode_long(self, x: Tensor, chunk_len: int = 4096, *, state: list[LayerState] | None = None,
+                    return_state: bool = False, checkpoint: bool | None = None
+                    ) -> Tensor | tuple[Tensor, list[LayerState]]:
+        """`encode` for long sequences in bounded memory: equal to `encode(x)` (to rounding).
+
+        The sequence is cut along time into pieces of `chunk_len` steps; each layer's recurrent
+        state (its last `d_conv` conv inputs and its SSM state, the same `LayerState` that
+        `step()` carries) flows from one piece to the next, so only one piece's activations exist
+        at a time. x (batch, seq_len, n_features) -> (batch, seq_len, d_model).
+
+        state: the state to start from (default zeros, i.e. the start of the sequence); with
+            `return_state=True` the state after the last step is returned too, ready for
+            `step()` or another `encode_long` call on the sequence's continuation.
+        checkpoint: backpropagate through the whole sequence with per-piece activation
+            checkpointing (`torch.utils.checkpoint`): the forward keeps only each piece's input
+            and boundary state, the backward recomputes one piece at a time. Default: on when
+            autograd is recording and the model has trainable parameters. Gradients equal those
+            of `encode(x)` and flow into `state` as well.
+
+        Memory without autograd: the output plus one piece's activations (about 40 bytes per step
+        per `d_inner` channel per layer). Forward at the guide config: see docs/benchmarks.md.
+        """
+        self._check_input(x, 3)
+        if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1:
+            raise ValueError(f"chunk_len={chunk_len!r} is invalid: must be a positive integer")
+        batch, seq_len, _ = x.shape
+        if state is None:
+            state = self.init_state(batch)
+            p = self.embed.weight
+            state = [LayerState(s.conv.to(x.dtype) if p.dtype != x.dtype else s.conv,
+                                s.ssm.to(x.dtype) if p.dtype != x.dtype else s.ssm) for s in state]
+        elif len(state) != len(self.layers):
+            raise ValueError(f"state has {len(state)} layers, the model has {len(self.layers)}")
+        state = list(state)
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())
+                                            or any(t.requires_grad for s in state for t in s))
+        if checkpoint is None:
+            checkpoint = grad
+        out: Tensor | None = None if grad else x.new_empty(batch, seq_len, self.config.d_model)
+        pieces = []
+        for t0 in range(0, seq_len, chunk_len):
+            xc = x[:, t0:t0 + chunk_len]
+            if checkpoint and grad:
+                from torch.utils.checkpoint import checkpoint as ckpt
+
+                flat = [t for s in state for t in s]
+                hidden, *flat = ckpt(self._encode_chunk_flat, xc, *flat, use_reentrant=False)
+                state = [LayerState(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.layers))]
+            else:
+                hidden, state = self._encode_chunk(xc, state)
+            if out is not None:
+                out[:, t0:t0 + hidden.shape[1]] = hidden
+            else:
+                pieces.append(hidden)
+        if out is None:
+            out = torch.cat(pieces, dim=1) if pieces else x.new_empty(batch, 0, self.config.d_model)
+        return (out, state) if return_state else out
+
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encode(x)[:, -1])
 
@@ -159,12 +293,16 @@ class MambaModel(nn.Module):
         return [layer.init_state(batch_size, p.device, p.dtype) for layer in self.layers]
 
     def step(self, x_t: Tensor, state: list[LayerState]) -> tuple[Tensor, list[LayerState]]:
-        """Recurrent form: x_t (batch, n_features) -> h_t (batch, d_model) == encode(x)[:, t]."""
+        """Recurrent form: x_t (batch, n_features) -> h_t (batch, d_model) == encode(x)[:, t].
+
+        One new bar costs O(1): without autograd on CPU each block is one fused kernel call.
+        """
         self._check_input(x_t, 2)
         hidden = self.embed(x_t)
+        ops = self.layers[0]._step_ops(hidden) if len(self.layers) else None
         new_state = []
         for layer, s in zip(self.layers, state, strict=True):
-            hidden, s = layer.step(hidden, s)
+            hidden, s = layer._step_fused(ops, hidden, s) if ops is not None else layer.step_ref(hidden, s)
             new_state.append(s)
         return self.norm_f(hidden), new_state
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_fused",
-           "scan_impl", "DEFAULT_CHUNK", "fused_chunk"]
+           "scan_impl", "fused_enabled", "DEFAULT_CHUNK", "fused_chunk"]
 
 # Steps per chunk of the chunked scan. 64 keeps a (64, 32, 128, 16) fp32 block at 16 MiB for the
 # guide's config while leaving the Python loop (one fused multiply-add per step) the only per-step cost.
@@ -268,7 +268,7 @@ class _FusedScan(torch.autograd.Function):
         At = A.t().contiguous()                                          # (n, d)
         h0t = None if h0 is None else h0.transpose(1, 2).contiguous()    # (b, n, d)
         save = any(ctx.needs_input_grad[:9])
-        y, h_last, hsave = ops.scan_fwd(u, delta, At, B, C, D, z, delta_bias, h0t, softplus, chunk, save)
+        y, h_last, hsave = ops.scan_fwd(u, delta, At, B, C, D, z, delta_bias, None, h0t, softplus, chunk, save)
         if save:
             ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, hsave)
         ctx.softplus, ctx.chunk = softplus, chunk
@@ -282,9 +282,9 @@ class _FusedScan(torch.autograd.Function):
         u, delta, At, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else _unit_last(dy)
         dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = load().scan_bwd(
-            u, delta, At, B, C, D, z, delta_bias, hsave, dy, dhl, ctx.softplus, ctx.chunk)
         need = ctx.needs_input_grad
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, _, _ = load().scan_bwd(
+            u, delta, At, B, C, D, z, delta_bias, None, hsave, dy, dhl, ctx.softplus, ctx.chunk, None, need[1])
 
         def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension
             return partial[0] if partial.shape[0] == 1 else partial.sum(0)
@@ -332,9 +332,23 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     return (y, h_last) if return_final_state else y
 
 
-def _fused_applies(u: Tensor, A: Tensor) -> bool:
-    return (u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64)
-            and A.shape[1] <= MAX_FUSED_STATE)
+def _choice() -> str:
+    choice = os.environ.get("MAMBACAST_SCAN", "auto").strip().lower() or "auto"
+    if choice != "auto" and choice not in IMPLS:
+        raise ValueError(f"MAMBACAST_SCAN={choice!r} is invalid: use one of auto, {', '.join(IMPLS)}")
+    return choice
+
+
+def fused_enabled(t: Tensor, d_state: int = 1) -> bool:
+    """Whether the fused CPU kernels serve tensors like `t` now: CPU, float32/float64, d_state
+    within range, `MAMBACAST_SCAN` auto or fused, and the kernel built (built on first call)."""
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or d_state > MAX_FUSED_STATE:
+        return False
+    if _choice() not in ("auto", "fused"):
+        return False
+    from ..ops import available
+
+    return available()
 
 
 def scan_impl(u: Tensor, A: Tensor) -> str:
@@ -343,16 +357,9 @@ def scan_impl(u: Tensor, A: Tensor) -> str:
     `MAMBACAST_SCAN` (ref|chunked|fused|auto, default auto) forces one; auto picks `fused` on
     CPU for float32/float64 when the kernel builds (a build failure is logged once), else `chunked`.
     """
-    choice = os.environ.get("MAMBACAST_SCAN", "auto").strip().lower() or "auto"
+    choice = _choice()
     if choice == "auto":
-        if _fused_applies(u, A):
-            from ..ops import available
-
-            if available():
-                return "fused"
-        return "chunked"
-    if choice not in IMPLS:
-        raise ValueError(f"MAMBACAST_SCAN={choice!r} is invalid: use one of auto, {', '.join(IMPLS)}")
+        return "fused" if fused_enabled(u, A.shape[1]) else "chunked"
     return choice
 
 

@@ -32,6 +32,8 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
 _COMMON_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
 _FLAG_SETS = (["-march=native"], [])
 
+_OPS = ("scan_fwd", "scan_bwd", "conv_fwd", "conv_bwd", "mamba_step")
+
 _lock = threading.Lock()
 _ops: Any = None
 _error: BaseException | None = None
@@ -85,16 +87,16 @@ def _build() -> Any:
             build_dir.mkdir(parents=True, exist_ok=True)
             cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                                build_directory=str(build_dir), is_python_module=False, verbose=False)
-            ops = torch.ops.mambacast
-            ops.scan_fwd, ops.scan_bwd  # noqa: B018 - raises if the library did not register
-            return SimpleNamespace(scan_fwd=ops.scan_fwd, scan_bwd=ops.scan_bwd, name=name, flags=flags)
+            lib = torch.ops.mambacast
+            # getattr raises if the library did not register
+            return SimpleNamespace(**{op: getattr(lib, op) for op in _OPS}, name=name, flags=flags)
         except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
             errors.append(f"{' '.join(flags)}: {type(exc).__name__}: {str(exc).strip()[-2000:]}")
     raise ExtensionUnavailable("could not build the fused selective-scan kernel:\n" + "\n".join(errors))
 
 
 def load() -> Any:
-    """Return the kernel's ops (``scan_fwd``, ``scan_bwd``), building them on first call.
+    """Return the kernel's ops (``scan_fwd``, ``scan_bwd``, ``conv_fwd``, ``conv_bwd``), building them on first call.
 
     Raises ExtensionUnavailable (every call, after one logged warning) if it cannot be built.
     """

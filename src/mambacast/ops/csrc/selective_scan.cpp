@@ -40,6 +40,7 @@
 namespace {
 
 constexpr int kMaxState = 1024;
+constexpr int kMaxRank = 64;
 
 template <typename T>
 struct VT;
@@ -146,10 +147,33 @@ inline VT<float>::V vexp2(VT<float>::V t) {
 
 inline VT<double>::V vexp2(VT<double>::V t) { return vexp(t * 0.6931471805599453094); }
 
+// 1/x: AVX-512 rcp14 refined by one Newton step (~2^-28 relative) instead of a slow divide.
+// Only used where x is in [1, 3].
+inline VT<float>::V vrcp(VT<float>::V x) {
+#if defined(__AVX512F__)
+  using V = VT<float>::V;
+  const V r = (V)_mm512_rcp14_ps((__m512)x);
+  return r * (2.0f - x * r);
+#else
+  return 1.0f / x;
+#endif
+}
+inline VT<double>::V vrcp(VT<double>::V x) { return 1.0 / x; }
+
+// exp for the per-step (per channel, not per state) maths: the fast exp2 path where it exists.
+inline VT<float>::V vexp_step(VT<float>::V x) {
+#if defined(__AVX512F__)
+  return vexp2(x * static_cast<float>(M_LOG2E));
+#else
+  return vexp(x);
+#endif
+}
+inline VT<double>::V vexp_step(VT<double>::V x) { return vexp(x); }
+
 // log1p(e) for e in [0, 1] via 2 atanh(s), s = e / (2 + e) in [0, 1/3]: an odd series in s.
 template <typename V>
 inline V log1p_unit(V e) {
-  V s = e / (2.0f + e);
+  V s = e * vrcp(2.0f + e);
   V s2 = s * s;
   V p;
   if constexpr (sizeof(s[0]) == 4) {
@@ -168,18 +192,33 @@ inline V log1p_unit(V e) {
   return 2.0f * s * p;
 }
 
-// softplus(x) = max(x, 0) + log1p(exp(-|x|)); torch returns x itself above 20, which this matches
-// to rounding.
+// softplus(x) = max(x, 0) + log1p(e) and sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e), e = exp(-|x|) in
+// (0, 1]: one exp for both, no overflow. (torch's softplus returns x itself above 20; this agrees to
+// rounding.)
+template <typename V>
+inline void softplus_sigmoid(V x, V& sp, V* sg) {
+  const V ax = x < 0 ? -x : x;
+  const V e = vexp_step(-ax);
+  sp = (x > 0 ? x : V{}) + log1p_unit(e);
+  if (sg) {
+    const V r = vrcp(1.0f + e);
+    *sg = x >= 0 ? r : e * r;
+  }
+}
+
 template <typename V>
 inline V vsoftplus(V x) {
-  V ax = x < 0 ? -x : x;
-  V mx = x > 0 ? x : V{};
-  return mx + log1p_unit(vexp(-ax));
+  V sp;
+  softplus_sigmoid<V>(x, sp, nullptr);
+  return sp;
 }
 
 template <typename V>
 inline V vsigmoid(V x) {
-  return 1.0f / (1.0f + vexp(-x));
+  const V ax = x < 0 ? -x : x;
+  const V e = vexp_step(-ax);
+  const V r = vrcp(1.0f + e);
+  return x >= 0 ? r : e * r;
 }
 
 // ---------------------------------------------------------------- loads, stores, lane reductions
@@ -303,6 +342,8 @@ struct Args {
   const T* bias = nullptr;    // (d)
   const T* h0 = nullptr;      // (batch, N, d)
   const T* dhlast = nullptr;  // (batch, N, d)
+  const T* Wt = nullptr;      // (R, d): fused dt_proj; then `delta` is dt_low (batch, seq_len, R)
+  int64_t R = 0;
   bool softplus = false;
   // forward outputs
   T* y = nullptr;      // (batch, L, d)
@@ -310,13 +351,17 @@ struct Args {
   T* hsave = nullptr;  // (batch, K, N, d): state entering each chunk
   const T* hsave_in = nullptr;
   // backward outputs
-  T *du = nullptr, *ddelta = nullptr, *dz = nullptr;  // (batch, L, d)
+  T *du = nullptr, *ddelta = nullptr, *dz = nullptr;  // (batch, L, d); dz rows strided
+  int64_t dz_sb = 0, dz_sl = 0;
   T* dA = nullptr;                                    // (batch, N, d) partial over batch
   T* dB = nullptr;                                    // (groups, batch, L, N) partial over channel groups
   T* dC = nullptr;
   T* dD = nullptr;     // (batch, d)
   T* dbias = nullptr;  // (batch, d)
   T* dh0 = nullptr;    // (batch, N, d)
+  bool write_ddelta = true;
+  T* ddtlow = nullptr;  // (groups, batch, L, R) partial over channel groups (fused dt_proj)
+  T* dW = nullptr;      // (batch, R, d) partial over batch (fused dt_proj)
 };
 
 // Per-thread scratch, in vectors: per-step buffers for one chunk, per-state arrays, and the
@@ -338,6 +383,20 @@ struct Scratch {
 template <typename T>
 constexpr int kGroup = VT<T>::L / 2;
 
+// delta before softplus: the delta input, or dt_low . W (the fused dt_proj), plus the bias.
+template <typename T>
+inline typename VT<T>::V raw_delta(const Args<T>& a, int64_t b, int64_t t, int64_t c0, int cnt,
+                                   const typename VT<T>::V& biasv) {
+  using V = typename VT<T>::V;
+  if (a.Wt) {
+    const T* lo = a.delta.at(b, t);
+    V r = biasv;
+    for (int64_t k = 0; k < a.R; ++k) r += vload(a.Wt + k * a.d + c0, cnt) * lo[k];
+    return r;
+  }
+  return vload(a.delta.at(b, t) + c0, cnt) + biasv;
+}
+
 // Per-step quantities shared by every state of one chunk: delta (after bias and softplus),
 // delta * log2(e), delta * u, u, sigmoid(raw delta) for the softplus derivative, and D * u.
 template <typename T>
@@ -347,18 +406,47 @@ void prep_chunk(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt,
   const V Dv = a.D ? vload(a.D + c0, cnt) : V{};
   const V biasv = a.bias ? vload(a.bias + c0, cnt) : V{};
   for (int64_t i = 0; i < T_; ++i) {
-    __builtin_prefetch(a.delta.at(b, t0 + i + 8) + c0);
+    __builtin_prefetch(a.delta.at(b, t0 + i + 8) + (a.Wt ? 0 : c0));
     __builtin_prefetch(a.u.at(b, t0 + i + 8) + c0);
-    const V raw = vload(a.delta.at(b, t0 + i) + c0, cnt) + biasv;
-    const V dt = a.softplus ? vsoftplus(raw) : raw;
+    const V raw = raw_delta(a, b, t0 + i, c0, cnt, biasv);
+    V dt = raw;
+    if (a.softplus) softplus_sigmoid<V>(raw, dt, backward ? &s.sig[i] : nullptr);
     const V uv = vload(a.u.at(b, t0 + i) + c0, cnt);
     s.dt[i] = dt;
     s.dt2[i] = dt * static_cast<T>(M_LOG2E);
     s.du[i] = dt * uv;
     s.uu[i] = uv;
     s.yacc[i] = Dv * uv;
-    if (backward && a.softplus) s.sig[i] = vsigmoid(raw);
   }
+}
+
+// out[k] += sum over lanes of v[k], k < R (R small: the fused dt_proj's rank).
+template <typename T>
+inline void add_lane_sums_small(const typename VT<T>::V* v, int R, T* out) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    if (R <= 4) {  // two levels of the transpose-add tree, then fold the four 128-bit blocks
+      using V = typename VT<T>::V;
+      const V z{};
+      const V x0 = v[0], x1 = R > 1 ? v[1] : z, x2 = R > 2 ? v[2] : z, x3 = R > 3 ? v[3] : z;
+      const V a0 = MC_SHUF(x0, x1, 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29) +
+                   MC_SHUF(x0, x1, 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+      const V a1 = MC_SHUF(x2, x3, 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29) +
+                   MC_SHUF(x2, x3, 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31);
+      const V b0 = MC_SHUF(a0, a1, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+                   MC_SHUF(a0, a1, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+      const __m512 bb = (__m512)b0;
+      const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(bb), 1));
+      const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(bb), hi);
+      const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      float tmp[4];
+      _mm_storeu_ps(tmp, q);
+      for (int k = 0; k < R; ++k) out[k] += tmp[k];
+      return;
+    }
+  }
+#endif
+  add_lane_sums<T>(v, R, out);
 }
 
 // Forward over one chunk for states n0 .. n0+ng-1: h carried in s.h; accumulates C.h into s.yacc.
@@ -528,6 +616,13 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
   }
   const V Dv = a.D ? vload(a.D + c0, cnt) : V{};
   V dDacc{}, dbiasacc{};
+  V Wv[kMaxRank], dWacc[kMaxRank], red[kMaxRank];
+  const int R = static_cast<int>(a.R);
+  for (int k = 0; k < R; ++k) {
+    Wv[k] = vload(a.Wt + k * d + c0, cnt);
+    dWacc[k] = V{};
+  }
+  T* dLrow = a.ddtlow ? a.ddtlow + (group * a.batch + b) * a.L * R : nullptr;
   T* dBrow = a.dB + (group * a.batch + b) * a.L * N;
   T* dCrow = a.dC + (group * a.batch + b) * a.L * N;
   for (int64_t k = a.K - 1; k >= 0; --k) {
@@ -548,7 +643,7 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
       if (a.z.p) {
         const V zv = vload(a.z.at(b, t0 + i) + c0, cnt);
         const V sg = vsigmoid(zv);
-        vstore(a.dz + (b * a.L + t0 + i) * d + c0, dyv * s.yacc[i] * sg * (1.0f + zv * (1.0f - sg)), cnt);
+        vstore(a.dz + b * a.dz_sb + (t0 + i) * a.dz_sl + c0, dyv * s.yacc[i] * sg * (1.0f + zv * (1.0f - sg)), cnt);
         dyv = dyv * zv * sg;
       }
       s.dy[i] = dyv;
@@ -570,7 +665,15 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
       V ddt = s.sA[i] + s.sB[i] * s.uu[i];
       if (a.softplus) ddt *= s.sig[i];
       dbiasacc += ddt;
-      vstore(a.ddelta + (b * a.L + t) * d + c0, ddt, cnt);
+      if (a.write_ddelta) vstore(a.ddelta + (b * a.L + t) * d + c0, ddt, cnt);
+      if (R > 0) {  // fused dt_proj: d dt_low_t = W^T ddelta_t (a channel reduction), dW += ddelta_t dt_low_t
+        const T* lo = a.delta.at(b, t);
+        for (int k = 0; k < R; ++k) {
+          red[k] = ddt * Wv[k];
+          dWacc[k] += ddt * lo[k];
+        }
+        add_lane_sums_small<T>(red, R, dLrow + t * R);
+      }
       vstore(a.du + (b * a.L + t) * d + c0, s.sB[i] * s.dt[i] + Dv * s.dy[i], cnt);
       dDacc += s.dy[i] * s.uu[i];
     }
@@ -581,6 +684,7 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
   }
   vstore(a.dD + b * d + c0, dDacc, cnt);
   vstore(a.dbias + b * d + c0, dbiasacc, cnt);
+  for (int k = 0; k < R; ++k) vstore(a.dW + (b * R + k) * d + c0, dWacc[k], cnt);
 }
 
 // ---------------------------------------------------------------- drivers
@@ -622,7 +726,8 @@ void check_btk(const at::Tensor& x, const char* name, int64_t batch, int64_t L, 
 template <typename T>
 void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& B,
                  const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-                 const std::optional<at::Tensor>& bias, bool softplus, int64_t chunk) {
+                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& Wt, bool softplus,
+                 int64_t chunk) {
   a.batch = u.size(0);
   a.L = u.size(1);
   a.d = u.size(2);
@@ -637,12 +742,16 @@ void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const
   if (D) a.D = D->data_ptr<T>();
   if (z) a.z = ptr2<T>(*z);
   if (bias) a.bias = bias->data_ptr<T>();
+  if (Wt) {
+    a.Wt = Wt->data_ptr<T>();
+    a.R = Wt->size(0);
+  }
   a.softplus = softplus;
 }
 
 void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& B,
                   const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
-                  const std::optional<at::Tensor>& bias) {
+                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& Wt) {
   TORCH_CHECK(u.device().is_cpu(), "selective_scan (fused CPU kernel): tensors must be on the CPU");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "selective_scan (fused CPU kernel): float32 or float64 only, got ", u.scalar_type());
@@ -653,7 +762,14 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   TORCH_CHECK(N >= 1 && N <= kMaxState, "selective_scan (fused CPU kernel): d_state must be in [1, ", kMaxState,
               "], got ", N);
   check_btk(u, "u", batch, L, d);
-  check_btk(delta, "delta", batch, L, d);
+  if (Wt) {
+    TORCH_CHECK(Wt->dim() == 2 && Wt->size(1) == d && Wt->size(0) >= 1 && Wt->size(0) <= kMaxRank &&
+                    Wt->is_contiguous() && Wt->scalar_type() == u.scalar_type(),
+                "selective_scan: the fused dt_proj weight must be contiguous (R, d_inner), 1 <= R <= ", kMaxRank);
+    check_btk(delta, "dt_low", batch, L, Wt->size(0));
+  } else {
+    check_btk(delta, "delta", batch, L, d);
+  }
   check_btk(B, "B", batch, L, N);
   check_btk(C, "C", batch, L, N);
   if (z) check_btk(*z, "z", batch, L, d);
@@ -670,14 +786,14 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta,
-                                                        const at::Tensor& At, const at::Tensor& B,
-                                                        const at::Tensor& C, const std::optional<at::Tensor>& D,
-                                                        const std::optional<at::Tensor>& z,
-                                                        const std::optional<at::Tensor>& bias,
-                                                        const std::optional<at::Tensor>& h0, bool softplus,
-                                                        int64_t chunk, bool save_states) {
-  check_common(u, delta, At, B, C, D, z, bias);
+// y (batch, L, d) [gated by silu(z) if z], h_last (batch, N, d), and if save_states the state
+// entering each chunk (batch, ceil(L / chunk), N, d) for the backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& B, const at::Tensor& C,
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& Wt, const std::optional<at::Tensor>& h0, bool softplus, int64_t chunk,
+    bool save_states) {
+  check_common(u, delta, At, B, C, D, z, bias, Wt);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(0);
   if (h0) {
     TORCH_CHECK(h0->dim() == 3 && h0->size(0) == batch && h0->size(1) == N && h0->size(2) == d &&
@@ -690,7 +806,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(const at::Tensor& u, con
   at::Tensor hsave = at::empty({save_states ? batch : 0, K, N, d}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambacast_scan_fwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, softplus, chunk);
+    fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
     if (h0) a.h0 = h0->data_ptr<scalar_t>();
     a.y = y.data_ptr<scalar_t>();
     a.hlast = hlast.data_ptr<scalar_t>();
@@ -700,13 +816,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(const at::Tensor& u, con
   return {y, hlast, hsave};
 }
 
+// Returns [du, ddelta (gradient of the delta input before bias/softplus; empty unless
+// need_ddelta), dz (or dz_out), dA (batch, N, d) partial, dB, dC (groups, batch, L, N) partial,
+// dD (batch, d) partial, dbias (batch, d) partial, dh0 (batch, N, d), and with the fused dt_proj
+// d dt_low (groups, batch, L, R) partial and dW (batch, R, d) partial]. Partials are summed over
+// their leading dimension by the caller.
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At,
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
-                                 const at::Tensor& hsave, const at::Tensor& dout,
-                                 const std::optional<at::Tensor>& dhlast, bool softplus, int64_t chunk) {
-  check_common(u, delta, At, B, C, D, z, bias);
+                                 const std::optional<at::Tensor>& Wt, const at::Tensor& hsave, const at::Tensor& dout,
+                                 const std::optional<at::Tensor>& dhlast, bool softplus, int64_t chunk,
+                                 const std::optional<at::Tensor>& dz_out, bool need_ddelta) {
+  check_common(u, delta, At, B, C, D, z, bias, Wt);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(0);
+  const int64_t R = Wt ? Wt->size(0) : 0;
   const int64_t K = (L + std::max<int64_t>(1, chunk) - 1) / std::max<int64_t>(1, chunk);
   TORCH_CHECK(hsave.dim() == 4 && hsave.size(0) == batch && hsave.size(1) == K && hsave.size(2) == N &&
                   hsave.size(3) == d && hsave.is_contiguous(),
@@ -717,50 +840,421 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
                     dhlast->is_contiguous(),
                 "selective_scan backward: grad of the final state must be contiguous (batch, d_state, d_inner)");
   }
-  // Channel groups: enough (batch x group) tasks to feed every thread; dB and dC are summed over groups after.
+  // Channel groups: enough (batch x group) tasks to feed every thread; partials summed after.
   constexpr int64_t kL32 = 16;
   const int64_t nblk = (d + kL32 - 1) / kL32;
   const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
   const int64_t groups = std::max<int64_t>(1, std::min(nblk, (want + batch - 1) / std::max<int64_t>(1, batch)));
   auto opt = u.options();
   at::Tensor du = at::empty({batch, L, d}, opt);
-  at::Tensor ddelta = at::empty({batch, L, d}, opt);
-  at::Tensor dz = at::empty({z ? batch : 0, L, d}, opt);
+  at::Tensor ddelta = at::empty({need_ddelta ? batch : 0, L, d}, opt);
+  at::Tensor dz;
+  if (z && dz_out) {
+    check_btk(*dz_out, "dz_out", batch, L, d);
+    dz = *dz_out;
+  } else {
+    dz = at::empty({z ? batch : 0, L, d}, opt);
+  }
   at::Tensor dA = at::empty({batch, N, d}, opt);
   at::Tensor dB = at::zeros({groups, batch, L, N}, opt);
   at::Tensor dC = at::zeros({groups, batch, L, N}, opt);
   at::Tensor dD = at::empty({batch, d}, opt);
   at::Tensor dbias = at::empty({batch, d}, opt);
   at::Tensor dh0 = at::empty({batch, N, d}, opt);
+  at::Tensor ddtlow = R ? at::zeros({groups, batch, L, R}, opt) : at::empty({0}, opt);
+  at::Tensor dW = at::empty({R ? batch : 0, R, d}, opt);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambacast_scan_bwd", [&] {
     Args<scalar_t> a;
-    fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, softplus, chunk);
+    fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
     a.hsave_in = hsave.data_ptr<scalar_t>();
     a.dout = ptr2<scalar_t>(dout);
     if (dhlast) a.dhlast = dhlast->data_ptr<scalar_t>();
     a.du = du.data_ptr<scalar_t>();
-    a.ddelta = ddelta.data_ptr<scalar_t>();
-    if (z) a.dz = dz.data_ptr<scalar_t>();
+    a.write_ddelta = need_ddelta;
+    if (need_ddelta) a.ddelta = ddelta.data_ptr<scalar_t>();
+    if (z) {
+      a.dz = dz.data_ptr<scalar_t>();
+      a.dz_sb = dz.stride(0);
+      a.dz_sl = dz.stride(1);
+    }
     a.dA = dA.data_ptr<scalar_t>();
     a.dB = dB.data_ptr<scalar_t>();
     a.dC = dC.data_ptr<scalar_t>();
     a.dD = dD.data_ptr<scalar_t>();
     a.dbias = dbias.data_ptr<scalar_t>();
     a.dh0 = dh0.data_ptr<scalar_t>();
+    if (R) {
+      a.ddtlow = ddtlow.data_ptr<scalar_t>();
+      a.dW = dW.data_ptr<scalar_t>();
+    }
     run_bwd<scalar_t>(a, groups);
   });
-  return {du, ddelta, dz, dA, dB, dC, dD, dbias, dh0};
+  return {du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, ddtlow, dW};
 }
+
+// ---------------------------------------------------------------- causal depthwise conv1d (+ SiLU)
+//   pre_t = bias + sum_k w_k * x_{t-(K-1)+k}      x_{-j} = x_prev[K-1-j] (or 0)
+//   out_t = silu(pre_t) (or pre_t)
+// x: (batch, seq_len, d) with unit channel stride; wt: (K, d); x_prev: (batch, K-1, d).
+constexpr int kMaxConv = 16;
+
+template <typename T>
+struct ConvArgs {
+  int64_t batch = 0, L = 0, d = 0, K = 0;
+  Ptr2<T> x, dout;
+  const T* wt = nullptr;
+  const T* bias = nullptr;
+  const T* xprev = nullptr;
+  bool silu = true;
+  T* out = nullptr;      // (batch, L, d)
+  T* dx = nullptr;       // rows of stride dx_sl, dx_sb
+  int64_t dx_sb = 0, dx_sl = 0;
+  T* dw = nullptr;       // (batch, K, d)
+  T* db = nullptr;       // (batch, d)
+  T* dxprev = nullptr;   // (batch, K-1, d)
+};
+
+template <typename T, int KS>
+void conv_fwd_block(const ConvArgs<T>& a, int64_t b, int64_t c0, int cnt) {
+  using V = typename VT<T>::V;
+  const int K = KS > 0 ? KS : static_cast<int>(a.K);
+  const int64_t d = a.d;
+  V w[kMaxConv], xw[kMaxConv];
+  for (int k = 0; k < K; ++k) {
+    w[k] = vload(a.wt + k * d + c0, cnt);
+    xw[k] = (k >= 1 && a.xprev) ? vload(a.xprev + (b * (K - 1) + k - 1) * d + c0, cnt) : V{};
+  }
+  const V bv = a.bias ? vload(a.bias + c0, cnt) : V{};
+  for (int64_t t = 0; t < a.L; ++t) {
+    __builtin_prefetch(a.x.at(b, t + 8) + c0);
+#pragma GCC unroll 16
+    for (int k = 0; k + 1 < K; ++k) xw[k] = xw[k + 1];
+    xw[K - 1] = vload(a.x.at(b, t) + c0, cnt);
+    V pre = bv;
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) pre += w[k] * xw[k];
+    if (a.silu) pre *= vsigmoid(pre);
+    vstore(a.out + (b * a.L + t) * d + c0, pre, cnt);
+  }
+}
+
+template <typename T, int KS>
+void conv_bwd_block(const ConvArgs<T>& a, int64_t b, int64_t c0, int cnt) {
+  using V = typename VT<T>::V;
+  const int K = KS > 0 ? KS : static_cast<int>(a.K);
+  const int64_t d = a.d;
+  V w[kMaxConv], xw[kMaxConv], gp[kMaxConv], dw[kMaxConv];
+  for (int k = 0; k < K; ++k) {
+    w[k] = vload(a.wt + k * d + c0, cnt);
+    xw[k] = (k >= 1 && a.xprev) ? vload(a.xprev + (b * (K - 1) + k - 1) * d + c0, cnt) : V{};
+    gp[k] = V{};  // gp[k] = dpre_{t-(K-1)+k}: the last K pre-activation gradients
+    dw[k] = V{};
+  }
+  const V bv = a.bias ? vload(a.bias + c0, cnt) : V{};
+  V dbv{};
+  // dx_s = sum_k w_k dpre_{s+K-1-k}: complete once dpre_{s+K-1} is known, i.e. at t = s + K - 1.
+  for (int64_t t = 0; t < a.L + K - 1; ++t) {
+#pragma GCC unroll 16
+    for (int k = 0; k + 1 < K; ++k) {
+      xw[k] = xw[k + 1];
+      gp[k] = gp[k + 1];
+    }
+    if (t < a.L) {
+      __builtin_prefetch(a.x.at(b, t + 8) + c0);
+      __builtin_prefetch(a.dout.at(b, t + 8) + c0);
+      xw[K - 1] = vload(a.x.at(b, t) + c0, cnt);
+      V pre = bv;
+#pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) pre += w[k] * xw[k];
+      V g = vload(a.dout.at(b, t) + c0, cnt);
+      if (a.silu) {
+        const V sg = vsigmoid(pre);
+        g *= sg * (1.0f + pre * (1.0f - sg));
+      }
+      gp[K - 1] = g;
+#pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) dw[k] += g * xw[k];
+      dbv += g;
+    } else {
+      xw[K - 1] = V{};
+      gp[K - 1] = V{};
+    }
+    const int64_t s = t - (K - 1);
+    V dx{};
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) dx += w[k] * gp[K - 1 - k];
+    if (s >= 0) {
+      vstore(a.dx + b * a.dx_sb + s * a.dx_sl + c0, dx, cnt);
+    } else if (a.dxprev) {
+      vstore(a.dxprev + (b * (K - 1) + (s + K - 1)) * d + c0, dx, cnt);
+    }
+  }
+  for (int k = 0; k < K; ++k) vstore(a.dw + (b * K + k) * d + c0, dw[k], cnt);
+  vstore(a.db + b * d + c0, dbv, cnt);
+}
+
+template <typename T, int KS, bool BWD>
+void run_conv(const ConvArgs<T>& a) {
+  constexpr int L = VT<T>::L;
+  const int64_t nblk = (a.d + L - 1) / L;
+  at::parallel_for(0, a.batch * nblk, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i / nblk, c0 = (i % nblk) * L;
+      const int cnt = static_cast<int>(std::min<int64_t>(L, a.d - c0));
+      if (BWD) {
+        conv_bwd_block<T, KS>(a, b, c0, cnt);
+      } else {
+        conv_fwd_block<T, KS>(a, b, c0, cnt);
+      }
+    }
+  });
+}
+
+template <typename T, bool BWD>
+void dispatch_conv(const ConvArgs<T>& a) {
+  if (a.K == 4) {
+    run_conv<T, 4, BWD>(a);
+  } else {
+    run_conv<T, 0, BWD>(a);
+  }
+}
+
+void check_conv(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias,
+                const std::optional<at::Tensor>& xprev) {
+  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "causal_conv1d (fused CPU kernel): float32/float64 CPU tensors only");
+  TORCH_CHECK(x.dim() == 3, "causal_conv1d: x must be (batch, seq_len, d)");
+  const int64_t batch = x.size(0), d = x.size(2);
+  TORCH_CHECK(wt.dim() == 2 && wt.size(1) == d && wt.size(0) >= 1 && wt.size(0) <= kMaxConv && wt.is_contiguous() &&
+                  wt.scalar_type() == x.scalar_type(),
+              "causal_conv1d: weight must be contiguous (K, d) with 1 <= K <= ", kMaxConv);
+  check_btk(x, "x", batch, x.size(1), d);
+  const int64_t K = wt.size(0);
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == d && bias->is_contiguous() &&
+                    bias->scalar_type() == x.scalar_type(),
+                "causal_conv1d: bias must be contiguous (d,)");
+  }
+  if (xprev) {
+    TORCH_CHECK(xprev->dim() == 3 && xprev->size(0) == batch && xprev->size(1) == K - 1 && xprev->size(2) == d &&
+                    xprev->is_contiguous() && xprev->scalar_type() == x.scalar_type(),
+                "causal_conv1d: x_prev must be contiguous (batch, K-1, d)");
+  }
+}
+
+at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias,
+                    const std::optional<at::Tensor>& xprev, bool silu) {
+  check_conv(x, wt, bias, xprev);
+  at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambacast_conv_fwd", [&] {
+    ConvArgs<scalar_t> a;
+    a.batch = x.size(0);
+    a.L = x.size(1);
+    a.d = x.size(2);
+    a.K = wt.size(0);
+    a.x = ptr2<scalar_t>(x);
+    a.wt = wt.data_ptr<scalar_t>();
+    if (bias) a.bias = bias->data_ptr<scalar_t>();
+    if (xprev && a.K > 1) a.xprev = xprev->data_ptr<scalar_t>();
+    a.silu = silu;
+    a.out = out.data_ptr<scalar_t>();
+    dispatch_conv<scalar_t, false>(a);
+  });
+  return out;
+}
+
+// Returns dx (written into dx_out if given, e.g. a strided half of a larger gradient), dw (K, d)
+// partial over batch as (batch, K, d), dbias partial (batch, d), dx_prev (batch, K-1, d).
+std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& xprev, const at::Tensor& dout, bool silu,
+                                 const std::optional<at::Tensor>& dx_out) {
+  check_conv(x, wt, bias, xprev);
+  const int64_t batch = x.size(0), L = x.size(1), d = x.size(2), K = wt.size(0);
+  check_btk(dout, "grad_output", batch, L, d);
+  at::Tensor dx;
+  if (dx_out) {
+    check_btk(*dx_out, "dx_out", batch, L, d);
+    dx = *dx_out;
+  } else {
+    dx = at::empty({batch, L, d}, x.options());
+  }
+  at::Tensor dw = at::empty({batch, K, d}, x.options());
+  at::Tensor db = at::empty({batch, d}, x.options());
+  at::Tensor dxprev = at::empty({xprev ? batch : 0, K - 1, d}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambacast_conv_bwd", [&] {
+    ConvArgs<scalar_t> a;
+    a.batch = batch;
+    a.L = L;
+    a.d = d;
+    a.K = K;
+    a.x = ptr2<scalar_t>(x);
+    a.dout = ptr2<scalar_t>(dout);
+    a.wt = wt.data_ptr<scalar_t>();
+    if (bias) a.bias = bias->data_ptr<scalar_t>();
+    if (xprev && K > 1) {
+      a.xprev = xprev->data_ptr<scalar_t>();
+      a.dxprev = dxprev.data_ptr<scalar_t>();
+    }
+    a.silu = silu;
+    a.dx = dx.data_ptr<scalar_t>();
+    a.dx_sb = dx.stride(0);
+    a.dx_sl = dx.stride(1);
+    a.dw = dw.data_ptr<scalar_t>();
+    a.db = db.data_ptr<scalar_t>();
+    dispatch_conv<scalar_t, true>(a);
+  });
+  return {dx, dw, db, dxprev};
+}
+
+// ---------------------------------------------------------------- one recurrent step of a Mamba block
+// hidden (batch, d_model) -> hidden + out_proj(y * silu(z)) for one new time step, with the new conv
+// state (batch, d_inner, d_conv) (the last d_conv conv inputs) and SSM state (batch, d_inner, d_state).
+// Everything (LayerNorm, in_proj, conv, x_proj, dt_proj, softplus, the state update, the gate,
+// out_proj) runs in one call per layer, single-threaded for small batches: the latency of one new
+// bar is a few microseconds of arithmetic instead of ~25 framework ops.
+template <typename T>
+struct StepArgs {
+  int64_t batch = 0, dm = 0, d = 0, K = 0, N = 0, R = 0;
+  T eps = 0;
+  const T *hidden, *nw, *nb, *Win, *cw, *cb, *Wx, *Wdt, *dtb, *A, *D, *Wout, *conv, *ssm;
+  T *out, *conv_new, *ssm_new;
+};
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+template <typename T>
+void step_row(const StepArgs<T>& a, int64_t b, T* work) {
+  const int64_t dm = a.dm, d = a.d, K = a.K, N = a.N, R = a.R;
+  const T* h = a.hidden + b * dm;
+  T* xn = work;           // (dm)
+  T* xz = xn + dm;        // (2d)
+  T* xc = xz + 2 * d;     // (d)
+  T* xdbl = xc + d;       // (R + 2N)
+  T* y = xdbl + R + 2 * N;  // (d)
+  T mean = 0, var = 0;
+  for (int64_t i = 0; i < dm; ++i) mean += h[i];
+  mean /= static_cast<T>(dm);
+  for (int64_t i = 0; i < dm; ++i) var += (h[i] - mean) * (h[i] - mean);
+  const T inv = T(1) / std::sqrt(var / static_cast<T>(dm) + a.eps);
+  for (int64_t i = 0; i < dm; ++i) xn[i] = (h[i] - mean) * inv * a.nw[i] + a.nb[i];
+  for (int64_t j = 0; j < 2 * d; ++j) xz[j] = dot(a.Win + j * dm, xn, dm);
+  for (int64_t c = 0; c < d; ++c) {
+    const T* cs = a.conv + (b * d + c) * K;
+    T* cn = a.conv_new + (b * d + c) * K;
+    for (int64_t k = 0; k + 1 < K; ++k) cn[k] = cs[k + 1];
+    cn[K - 1] = xz[c];
+    T pre = a.cb ? a.cb[c] : T(0);
+    for (int64_t k = 0; k < K; ++k) pre += a.cw[c * K + k] * cn[k];
+    xc[c] = pre / (T(1) + std::exp(-pre));
+  }
+  for (int64_t j = 0; j < R + 2 * N; ++j) xdbl[j] = dot(a.Wx + j * d, xc, d);
+  const T* Bv = xdbl + R;
+  const T* Cv = xdbl + R + N;
+  for (int64_t c = 0; c < d; ++c) {
+    T raw = a.dtb ? a.dtb[c] : T(0);
+    for (int64_t r = 0; r < R; ++r) raw += a.Wdt[c * R + r] * xdbl[r];
+    const T dt = raw > T(20) ? raw : std::log1p(std::exp(raw));  // torch's softplus (threshold 20)
+    const T du = dt * xc[c];
+    const T* hs = a.ssm + (b * d + c) * N;
+    T* hn = a.ssm_new + (b * d + c) * N;
+    T acc = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const T hv = std::exp(dt * a.A[c * N + n]) * hs[n] + du * Bv[n];
+      hn[n] = hv;
+      acc += hv * Cv[n];
+    }
+    const T zz = xz[d + c];
+    y[c] = (acc + (a.D ? a.D[c] : T(0)) * xc[c]) * (zz / (T(1) + std::exp(-zz)));
+  }
+  for (int64_t i = 0; i < dm; ++i) a.out[b * dm + i] = h[i] + dot(a.Wout + i * d, y, d);
+}
+
+std::vector<at::Tensor> mamba_step(const at::Tensor& hidden, const at::Tensor& norm_w, const at::Tensor& norm_b,
+                                   double eps, const at::Tensor& in_w, const at::Tensor& conv_w,
+                                   const std::optional<at::Tensor>& conv_b, const at::Tensor& x_w,
+                                   const at::Tensor& dt_w, const std::optional<at::Tensor>& dt_b, const at::Tensor& A,
+                                   const std::optional<at::Tensor>& D, const at::Tensor& out_w,
+                                   const at::Tensor& conv_state, const at::Tensor& ssm_state) {
+  TORCH_CHECK(hidden.device().is_cpu() && (hidden.scalar_type() == at::kFloat || hidden.scalar_type() == at::kDouble),
+              "mamba_step (fused CPU kernel): float32/float64 CPU tensors only");
+  TORCH_CHECK(hidden.dim() == 2, "mamba_step: hidden must be (batch, d_model)");
+  const int64_t batch = hidden.size(0), dm = hidden.size(1), d = conv_w.size(0), K = conv_w.size(1);
+  const int64_t N = A.size(1), R = dt_w.size(1);
+  auto ok = [&](const at::Tensor& t, std::initializer_list<int64_t> shape) {
+    return t.is_contiguous() && t.scalar_type() == hidden.scalar_type() && t.sizes().equals(shape);
+  };
+  TORCH_CHECK(hidden.is_contiguous() && ok(norm_w, {dm}) && ok(norm_b, {dm}) && ok(in_w, {2 * d, dm}) &&
+                  ok(conv_w, {d, K}) && ok(x_w, {R + 2 * N, d}) && ok(dt_w, {d, R}) && ok(A, {d, N}) &&
+                  ok(out_w, {dm, d}) && ok(conv_state, {batch, d, K}) && ok(ssm_state, {batch, d, N}) &&
+                  (!conv_b || ok(*conv_b, {d})) && (!dt_b || ok(*dt_b, {d})) && (!D || ok(*D, {d})),
+              "mamba_step: parameter or state shapes/dtypes/layouts do not match the block");
+  at::Tensor out = at::empty({batch, dm}, hidden.options());
+  at::Tensor conv_new = at::empty({batch, d, K}, hidden.options());
+  at::Tensor ssm_new = at::empty({batch, d, N}, hidden.options());
+  AT_DISPATCH_FLOATING_TYPES(hidden.scalar_type(), "mambacast_step", [&] {
+    StepArgs<scalar_t> a;
+    a.batch = batch;
+    a.dm = dm;
+    a.d = d;
+    a.K = K;
+    a.N = N;
+    a.R = R;
+    a.eps = static_cast<scalar_t>(eps);
+    a.hidden = hidden.data_ptr<scalar_t>();
+    a.nw = norm_w.data_ptr<scalar_t>();
+    a.nb = norm_b.data_ptr<scalar_t>();
+    a.Win = in_w.data_ptr<scalar_t>();
+    a.cw = conv_w.data_ptr<scalar_t>();
+    a.cb = conv_b ? conv_b->data_ptr<scalar_t>() : nullptr;
+    a.Wx = x_w.data_ptr<scalar_t>();
+    a.Wdt = dt_w.data_ptr<scalar_t>();
+    a.dtb = dt_b ? dt_b->data_ptr<scalar_t>() : nullptr;
+    a.A = A.data_ptr<scalar_t>();
+    a.D = D ? D->data_ptr<scalar_t>() : nullptr;
+    a.Wout = out_w.data_ptr<scalar_t>();
+    a.conv = conv_state.data_ptr<scalar_t>();
+    a.ssm = ssm_state.data_ptr<scalar_t>();
+    a.out = out.data_ptr<scalar_t>();
+    a.conv_new = conv_new.data_ptr<scalar_t>();
+    a.ssm_new = ssm_new.data_ptr<scalar_t>();
+    const int64_t work = dm + 3 * d + R + 2 * N + d;
+    // About 2 * (3 * dm * d + d * (R + 2N) + d * N) flops per row: rows in parallel only when a
+    // task has enough of them to pay for waking a thread.
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 3 * dm * d + d * N));
+    at::parallel_for(0, batch, grain, [&](int64_t lo, int64_t hi) {
+      std::vector<scalar_t> buf(work);
+      for (int64_t b = lo; b < hi; ++b) step_row<scalar_t>(a, b, buf.data());
+    });
+  });
+  return {out, conv_new, ssm_new};
+}
+
 
 }  // namespace
 
 TORCH_LIBRARY(mambacast, m) {
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
-      "Tensor? h0, bool softplus, int chunk, bool save_states) -> (Tensor, Tensor, Tensor)",
+      "Tensor? dt_wt, Tensor? h0, bool softplus, int chunk, bool save_states) -> (Tensor, Tensor, Tensor)",
       &scan_fwd);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
-      "Tensor hsave, Tensor dout, Tensor? dhlast, bool softplus, int chunk) -> Tensor[]",
+      "Tensor? dt_wt, Tensor hsave, Tensor dout, Tensor? dhlast, bool softplus, int chunk, Tensor? dz_out, "
+      "bool need_ddelta) -> Tensor[]",
       &scan_bwd);
+  m.def(
+      "mamba_step(Tensor hidden, Tensor norm_w, Tensor norm_b, float eps, Tensor in_w, Tensor conv_w, Tensor? conv_b, "
+      "Tensor x_w, Tensor dt_w, Tensor? dt_b, Tensor A, Tensor? D, Tensor out_w, Tensor conv_state, "
+      "Tensor ssm_state) -> Tensor[]",
+      &mamba_step);
+  m.def("conv_fwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, bool silu) -> Tensor", &conv_fwd);
+  m.def(
+      "conv_bwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, Tensor dout, bool silu, Tensor? dx_out) -> Tensor[]",
+      &conv_bwd);
 }

@@ -1,0 +1,191 @@
+"""Fused CPU pieces of the Mamba block, with pure-PyTorch equivalents used as fallback and oracle.
+
+`causal_conv1d`: the block's causal depthwise conv1d (+ SiLU) on the `(batch, seq_len, d_inner)`
+layout, with an optional prefix of the `d_conv - 1` inputs before the sequence (the carried
+conv state). The fused kernel works on that layout directly; PyTorch's conv1d needs
+`(batch, d_inner, seq_len)` and two transposed copies.
+
+`mamba_inner`: everything between `in_proj` and `out_proj` in one autograd node (as mamba-ssm's
+`mamba_inner_fn`): conv1d + SiLU, `x_proj`, `dt_proj`, softplus, the selective scan, the D skip
+and the `silu(z)` gate. Its backward is written by hand: it runs the kernels' backward passes
+and five small matmuls, and writes dx and dz straight into the two halves of one
+`(batch, seq_len, 2*d_inner)` gradient, so autograd keeps no intermediate of the block and
+never concatenates. `mamba_inner_ref` is the same function in plain PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .scan import fused_chunk, fused_enabled, selective_scan
+
+__all__ = ["causal_conv1d", "causal_conv1d_ref", "mamba_inner", "mamba_inner_ref", "fused_ops"]
+
+
+def fused_ops(*tensors: Tensor, d_state: int = 1):
+    """The kernel's ops if the fused path applies to these tensors (CPU, one float32/float64
+    dtype, kernel built, `MAMBACAST_SCAN` auto or fused), else None."""
+    t = tensors[0]
+    if any(x.dtype != t.dtype or x.device != t.device for x in tensors) or not fused_enabled(t, d_state):
+        return None
+    from ..ops import load
+
+    return load()
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor | None = None,
+                      silu: bool = True) -> Tensor:
+    """x (batch, seq_len, d), weight (d, K), bias (d,), x_prev (batch, K-1, d) -> (batch, seq_len, d)."""
+    d, K = weight.shape
+    if x_prev is None:
+        x_prev = x.new_zeros(x.shape[0], K - 1, d)
+    xp = torch.cat([x_prev, x], dim=1).transpose(1, 2)                  # (b, d, K-1+l)
+    out = F.conv1d(xp, weight.unsqueeze(1), bias, groups=d).transpose(1, 2)
+    return F.silu(out) if silu else out
+
+
+class _CausalConv1d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor | None,  # type: ignore[override]
+                silu: bool) -> Tensor:
+        ops = fused_ops(x)
+        wt = weight.t().contiguous()
+        out = ops.conv_fwd(x, wt, bias, x_prev, silu)
+        ctx.save_for_backward(x, wt, bias, x_prev)
+        ctx.silu = silu
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):  # type: ignore[override]
+        from ..ops import load
+
+        x, wt, bias, x_prev = ctx.saved_tensors
+        dx, dw, db, dxp = load().conv_bwd(x, wt, bias, x_prev, _unit_last(dout), ctx.silu, None)
+        need = ctx.needs_input_grad
+        return (dx if need[0] else None, dw.sum(0).t() if need[1] else None,
+                db.sum(0) if bias is not None and need[2] else None,
+                dxp if x_prev is not None and need[3] else None, None)
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor | None = None,
+                  silu: bool = True) -> Tensor:
+    """Causal depthwise conv over time: out_t = bias + sum_k weight[:, k] * x_{t-(K-1)+k}, then SiLU.
+
+    x (batch, seq_len, d); weight (d, K); bias (d,) or None; x_prev (batch, K-1, d): the inputs
+    before x (zeros if None). Uses the fused kernel when it applies, else PyTorch's conv1d.
+    """
+    d, K = weight.shape
+    tensors = [t for t in (x, weight, bias, x_prev) if t is not None]
+    if K <= 16 and fused_ops(*tensors) is not None:
+        return _CausalConv1d.apply(_unit_last(x), weight, bias,
+                                   None if x_prev is None else x_prev.contiguous(), silu)
+    return causal_conv1d_ref(x, weight, bias, x_prev, silu)
+
+
+def _split_sizes(x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor) -> tuple[int, int]:
+    return dt_proj_weight.shape[1], A.shape[1]
+
+
+def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
+                    dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor, D: Tensor | None,
+                    conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The block between in_proj and out_proj in PyTorch ops: xz (batch, seq_len, 2*d_inner) ->
+    (y * silu(z) (batch, seq_len, d_inner), final SSM state (batch, d_inner, d_state)).
+
+    conv_weight (d_inner, d_conv); conv_state (batch, d_conv-1, d_inner): the inputs before xz;
+    ssm_state (batch, d_inner, d_state): the state before xz. The scan is `selective_scan`
+    (whose implementation MAMBACAST_SCAN picks).
+    """
+    d_inner = xz.shape[-1] // 2
+    R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
+    x, z = xz.split(d_inner, dim=-1)
+    x = causal_conv1d_ref(x, conv_weight, conv_bias, conv_state)
+    dt, B, C = torch.split(F.linear(x, x_proj_weight), [R, N, N], dim=-1)
+    return selective_scan(x, F.linear(dt, dt_proj_weight), A, B, C, D, z=z, delta_bias=dt_proj_bias,
+                          delta_softplus=True, initial_state=ssm_state, return_final_state=True)
+
+
+class _MambaInner(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,  # type: ignore[override]
+                x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor,
+                D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None) -> tuple[Tensor, Tensor]:
+        from ..ops import load
+
+        ops = load()
+        d_inner = xz.shape[-1] // 2
+        R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
+        x, z = xz[..., :d_inner], xz[..., d_inner:]
+        wt = conv_weight.t().contiguous()                                # (K, d)
+        xc = ops.conv_fwd(x, wt, conv_bias, conv_state, True)            # (b, l, d), after SiLU
+        x_dbl = F.linear(xc, x_proj_weight)                              # (b, l, R + 2N)
+        dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
+        # dt_proj (rank R -> d_inner), its bias and the softplus run inside the scan kernel.
+        dt_wt = dt_proj_weight.t().contiguous()                          # (R, d)
+        At = A.t().contiguous()
+        h0 = None if ssm_state is None else ssm_state.transpose(1, 2).contiguous()
+        chunk = fused_chunk(N)
+        save = any(ctx.needs_input_grad)
+        y, h_last, hsave = ops.scan_fwd(xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, h0, True, chunk, save)
+        if save:
+            ctx.save_for_backward(xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D,
+                                  conv_state, xc, x_dbl, hsave)
+        ctx.chunk, ctx.R, ctx.N, ctx.has_h0 = chunk, R, N, ssm_state is not None
+        ctx.set_materialize_grads(False)
+        return y, h_last.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):  # type: ignore[override]
+        from ..ops import load
+
+        ops = load()
+        (xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D, conv_state, xc, x_dbl,
+         hsave) = ctx.saved_tensors
+        R, N = ctx.R, ctx.N
+        batch, seq_len, two_d = xz.shape
+        d = two_d // 2
+        x, z = xz[..., :d], xz[..., d:]
+        dy = xz.new_zeros(batch, seq_len, d) if dy is None else _unit_last(dy)
+        dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
+        dxz = torch.empty_like(xz)
+        dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
+        dxc, _, _, dA, dB, dC, dD, ddt_bias, dh0, ddt_low, d_dt_wt = ops.scan_bwd(
+            xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, dy, dhl, True, ctx.chunk, dxz[..., d:], False)
+
+        def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension
+            return partial[0] if partial.shape[0] == 1 else partial.sum(0)
+
+        dx_dbl = torch.cat([total(ddt_low).view(-1, R), total(dB).view(-1, N), total(dC).view(-1, N)],
+                           dim=1)                                                           # (b*l, R+2N)
+        d_x_proj_weight = dx_dbl.t() @ xc.view(-1, d)
+        dxc.view(-1, d).addmm_(dx_dbl, x_proj_weight)
+        _, dw, db, dxp = ops.conv_bwd(x, wt, conv_bias, conv_state, dxc, True, dxz[..., :d])
+        need = ctx.needs_input_grad
+        return (dxz, dw.sum(0).t() if need[1] else None,
+                db.sum(0) if conv_bias is not None and need[2] else None,
+                d_x_proj_weight if need[3] else None, d_dt_wt.sum(0).t() if need[4] else None,
+                ddt_bias.sum(0) if dt_proj_bias is not None and need[5] else None,
+                dA.sum(0).t() if need[6] else None, dD.sum(0) if D is not None and need[7] else None,
+                dxp if conv_state is not None and need[8] else None,
+                dh0.transpose(1, 2) if ctx.has_h0 and need[9] else None)
+
+
+def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
+                dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor, D: Tensor | None,
+                conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Same signature and function as `mamba_inner_ref`; one fused autograd node when the CPU kernel
+    applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`."""
+    tensors = [t for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+                           conv_state, ssm_state) if t is not None]
+    if conv_weight.shape[1] <= 16 and fused_ops(*tensors, d_state=A.shape[1]) is not None:
+        return _MambaInner.apply(_unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
+                                 dt_proj_weight.contiguous(), dt_proj_bias, A, D,
+                                 None if conv_state is None else conv_state.contiguous(), ssm_state)
+    return mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
+                           conv_state, ssm_state)

@@ -253,6 +253,155 @@ def _prediction_table(results: list, strike: float | None) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+# ---- backtest ------------------------------------------------------------------------------------
+def _add_backtest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backtest", help="walk-forward backtest of the model against baselines, with a report",
+                       description="Refit the model and the baselines every --refit-every trading days on data "
+                                   "that ends an embargo (the longest horizon) before the forecasts they make, "
+                                   "score every out-of-sample forecast, test the model against each baseline "
+                                   "(Diebold-Mariano) and write metrics, plots and a self-contained HTML report.")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--test", action="store_true", help="backtest the test symbols AAPL, MSFT, GOOGL")
+    which.add_argument("--symbols", help="comma list (AAPL,MSFT) or a universe name (TEST, TIER_1, SAMPLE)")
+    p.add_argument("--start", help="first forecast origin (YYYY-MM-DD); earlier history trains the first fit "
+                                   "(default: after --min-train-days of history)")
+    p.add_argument("--end", help="last date of data used at all (YYYY-MM-DD; default: all)")
+    p.add_argument("--report", default="out/backtest", metavar="DIR",
+                   help="folder for report.html, metrics.json/.csv, dm.csv, forecasts.csv.gz, plots "
+                        "(default out/backtest)")
+    p.add_argument("--refit-every", type=int, default=252, help="trading days between refits (default 252)")
+    p.add_argument("--window", choices=["expanding", "rolling"], default="expanding",
+                   help="training window: all history up to the cutoff, or the last --train-days")
+    p.add_argument("--train-days", type=int,
+                   help="rolling window length (default 2000); with --window expanding, caps the first window")
+    p.add_argument("--min-train-days", type=int, default=500, help="fewest training days before the first origin")
+    p.add_argument("--horizons", default="1,5,10,30", help="forecast horizons in trading days (default 1,5,10,30)")
+    p.add_argument("--preset", choices=PRESETS, default="small",
+                   help="model/training preset for every refit (default small: d_model 32, 2 layers, 20 epochs)")
+    p.add_argument("--epochs", type=int, help="maximum epochs per refit (default from the preset; early stopping "
+                                              "on the last 20%% of each training window may end sooner)")
+    p.add_argument("--batch-size", type=int, help="batch size (default from the preset)")
+    p.add_argument("--seed", type=int, default=42, help="random seed of every refit (default 42)")
+    p.add_argument("--baselines", help="comma list of baselines (default all: random_walk,drift,momentum,"
+                                       "hist_vol,garch_t)")
+    p.add_argument("--no-model", action="store_true", help="baselines only (no Mamba refits)")
+    p.add_argument("--strict", action="store_true",
+                   help="predict one origin at a time from the prices up to it (slower; same numbers)")
+    p.add_argument("--no-forecasts-file", action="store_true", help="do not write forecasts.csv.gz")
+    p.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"])
+    p.add_argument("--data", help="file or folder for --source csv/parquet")
+    p.add_argument("--device", default="cpu", help="device of the model's refits (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the tables")
+    p.set_defaults(func=_cmd_backtest)
+
+
+class _BacktestPrinter:
+    """Progress lines for the backtest (a per-epoch bar on a terminal)."""
+
+    def __init__(self, quiet: bool, bar: bool):
+        self.quiet, self.bar = quiet, bar
+        self._open = False
+        self._block_times: list[float] = []
+        self.t0 = time.perf_counter()
+
+    def _line(self, text: str) -> None:
+        if self._open:
+            sys.stdout.write("\r\033[K")
+            self._open = False
+        print(text, flush=True)
+
+    def epoch(self, symbol: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        if self.quiet or not self.bar:
+            return
+        sys.stdout.write(f"\r\033[K[{symbol}]   epoch {epoch + 1}/{epochs} val_loss {logs['val_loss']:.4f}")
+        sys.stdout.flush()
+        self._open = True
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        tag = f"[{data.get('symbol', '')}]"
+        if event == "symbol_start":
+            self._block_times = []
+            self._line(f"{tag} {data['n_origins']} forecast origins {data['first_origin'][:10]} .. "
+                       f"{data['last_origin'][:10]}, {data['n_blocks']} refits")
+        elif event == "fit_start" and data["forecaster"] == "mamba":
+            self._line(f"{tag} refit {data['block'] + 1}/{data['n_blocks']}: training on {data['train_days']} days")
+        elif event == "block_end":
+            self._block_times.append(data["seconds"])
+            left = data["n_blocks"] - data["block"] - 1
+            eta = f", ~{left * sum(self._block_times) / len(self._block_times):.0f}s left for this symbol" \
+                if left else ""
+            self._line(f"{tag} refit {data['block'] + 1}/{data['n_blocks']} done in {data['seconds']:.1f}s "
+                       f"(total {time.perf_counter() - self.t0:.0f}s{eta})")
+        elif event == "symbol_end":
+            self._line(f"{tag} done in {data['seconds']:.1f}s")
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .data.sources import load_prices
+    from .data.universe import TEST, parse_symbols
+    from .evaluate.backtest import BacktestConfig, default_forecasters, run_backtest
+    from .report import backtest_summary, format_backtest_table, write_backtest_report
+
+    if not args.test and not args.symbols:
+        raise CLIError("say what to backtest: --test (AAPL, MSFT, GOOGL) or --symbols AAPL,MSFT or --symbols TEST")
+    symbols = list(TEST) if args.test else parse_symbols(args.symbols)
+    if args.source in ("csv", "parquet") and not args.data:
+        raise CLIError(f"--source {args.source} needs --data PATH (a file, or a folder with one file per symbol)")
+    dates = {}
+    for flag in ("start", "end"):
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                dates[flag] = pd.Timestamp(value)
+            except ValueError:
+                raise CLIError(f"--{flag} {value!r} is not a date; use YYYY-MM-DD") from None
+    try:
+        horizons = tuple(int(h) for h in args.horizons.split(","))
+    except ValueError:
+        raise CLIError(f"--horizons {args.horizons!r} is invalid: pass comma-separated days, e.g. 1,5,10,30") from None
+    for flag in ("refit_every", "epochs", "batch_size", "train_days", "min_train_days"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} {value} is invalid: must be a positive integer")
+    model_config, train_config = preset(args.preset)
+    model_config = type(model_config).from_dict({**model_config.to_dict(), "prediction_horizons": list(horizons)})
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed))
+                 if v is not None}
+    train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
+    config = BacktestConfig(horizons=horizons, refit_every=args.refit_every, window=args.window,
+                            train_days=args.train_days, min_train_days=args.min_train_days, strict=args.strict,
+                            reference="random_walk" if args.no_model else "mamba")
+    baselines = [b.strip() for b in args.baselines.split(",")] if args.baselines else None
+    printer = _BacktestPrinter(args.quiet, bar=sys.stdout.isatty())
+    factory = default_forecasters(model_config, train_config, baselines=baselines, include_model=not args.no_model,
+                                  device=args.device, on_epoch=printer.epoch)
+    prices = {s: load_prices(s, days=None, source=args.source, path=args.data) for s in symbols}
+    t0 = time.perf_counter()
+    result = run_backtest(prices, factory, config, start=dates.get("start"), end=dates.get("end"), progress=printer)
+    command = "mambacast backtest " + ("--test" if args.test else f"--symbols {args.symbols}") + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k in ("start", "end", "refit_every", "window", "train_days", "preset", "epochs", "batch_size", "seed",
+                 "baselines", "horizons", "source", "data", "report") and v is not None) + \
+        "".join(f" --{k.replace('_', '-')}" for k in ("no_model", "strict") if getattr(args, k))
+    result.info.update({"preset": args.preset, "epochs": train_config.epochs, "batch_size": train_config.batch_size,
+                        "model": {k: v for k, v in model_config.to_dict().items()
+                                  if k in ("d_model", "d_state", "num_layers", "prediction_horizons")},
+                        "source": args.source, "seed": train_config.seed})
+    paths = write_backtest_report(result, args.report, command=command, forecasts_csv=not args.no_forecasts_file)
+    print()
+    print(format_backtest_table(result))
+    print()
+    for line in backtest_summary(result):
+        print(line)
+    print(f"\nBacktest of {len(symbols)} symbol(s) in {time.perf_counter() - t0:.1f}s; report: {paths['html']} "
+          f"(metrics.json, metrics.csv, dm.csv beside it)")
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambacast", description=__doc__)
@@ -262,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_data(sub)
     _add_predict(sub)
+    _add_backtest(sub)
     return parser
 
 

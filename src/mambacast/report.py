@@ -1,4 +1,9 @@
-"""Plots for people: forecast fan charts (and, with the backtest, its report)."""
+"""Plots and reports for people: forecast fan charts (`mambacast predict --plot`) and the backtest report.
+
+Backtest: `format_backtest_table` (the terminal table), `backtest_summary` (plain sentences on significant wins,
+losses and coverage), `plot_backtest_forecasts`, `plot_cumulative_loss`, `plot_calibration` (PNG), and
+`write_backtest_report`, which writes the metric files, the plots and one self-contained `report.html`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from .evaluate.backtest import BacktestResult
     from .predict import PredictionResult
 
-__all__ = ["plot_fan_chart"]
+__all__ = ["plot_fan_chart", "format_backtest_table", "backtest_summary", "backtest_rows", "plot_backtest_forecasts",
+           "plot_cumulative_loss", "plot_calibration", "pit_of", "write_backtest_report"]
 
 
 def _pyplot() -> Any:
@@ -51,3 +60,514 @@ def plot_fan_chart(results: list[PredictionResult], histories: dict[str, Any], p
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+# ================================================================================ backtest: tables
+
+#: (metric column, header, how "best" is judged: "min", "max", a nominal coverage, or None, scale for display)
+TABLE_COLUMNS: list[tuple[str, str, Any, float]] = [
+    ("ret_rmse", "RMSE%", "min", 100.0),
+    ("ret_mae", "MAE%", "min", 100.0),
+    ("ret_mase", "MASE", "min", 1.0),
+    ("direction_accuracy", "dir.acc", "max", 1.0),
+    ("ret_crps", "CRPS%", "min", 100.0),
+    ("pinball_mean", "pinball%", "min", 100.0),
+    ("coverage_50", "cov50", 0.5, 1.0),
+    ("coverage_80", "cov80", 0.8, 1.0),
+    ("coverage_90", "cov90", 0.9, 1.0),
+    ("ret_width_80", "width80%", None, 100.0),
+]
+PRICE_COLUMNS: list[tuple[str, str, Any, float]] = [
+    ("price_mae", "price MAE", "min", 1.0),
+    ("price_rmse", "price RMSE", "min", 1.0),
+    ("price_mase", "price MASE", "min", 1.0),
+]
+
+
+def _best_rows(frame: pd.DataFrame, column: str, rule: Any) -> set[int]:
+    """Positions (0-based, in frame order) of the best value of `column` under `rule` (ties all marked)."""
+    if rule is None or column not in frame:
+        return set()
+    v = frame[column].to_numpy(dtype=float)
+    ok = np.isfinite(v)
+    if not ok.any():
+        return set()
+    score = v if rule == "min" else -v if rule == "max" else np.abs(v - float(rule))
+    best = np.nanmin(np.where(ok, score, np.nan))
+    return {i for i in range(len(v)) if ok[i] and abs(score[i] - best) <= 1e-12 * max(1.0, abs(best))}
+
+
+def _fmt(value: Any, scale: float = 1.0) -> str:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    if not np.isfinite(x):
+        return "-"
+    x *= scale
+    return f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def _fmt_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_eq(p: float) -> str:
+    s = _fmt_p(p)
+    return s if s.startswith("<") else "=" + s
+
+
+def _dm_cell(dm: pd.DataFrame, symbol: str, horizon: int, other: str, loss: str) -> tuple[str, float, float]:
+    """'stat (p)' of reference vs other, and the stat and two-sided p (nan when missing)."""
+    if dm is None or dm.empty:
+        return "-", float("nan"), float("nan")
+    sel = dm[(dm["symbol"] == symbol) & (dm["horizon"] == horizon) & (dm["other"] == other) & (dm["loss"] == loss)]
+    if sel.empty:
+        return "-", float("nan"), float("nan")
+    stat, p = float(sel["stat"].iloc[0]), float(sel["p_value"].iloc[0])
+    return (f"{stat:+.2f} ({_fmt_p(p)})" if np.isfinite(stat) else "-"), stat, p
+
+
+def backtest_rows(result: BacktestResult, symbol: str, horizon: int, price_columns: bool = False
+                  ) -> tuple[list[str], list[list[str]], list[set[int]]]:
+    """Header, formatted rows (one per forecaster) and, per column, the rows holding the best value.
+
+    Log-return metrics are shown in percent (x100). DM columns: the reference (model) vs the row's forecaster,
+    'stat (two-sided p)'; a negative stat means the reference had the lower loss.
+    """
+    cols = TABLE_COLUMNS + (PRICE_COLUMNS if price_columns else [])
+    m = result.metrics
+    frame = m[(m["symbol"] == symbol) & (m["horizon"] == horizon)].reset_index(drop=True)
+    ref = result.config.reference
+    header = ["forecaster", "n"] + [c[1] for c in cols] + ["dir.p", f"DM SE vs {ref}", f"DM CRPS vs {ref}"]
+    best = [set(), set()] + [_best_rows(frame, c[0], c[2]) for c in cols] + [set(), set(), set()]
+    rows = []
+    for _, r in frame.iterrows():
+        row = [str(r["forecaster"]), str(int(r["n"]))]
+        row += [_fmt(r.get(c[0], float("nan")), c[3]) for c in cols]
+        row.append(_fmt_p(float(r.get("direction_p_value", float("nan")))))
+        if r["forecaster"] == ref:
+            row += ["(reference)", "(reference)"]
+        else:
+            row += [_dm_cell(result.dm, symbol, horizon, r["forecaster"], loss)[0]
+                    for loss in ("squared_error", "crps")]
+        rows.append(row)
+    return header, rows, best
+
+
+def _text_table(header: list[str], rows: list[list[str]], best: list[set[int]]) -> str:
+    cells = [header] + [[c + ("*" if i in best[k] else "") for k, c in enumerate(row)] for i, row in enumerate(rows)]
+    widths = [max(len(r[k]) for r in cells) for k in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in cells]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def format_backtest_table(result: BacktestResult, symbols: list[str] | None = None) -> str:
+    """Text tables: per symbol (and pooled 'ALL'), per horizon, the forecasters side by side; best marked '*'."""
+    m = result.metrics
+    wanted = symbols or list(dict.fromkeys(m["symbol"]))
+    out = []
+    for sym in wanted:
+        for h in sorted(set(m.loc[m["symbol"] == sym, "horizon"])):
+            title = "pooled over " + ", ".join(result.symbols) if sym == "ALL" else sym
+            out.append(f"{title}, {h}-day log-returns (x100 where %); * = best in column")
+            out.append(_text_table(*backtest_rows(result, sym, int(h))))
+            out.append("")
+    out.append("DM: Diebold-Mariano (HLN) statistic of the reference minus the other forecaster's loss and its "
+               "two-sided p; negative = reference better. cov = share of outcomes inside the central 50/80/90% "
+               "interval (nominal 0.5/0.8/0.9).")
+    return "\n".join(out)
+
+
+# ======================================================================== backtest: honest summary
+
+
+def backtest_summary(result: BacktestResult, alpha: float = 0.05) -> list[str]:
+    """Plain sentences on what the backtest shows: significant wins and losses of the reference, coverage.
+
+    Uses the pooled rows when there are several symbols, else the one symbol; one-sided DM p-values at `alpha`.
+    """
+    ref = result.config.reference
+    dm, m = result.dm, result.metrics
+    scope = "ALL" if "ALL" in set(m["symbol"]) else next(iter(result.symbols))
+    where = "pooled over " + ", ".join(result.symbols) if scope == "ALL" else scope
+    lines = []
+    if dm is None or dm.empty:
+        lines.append(f"No Diebold-Mariano tests: the reference forecaster {ref!r} was not in the backtest.")
+    else:
+        d = dm[dm["symbol"] == scope]
+        n_tests = len(d)
+        for loss, label in (("squared_error", "Squared error of the log-return"), ("crps", "CRPS")):
+            sel = d[d["loss"] == loss]
+            better = [f"{r.other} at {r.horizon}d (p{_p_eq(r.p_better)})" for r in sel.itertuples()
+                      if r.p_better < alpha]
+            worse = [f"{r.other} at {r.horizon}d (p{_p_eq(r.p_worse)})" for r in sel.itertuples()
+                     if r.p_worse < alpha]
+            lines.append(f"{label} ({where}): {ref} significantly better (one-sided DM, {alpha:g}) "
+                         "than " + (", ".join(better) if better else "no baseline at any horizon")
+                         + "; significantly worse than " + (", ".join(worse) if worse else "none") + ".")
+        lines.append(f"{n_tests} tests were run at level {alpha:g} on this scope: about {alpha * n_tests:.1f} "
+                     "'significant' results are expected by chance alone when there is no difference.")
+    cov = m[(m["symbol"] == scope) & (m["forecaster"] == ref)]
+    if not cov.empty and "coverage_80" in cov:
+        parts = [f"{int(r.horizon)}d {r.coverage_50:.2f}/{r.coverage_80:.2f}/{r.coverage_90:.2f}"
+                 for r in cov.itertuples()]
+        lines.append(f"Coverage of {ref}'s central 50/80/90% intervals ({where}): " + "; ".join(parts) + ".")
+    for w in result.warnings:
+        lines.append("WARNING: " + w)
+    return lines
+
+
+# ============================================================================= backtest: plots
+
+
+def _subset_rows(result: BacktestResult, symbol: str, name: str, j: int, last_n: int | None = None):
+    r = result.symbols[symbol]
+    mask = r.valid(j)
+    idx = np.flatnonzero(mask)
+    if last_n is not None:
+        idx = idx[-last_n:]
+    return r, r.forecasts[name], idx
+
+
+def plot_backtest_forecasts(result: BacktestResult, symbol: str, path: str | Path, forecaster: str | None = None,
+                            last_n: int = 500) -> Path:
+    """Realised price vs the forecaster's median price with its 50/80/90% intervals, one panel per horizon.
+
+    Each point is plotted at its target date t+h; the last `last_n` origins whose outcome is known.
+    """
+    plt = _pyplot()
+    name = forecaster or result.config.reference
+    r0 = result.symbols[symbol]
+    if name not in r0.forecasts:
+        name = next(iter(r0.forecasts))
+    H = len(r0.horizons)
+    fig, axes = plt.subplots(H, 1, figsize=(10, 2.6 * H), squeeze=False)
+    for j, (ax, h) in enumerate(zip(axes[:, 0], r0.horizons, strict=True)):
+        r, fc, idx = _subset_rows(result, symbol, name, j, last_n)
+        o = r.origins[idx]
+        x = r.dates[o + h]
+        p0 = r.closes[o]
+        if fc.quantiles:
+            for lo, hi, alpha in ((0.05, 0.95, 0.15), (0.1, 0.9, 0.22), (0.25, 0.75, 0.32)):
+                if lo in fc.quantiles and hi in fc.quantiles:
+                    ax.fill_between(x, p0 * np.exp(fc.quantiles[lo][idx, j]), p0 * np.exp(fc.quantiles[hi][idx, j]),
+                                    color="tab:blue", alpha=alpha, lw=0, label=f"{int(lo * 100)}-{int(hi * 100)}%")
+        ax.plot(x, p0 * np.exp(fc.mean[idx, j]), color="tab:blue", lw=0.9, label=f"{name} median")
+        ax.plot(x, r.closes[o + h], color="black", lw=0.9, label="realised")
+        ax.set_title(f"{symbol}: {h}-day-ahead forecasts of {name} (plotted at the target date)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=7, ncol=5)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_cumulative_loss(result: BacktestResult, symbol: str, path: str | Path, benchmark: str = "random_walk") -> Path:
+    """Cumulative (loss - benchmark's loss) over origin dates, squared error and CRPS, one column per horizon.
+
+    Below zero = the forecaster has accumulated less loss than the random walk so far; a line that drifts down
+    steadily is consistent skill, a few jumps are a few days.
+    """
+    plt = _pyplot()
+    r = result.symbols[symbol]
+    H = len(r.horizons)
+    fig, axes = plt.subplots(2, H, figsize=(3.4 * H, 6), squeeze=False)
+    from .evaluate.backtest import _crps_scores
+
+    for j, h in enumerate(r.horizons):
+        mask = r.valid(j)
+        y = r.realised[mask, j]
+        x = r.origin_dates()[mask]
+        base = r.forecasts.get(benchmark)
+        if base is None:
+            continue
+        b_se = (y - base.mean[mask, j]) ** 2
+        b_crps = _crps_scores(y, base, j, mask)
+        for name, fc in r.forecasts.items():
+            if name == benchmark:
+                continue
+            lw = 1.6 if name == result.config.reference else 0.9
+            axes[0, j].plot(x, np.cumsum((y - fc.mean[mask, j]) ** 2 - b_se), lw=lw, label=name)
+            c = _crps_scores(y, fc, j, mask)
+            if c is not None and b_crps is not None:
+                axes[1, j].plot(x, np.cumsum(c - b_crps), lw=lw, label=name)
+        for i, what in enumerate(("squared error", "CRPS")):
+            axes[i, j].axhline(0, color="black", lw=0.7)
+            axes[i, j].set_title(f"{h}d: cum. {what} - {benchmark}", fontsize=9)
+            axes[i, j].grid(alpha=0.3)
+            axes[i, j].tick_params(axis="x", labelrotation=30, labelsize=7)
+            axes[i, j].tick_params(axis="y", labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{symbol}: cumulative loss difference vs {benchmark} (below 0 = better)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def pit_of(result: BacktestResult, symbol: str, name: str, j: int) -> np.ndarray:
+    """PIT values F(y) of a forecaster's horizon-j forecasts at the realised log-returns (symbol "ALL": pooled)."""
+    from scipy import stats
+
+    from .evaluate.baselines import Forecast
+    from .evaluate.metrics import pit_values
+
+    syms = list(result.symbols) if symbol == "ALL" else [symbol]
+    out = []
+    for s in syms:
+        r = result.symbols[s]
+        fc, mask = r.forecasts[name], r.valid(j)
+        y = r.realised[mask, j]
+        if fc.scale is not None:
+            df = fc.df[mask, j] if fc.df is not None else np.inf
+            u = stats.t.cdf((y - fc.mean[mask, j]) / fc.scale[mask, j], df)
+        else:
+            sub = Forecast(fc.horizons, fc.mean[mask], {q: v[mask] for q, v in (fc.quantiles or {}).items()})
+            u = np.asarray(sub.cdf(y, j))
+        out.append(pit_values(y, lambda _v, u=u: u))
+    return np.concatenate(out)
+
+
+def plot_calibration(result: BacktestResult, symbol: str, path: str | Path, forecaster: str | None = None) -> Path:
+    """Top: PIT histograms of the forecaster per horizon (flat = calibrated; U = too narrow; hump = too wide).
+    Bottom: calibration curves, observed frequency of y <= q_tau vs tau, for every forecaster."""
+    plt = _pyplot()
+    name = forecaster or result.config.reference
+    m = result.metrics
+    horizons = sorted(set(m.loc[m["symbol"] == symbol, "horizon"]))
+    names = list(dict.fromkeys(m.loc[m["symbol"] == symbol, "forecaster"]))
+    if name not in names:
+        name = names[0]
+    H = len(horizons)
+    fig, axes = plt.subplots(2, H, figsize=(3.4 * H, 6), squeeze=False)
+    for j, h in enumerate(horizons):
+        u = pit_of(result, symbol, name, j)
+        ax = axes[0, j]
+        ax.hist(u, bins=20, range=(0, 1), density=True, color="tab:blue", alpha=0.7)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_title(f"{h}d: PIT of {name} (n={u.size})", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax = axes[1, j]
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+        for n in names:
+            row = m[(m["symbol"] == symbol) & (m["forecaster"] == n) & (m["horizon"] == h)]
+            keys = sorted((float(c[len("calibration_q"):]), c) for c in row.columns
+                          if c.startswith("calibration_q") and np.isfinite(row[c].iloc[0]))
+            if keys:
+                ax.plot([k for k, _ in keys], [row[c].iloc[0] for _, c in keys], marker="o", ms=3,
+                        lw=1.6 if n == result.config.reference else 0.9, label=n)
+        ax.set_title(f"{h}d: observed P(y <= q_tau) vs tau", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[1, 0].legend(fontsize=7)
+    fig.suptitle(f"{symbol}: calibration", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+# ============================================================================== backtest: HTML
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;color:#222;
+line-height:1.45;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:3px;margin-top:1.8em}
+h3{margin-bottom:.3em}table{border-collapse:collapse;font-size:12.5px;margin:6px 0 14px}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}td.best{font-weight:bold;background:#eef7ee}
+tr.ref td{background:#f5f8ff}tr.ref td.best{background:#e3f0e3}
+.note{color:#555;font-size:13px}.warn{color:#a00;font-weight:bold}img{max-width:100%;border:1px solid #eee}
+ul.summary li{margin-bottom:4px}code{background:#f4f4f4;padding:1px 4px}
+"""
+
+
+def _html_table(header: list[str], rows: list[list[str]], best: list[set[int]] | None = None,
+                ref_rows: set[int] | None = None) -> str:
+    import html
+
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for i, row in enumerate(rows):
+        cls = ' class="ref"' if ref_rows and i in ref_rows else ""
+        tds = []
+        for k, c in enumerate(row):
+            is_best = best is not None and i in best[k]
+            tds.append(f'<td class="best">{html.escape(c)}*</td>' if is_best else f"<td>{html.escape(c)}</td>")
+        out.append(f"<tr{cls}>" + "".join(tds) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _img(path: Path, alt: str) -> str:
+    import base64
+    import html
+
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _dm_table(result: BacktestResult, symbol: str) -> str:
+    dm = result.dm
+    if dm is None or dm.empty:
+        return "<p class='note'>No DM tests (no reference forecaster).</p>"
+    d = dm[dm["symbol"] == symbol]
+    header = ["vs", "horizon", "loss", "loss ratio (ref/other)", "DM stat", "p two-sided", "p ref better",
+              "p ref worse", "n"]
+    rows = [[r.other, f"{int(r.horizon)}d", r.loss, _fmt(r.loss_ratio), _fmt(r.stat), _fmt_p(r.p_value),
+             _fmt_p(r.p_better), _fmt_p(r.p_worse), str(int(r.n))] for r in d.itertuples()]
+    return _html_table(header, rows)
+
+
+def _verdict_table(result: BacktestResult, symbol: str, alpha: float = 0.05) -> str:
+    """Reference vs each other forecaster, per horizon and loss: better / worse (one-sided DM at alpha) or n.s."""
+    import html
+
+    dm = result.dm
+    if dm is None or dm.empty:
+        return ""
+    d = dm[dm["symbol"] == symbol]
+    horizons = sorted(set(d["horizon"]))
+    others = list(dict.fromkeys(d["other"]))
+    losses = [("squared_error", "SE"), ("crps", "CRPS")]
+    head = "<tr><th rowspan='2'>vs</th>" + "".join(f"<th colspan='2'>{int(h)}d</th>" for h in horizons) + "</tr>"
+    head += "<tr>" + "".join(f"<th>{lab}</th>" for _ in horizons for _, lab in losses) + "</tr>"
+    body = []
+    for o in others:
+        cells = []
+        for h in horizons:
+            for loss, _ in losses:
+                sel = d[(d["other"] == o) & (d["horizon"] == h) & (d["loss"] == loss)]
+                if sel.empty or not np.isfinite(sel["stat"].iloc[0]):
+                    cells.append("<td>-</td>")
+                    continue
+                r = sel.iloc[0]
+                if r["p_better"] < alpha:
+                    cells.append(f"<td style='background:#dff0d8'>better p{_p_eq(r['p_better'])}</td>")
+                elif r["p_worse"] < alpha:
+                    cells.append(f"<td style='background:#f2dede'>worse p{_p_eq(r['p_worse'])}</td>")
+                else:
+                    cells.append(f"<td style='color:#777'>n.s. (p{_p_eq(r['p_value'])})</td>")
+        body.append(f"<tr><td>{html.escape(str(o))}</td>" + "".join(cells) + "</tr>")
+    ref = html.escape(result.config.reference)
+    return (f"<p class='note'>{ref} against each forecaster: <b>better</b> / <b>worse</b> = one-sided Diebold-Mariano "
+            f"(HLN) test significant at {alpha:g} on squared log-return error (SE) or CRPS; n.s. = no significant "
+            "difference (two-sided p shown).</p><table>" + head + "".join(body) + "</table>")
+
+
+def _blocks_table(result: BacktestResult, symbol: str) -> str:
+    r = result.symbols[symbol]
+    ref = result.config.reference
+    header = ["block", "train from", "train to", "first origin", "last origin", "origins", "fit s (all)",
+              f"{ref} epochs", f"{ref} best epoch", f"{ref} best val loss"]
+    rows = []
+    for b in r.blocks:
+        info = b.get("fit_info", {}).get(ref, {})
+        rows.append([str(b["block"] + 1), b["train_start"][:10], b["train_end"][:10], b["first_origin"][:10],
+                     b["last_origin"][:10], str(b["n_origins"]), f"{sum(b['fit_seconds'].values()):.1f}",
+                     str(info.get("epochs", "-")), str(info.get("best_epoch", "-")),
+                     _fmt(info.get("best_val_loss", float("nan")))])
+    return _html_table(header, rows)
+
+
+def write_backtest_report(result: BacktestResult, directory: str | Path, title: str = "mambacast walk-forward backtest",
+                          command: str | None = None, forecasts_csv: bool = True) -> dict[str, Path]:
+    """Write metrics.json/.csv, dm.csv, forecasts.csv.gz, PNG plots and a self-contained report.html.
+
+    The HTML embeds every image as base64 and every table as HTML, so the one file opens from disk anywhere.
+    Returns the paths written (key "html" for the report).
+    """
+    import html
+    from datetime import datetime, timezone
+
+    from . import __version__
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = result.save(out, forecasts=forecasts_csv)
+    cfg = result.config
+    sections: list[str] = []
+    scopes = (["ALL"] if len(result.symbols) > 1 else []) + list(result.symbols)
+    # Plots first (files), then HTML.
+    plots: dict[str, list[tuple[str, Path]]] = {}
+    for sym in result.symbols:
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in sym)
+        plots[sym] = [
+            ("forecasts vs realised", plot_backtest_forecasts(result, sym, out / f"{safe}_forecasts.png")),
+            ("cumulative loss vs random walk", plot_cumulative_loss(result, sym, out / f"{safe}_cumloss.png")),
+            ("calibration", plot_calibration(result, sym, out / f"{safe}_calibration.png")),
+        ]
+    if len(result.symbols) > 1:
+        plots["ALL"] = [("calibration (pooled)", plot_calibration(result, "ALL", out / "ALL_calibration.png"))]
+    for key, items in plots.items():
+        for label, p in items:
+            paths[f"{key}:{label}"] = p
+
+    run = [f"<b>generated</b> {datetime.now(timezone.utc).isoformat(timespec='seconds')} by mambacast {__version__}",
+           f"<b>run time</b> {result.seconds:.1f} s"]
+    if command:
+        run.append(f"<b>command</b> <code>{html.escape(command)}</code>")
+    run.append("<b>protocol</b> " + html.escape(
+        f"{cfg.window} training window" + (f" (train_days {cfg.train_days})" if cfg.train_days else "")
+        + f", refit every {cfg.refit_every} trading days, embargo {cfg.embargo_days} days between the last training "
+        f"target and the first origin of each block, horizons {', '.join(map(str, cfg.horizons))} days"
+        + (", strict one-origin-at-a-time prediction" if cfg.strict else "")))
+    for k, v in result.info.items():
+        run.append(f"<b>{html.escape(str(k))}</b> {html.escape(str(v))}")
+    sym_rows = [[s, r.label(int(r.origins[0])), r.label(int(r.origins[-1])), str(r.origins.size), str(len(r.blocks)),
+                 f"{r.label(r.insample[0])} .. {r.label(r.insample[1])}"] for s, r in result.symbols.items()]
+    sections.append(f"<h1>{html.escape(title)}</h1><p class='note'>" + "<br>".join(run) + "</p>")
+    sections.append(_html_table(["symbol", "first origin", "last origin", "origins", "refits", "first training window"],
+                                sym_rows))
+    summary = backtest_summary(result)
+    items = "".join(f"<li class='warn'>{html.escape(s)}</li>" if s.startswith("WARNING") else
+                    f"<li>{html.escape(s)}</li>" for s in summary)
+    verdict_scope = "ALL" if len(result.symbols) > 1 else next(iter(result.symbols))
+    sections.append("<h2>What the backtest shows</h2>" + _verdict_table(result, verdict_scope)
+                    + "<ul class='summary'>" + items + "</ul>"
+                    "<p class='note'>Only out-of-sample forecasts are scored: every forecaster was refitted on data "
+                    "that ends an embargo before the forecasts it is scored on. Daily stock prices are close to a "
+                    "random walk; a loss ratio near 1 with a large p-value means no demonstrated skill. h-day "
+                    "returns from consecutive origins overlap, so the binomial direction test is anti-conservative "
+                    "for h &gt; 1; the DM test accounts for the overlap (h-1 autocovariance lags, HLN correction).</p>")
+    for scope in scopes:
+        name = "Pooled over " + ", ".join(result.symbols) if scope == "ALL" else scope
+        sections.append(f"<h2>{html.escape(name)}</h2>")
+        m = result.metrics
+        for h in sorted(set(m.loc[m["symbol"] == scope, "horizon"])):
+            header, rows, best = backtest_rows(result, scope, int(h), price_columns=scope != "ALL")
+            ref_rows = {i for i, r in enumerate(rows) if r[0] == cfg.reference}
+            sections.append(f"<h3>{int(h)}-day horizon</h3>" + _html_table(header, rows, best, ref_rows))
+        sections.append("<p class='note'>% columns: log-return metrics x100. MASE: MAE over the in-sample MAE of the "
+                        "random walk at the same horizon (first training window; pooled: mean over symbols). "
+                        "* and bold: best in the column (coverage: closest to nominal). DM: statistic of reference "
+                        "minus other loss and two-sided p; negative = reference better.</p>")
+        if scope != verdict_scope:
+            sections.append("<h3>Significance</h3>" + _verdict_table(result, scope))
+        sections.append("<h3>Diebold-Mariano tests</h3>" + _dm_table(result, scope)
+                        + ("<p class='note'>Pooled: each forecaster's loss is averaged over the symbols present on "
+                           "each origin date and the test runs on that series; n counts dates.</p>"
+                           if scope == "ALL" else ""))
+        for label, p in plots.get(scope, []):
+            sections.append(f"<h3>{html.escape(label.capitalize())}</h3>" + _img(p, f"{scope} {label}"))
+        if scope != "ALL":
+            sections.append("<h3>Refits</h3>" + _blocks_table(result, scope))
+    sections.append(
+        "<h2>Definitions</h2><p class='note'>Targets are h-day log-returns log(p[t+h]/p[t]); prices are p[t]·exp(r). "
+        "RMSE, MAE, MASE, direction accuracy (binomial p vs 50%), pinball loss (mean over the 5/10/25/50/75/90/95% "
+        "quantiles), CRPS (closed form for Gaussian / Student-t forecasts), coverage and mean width of the central "
+        "50/80/90% intervals: docs/evaluation.md. Full numbers: metrics.csv, dm.csv, metrics.json and every forecast "
+        "in forecasts.csv.gz beside this file.</p>")
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+            + _CSS + "</style></head><body>" + "\n".join(sections) + "</body></html>")
+    paths["html"] = out / "report.html"
+    paths["html"].write_text(page, encoding="utf-8")
+    return paths

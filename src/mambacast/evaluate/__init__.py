@@ -1,5 +1,19 @@
-"""Evaluation core: forecast metrics and tests (`metrics`) and baseline forecasters (`baselines`)."""
+"""Evaluation: forecast metrics and tests (`metrics`), baseline forecasters (`baselines`), the Mamba model behind
+the same interface (`model.MambaForecaster`, imported lazily: it needs torch) and the walk-forward backtest
+(`backtest`)."""
 
+from .backtest import (
+    BASELINES,
+    BacktestConfig,
+    BacktestResult,
+    SymbolBacktest,
+    default_forecasters,
+    leakage_warnings,
+    make_baselines,
+    run_backtest,
+    score_symbols,
+    walk_forward,
+)
 from .baselines import (
     DEFAULT_QUANTILES,
     BaseForecaster,
@@ -32,6 +46,17 @@ from .metrics import (
 )
 
 __all__ = [
+    "BASELINES",
+    "BacktestConfig",
+    "BacktestResult",
+    "SymbolBacktest",
+    "default_forecasters",
+    "leakage_warnings",
+    "make_baselines",
+    "run_backtest",
+    "score_symbols",
+    "walk_forward",
+    "MambaForecaster",
     "DEFAULT_QUANTILES",
     "INTERVALS",
     "BaseForecaster",
@@ -59,3 +84,11 @@ __all__ = [
     "pit_values",
     "rmse",
 ]
+
+
+def __getattr__(name: str):
+    if name == "MambaForecaster":  # torch is imported only when the model is asked for
+        from .model import MambaForecaster
+
+        return MambaForecaster
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,629 @@
+"""Walk-forward backtest: the model and the baselines forecast data they never saw, and are scored alike.
+
+Protocol, per symbol (closes `p[0..n-1]`, horizons `h_1 < ... < h_H`, embargo `e = max(h)` by default):
+
+* Forecast origins run from the first origin `s_0` (the `start` date, or `min_train_days - 1 + e`) to
+  `n - 1 - h_1` (the last day whose shortest-horizon target is realised).
+* They are cut into blocks of `refit_every` trading days. Before block `k`, which starts at origin `s_k`,
+  every forecaster is refitted on the closes `p[a_k .. c_k]` with the cutoff `c_k = s_k - e`:
+  the last training *target* (a return ending at `c_k` at the latest) is `e` days before the first origin.
+  `a_k = 0` for an expanding window, `c_k + 1 - train_days` for a rolling one.
+* Forecasts for the origins `o` of the block come from `predict_many(p[: o_last + 1], origins)` (features are
+  causal, which `tests/evaluate/test_backtest.py` proves for every forecaster), or with `strict=True` from
+  `predict(p[: o + 1])` one origin at a time.
+* Every array a forecaster receives is a fresh read-only *copy* of the allowed prefix: it holds nothing past
+  the cutoff (fit) or the last origin of the block (predict), and no `.base` leads back to the full series.
+  Realised values `log(p[o + h] / p[o])` are computed here, never by a forecaster.
+
+Scores per symbol, forecaster and horizon come from `evaluate.metrics.evaluate_forecasts` (log-returns and
+prices: MAE, RMSE, MASE, direction accuracy and its binomial p, pinball, CRPS, coverage and width of the 50/80/90%
+intervals, calibration); Diebold-Mariano (HLN) tests compare the reference forecaster (the model) with every other
+on squared log-return error and on CRPS. Pooled rows (`symbol == "ALL"`) concatenate the symbols; the pooled DM
+test averages the loss differential across the symbols present on each origin date. Formulas and caveats are in
+docs/evaluation.md ("Backtest").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.errors import InsufficientHistoryError
+from ..data.sources import as_price_frame
+from .baselines import Drift, Forecast, Forecaster, GarchT, HistoricalVolGaussian, Momentum, RandomWalk
+from .metrics import (
+    INTERVALS,
+    crps_from_quantiles,
+    crps_student_t,
+    diebold_mariano,
+    direction_accuracy,
+    evaluate_forecasts,
+    interval_coverage,
+    pinball_loss,
+)
+
+__all__ = [
+    "BASELINES",
+    "BacktestConfig",
+    "BacktestResult",
+    "SymbolBacktest",
+    "ProgressFn",
+    "make_baselines",
+    "default_forecasters",
+    "walk_forward",
+    "run_backtest",
+    "score_symbols",
+    "leakage_warnings",
+]
+
+logger = logging.getLogger(__name__)
+
+#: progress(event, data): events "symbol_start", "fit_start", "fit_end", "block_end", "symbol_end".
+ProgressFn = Callable[[str, dict[str, Any]], None]
+ForecasterFactory = Callable[[str], Sequence[Forecaster]]
+
+#: Baselines by name (the `name` each reports), in the order tables show them.
+BASELINES: dict[str, Callable[[], Forecaster]] = {
+    "random_walk": RandomWalk,
+    "drift": Drift,
+    "momentum": Momentum,
+    "hist_vol": HistoricalVolGaussian,
+    "garch_t": GarchT,
+}
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """How the walk-forward runs.
+
+    horizons        forecast horizons in trading days
+    refit_every     origins per block; every forecaster is refitted before each block
+    window          "expanding" (train on all days up to the cutoff) or "rolling" (the last `train_days`)
+    train_days      rolling window length (default 2000 days, as `mambacast train --days`); with an expanding
+                    window, None (all history) or a cap on the history used at all (the first training window)
+    min_train_days  fewest training days before the first origin's cutoff
+    embargo         days between the last training target and the first origin of a block (default max(h))
+    strict          predict one origin at a time from prices[:o + 1] (slow for the model; same numbers)
+    reference       the forecaster DM-tested against every other (the model)
+    """
+
+    horizons: tuple[int, ...] = (1, 5, 10, 30)
+    refit_every: int = 252
+    window: str = "expanding"
+    train_days: int | None = None
+    min_train_days: int = 500
+    embargo: int | None = None
+    strict: bool = False
+    reference: str = "mamba"
+
+    def __post_init__(self) -> None:
+        hs = tuple(int(h) for h in self.horizons)
+        if not hs or any(h < 1 for h in hs) or list(hs) != sorted(set(hs)):
+            raise ValueError(f"horizons={list(self.horizons)} is invalid: pass increasing positive days, "
+                             "e.g. 1,5,10,30")
+        object.__setattr__(self, "horizons", hs)
+        if self.window not in ("expanding", "rolling"):
+            raise ValueError(f"window={self.window!r} is invalid: choose 'expanding' or 'rolling'")
+        for name in ("refit_every", "min_train_days"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid: must be a positive number of days")
+        if self.train_days is not None and (not isinstance(self.train_days, int) or self.train_days < 3):
+            raise ValueError(f"train_days={self.train_days!r} is invalid: must be at least 3 days")
+        if self.window == "rolling" and self.train_days is None:
+            object.__setattr__(self, "train_days", 2000)
+        if self.embargo is not None and (not isinstance(self.embargo, int) or self.embargo < 0):
+            raise ValueError(f"embargo={self.embargo!r} is invalid: must be >= 0 days")
+
+    @property
+    def embargo_days(self) -> int:
+        return max(self.horizons) if self.embargo is None else int(self.embargo)
+
+
+# ------------------------------------------------------------------------------------------ forecasters
+
+
+def make_baselines(names: Sequence[str] | None = None) -> list[Forecaster]:
+    """Fresh baseline instances; `names` from `BASELINES` (default all, in table order)."""
+    chosen = list(BASELINES) if names is None else list(names)
+    unknown = [n for n in chosen if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+    return [BASELINES[n]() for n in chosen]
+
+
+def default_forecasters(model_config: Any = None, train_config: Any = None, baselines: Sequence[str] | None = None,
+                        include_model: bool = True, device: str = "cpu",
+                        on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None) -> ForecasterFactory:
+    """Factory `symbol -> [MambaForecaster, *baselines]`, fresh instances per symbol.
+
+    `on_epoch(symbol, epoch, epochs, logs)` is forwarded to the model's training loop (progress display).
+    """
+    from .model import MambaForecaster
+
+    def factory(symbol: str) -> list[Forecaster]:
+        out: list[Forecaster] = []
+        if include_model:
+            hook = None if on_epoch is None else (lambda e, n, logs: on_epoch(symbol, e, n, logs))
+            out.append(MambaForecaster(model_config, train_config, symbol=symbol, device=device, on_epoch=hook))
+        return out + make_baselines(baselines)
+
+    return factory
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass(eq=False)
+class SymbolBacktest:
+    """Out-of-sample forecasts of one symbol.
+
+    dates (n_days,) index of the closes; closes (n_days,); origins (n_origins,) indices into closes;
+    realised (n_origins, H) log-returns, NaN where `origin + h` is past the data; forecasts {name: Forecast with
+    arrays (n_origins, H)}; blocks: one dict per refit (training range, origin range, fit seconds and info);
+    insample (a, c): the first training window `closes[a : c + 1]`, the MASE scale.
+    """
+
+    symbol: str
+    dates: pd.Index
+    closes: np.ndarray
+    horizons: list[int]
+    origins: np.ndarray
+    realised: np.ndarray
+    forecasts: dict[str, Forecast]
+    blocks: list[dict[str, Any]]
+    insample: tuple[int, int]
+
+    def origin_dates(self) -> pd.Index:
+        return self.dates[self.origins]
+
+    def label(self, row: int) -> str:
+        v = self.dates[row]
+        return v.date().isoformat() if isinstance(v, pd.Timestamp) else str(v)
+
+    def valid(self, j: int) -> np.ndarray:
+        """Mask of origins whose horizon-`j` target is realised."""
+        return ~np.isnan(self.realised[:, j])
+
+
+@dataclass(eq=False)
+class BacktestResult:
+    """Everything a backtest produced: per-symbol forecasts, the metric and DM tables, warnings, timing.
+
+    metrics: one row per (symbol, forecaster, horizon), symbol "ALL" for the pooled rows; columns are the keys of
+    `evaluate_forecasts` plus `ret_mse`, `oos_r2` (1 - MSE / MSE of the zero forecast) and `ret_crps`.
+    dm: one row per (symbol, horizon, other forecaster, loss) with `stat` (negative: the reference has the lower
+    loss), `p_value` (two-sided), `p_better` / `p_worse` (one-sided: reference lower / higher loss), `loss_ratio`
+    (mean loss of the reference / of the other), `n`.
+    """
+
+    config: BacktestConfig
+    symbols: dict[str, SymbolBacktest]
+    metrics: pd.DataFrame
+    dm: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def forecaster_names(self) -> list[str]:
+        return list(dict.fromkeys(self.metrics["forecaster"])) if len(self.metrics) else []
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary: config, run info, every metric and DM row, refit blocks, warnings."""
+        return {
+            "config": asdict(self.config),
+            "info": self.info,
+            "seconds": self.seconds,
+            "warnings": list(self.warnings),
+            "symbols": {s: {"first_origin": r.label(int(r.origins[0])), "last_origin": r.label(int(r.origins[-1])),
+                            "n_origins": int(r.origins.size), "days": int(r.closes.size),
+                            "insample": [r.label(r.insample[0]), r.label(r.insample[1])], "blocks": r.blocks}
+                        for s, r in self.symbols.items()},
+            "metrics": _records(self.metrics),
+            "dm": _records(self.dm),
+        }
+
+    def forecasts_frame(self) -> pd.DataFrame:
+        """Every forecast in long form: symbol, origin, forecaster, horizon, mean, scale, df, quantiles, realised."""
+        frames = []
+        for sym, r in self.symbols.items():
+            for name, fc in r.forecasts.items():
+                for j, h in enumerate(r.horizons):
+                    d = {"symbol": sym, "origin": r.origin_dates(), "origin_price": r.closes[r.origins],
+                         "forecaster": name, "horizon": h, "realised": r.realised[:, j], "mean": fc.mean[:, j]}
+                    if fc.scale is not None:
+                        d["scale"] = fc.scale[:, j]
+                        d["df"] = fc.df[:, j] if fc.df is not None else np.inf
+                    for q, v in (fc.quantiles or {}).items():
+                        d[f"q{q:g}"] = v[:, j]
+                    frames.append(pd.DataFrame(d))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def save(self, directory: str | Path, forecasts: bool = True) -> dict[str, Path]:
+        """Write metrics.json (everything), metrics.csv, dm.csv and (optionally) forecasts.csv.gz."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "metrics.json", "metrics_csv": out / "metrics.csv", "dm_csv": out / "dm.csv"}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=1, default=_json_default, allow_nan=True))
+        self.metrics.to_csv(paths["metrics_csv"], index=False)
+        self.dm.to_csv(paths["dm_csv"], index=False)
+        if forecasts:
+            paths["forecasts_csv"] = out / "forecasts.csv.gz"
+            self.forecasts_frame().to_csv(paths["forecasts_csv"], index=False, compression="gzip")
+        return paths
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, pd.Timestamp):
+        return o.isoformat()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts with NaN as None (JSON null)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
+# ---------------------------------------------------------------------------------------------- harness
+
+
+def _readonly_copy(a: np.ndarray) -> np.ndarray:
+    """A new array (no `.base` into the full series) that cannot be written to."""
+    c = np.array(a, dtype=np.float64, copy=True)
+    c.flags.writeable = False
+    return c
+
+
+def _start_index(dates: pd.Index, start: Any) -> int | None:
+    if start is None:
+        return None
+    if isinstance(start, (int, np.integer)) and not isinstance(start, bool):
+        return int(start)
+    if not isinstance(dates, pd.DatetimeIndex):
+        raise ValueError(f"start={start!r} is a date but the prices have no dates; pass an integer origin index")
+    return int(dates.searchsorted(pd.Timestamp(start)))
+
+
+def _normalise(forecast: Forecast, n: int, n_h: int, name: str) -> dict[str, Any]:
+    """Arrays of a many-origin forecast, df filled with inf (Gaussian) where the law has a scale but no df."""
+    if forecast.mean.shape != (n, n_h):
+        raise ValueError(f"{name}.predict_many returned mean of shape {forecast.mean.shape}, expected {(n, n_h)}")
+    quantiles = forecast.quantiles
+    if quantiles is None and forecast.scale is not None:
+        law = Forecast.from_location_scale(forecast.horizons, forecast.mean, forecast.scale, forecast.df)
+        quantiles = law.quantiles
+    df = None
+    if forecast.scale is not None:
+        df = forecast.df if forecast.df is not None else np.full((n, n_h), np.inf)
+    return {"mean": forecast.mean, "scale": forecast.scale, "df": df, "quantiles": quantiles}
+
+
+def _concat(parts: list[dict[str, Any]], horizons: list[int], name: str) -> Forecast:
+    def cat(key: str) -> np.ndarray | None:
+        vals = [p[key] for p in parts]
+        if all(v is None for v in vals):
+            return None
+        if any(v is None for v in vals):
+            raise ValueError(f"{name}: some refits returned a {key} and others not")
+        return np.concatenate(vals)
+
+    levels = [tuple(p["quantiles"]) if p["quantiles"] else () for p in parts]
+    quantiles = None
+    if levels[0] and all(lv == levels[0] for lv in levels):
+        quantiles = {q: np.concatenate([p["quantiles"][q] for p in parts]) for q in levels[0]}
+    return Forecast(horizons, cat("mean"), quantiles, cat("scale"), cat("df"))
+
+
+def walk_forward(symbol: str, prices: Any, forecasters: Sequence[Forecaster], config: BacktestConfig | None = None,
+                 start: Any = None, end: Any = None, progress: ProgressFn | None = None) -> SymbolBacktest:
+    """Walk-forward forecasts of one symbol by every forecaster (see the module docstring for the protocol).
+
+    prices: frame with `close`, Series or array of closes (n_days,); start: first origin (date, or integer index);
+    end: last date (or index) of data used at all. Raises `InsufficientHistoryError` when no origin is left.
+    """
+    config = config or BacktestConfig()
+    frame = as_price_frame(prices)
+    if end is not None:
+        dated = isinstance(frame.index, pd.DatetimeIndex)
+        frame = frame.loc[: pd.Timestamp(end)] if dated else frame.iloc[: int(end) + 1]
+    closes = frame["close"].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(closes)) or np.any(closes <= 0):
+        raise ValueError(f"{symbol}: closes must be finite and > 0 (clean the data: mambacast data check)")
+    dates, n = frame.index, closes.size
+    horizons, emb = list(config.horizons), config.embargo_days
+    names = [f.name for f in forecasters]
+    if len(set(names)) != len(names):
+        raise ValueError(f"forecaster names must be unique, got {names}")
+
+    earliest = config.min_train_days - 1 + emb  # first origin with min_train_days of training closes
+    s0 = _start_index(dates, start)
+    if s0 is None:
+        s0 = earliest
+    elif s0 < earliest:
+        logger.warning("%s: start leaves %d training days before the embargo; moving the first origin to %s "
+                       "(min_train_days=%d)", symbol, max(s0 - emb + 1, 0), dates[min(earliest, n - 1)],
+                       config.min_train_days)
+        s0 = earliest
+    last = n - 1 - horizons[0]
+    if s0 > last:
+        raise InsufficientHistoryError(
+            f"{symbol}: {n} days leave no forecast origin: the first origin needs {earliest + 1} days "
+            f"(min_train_days {config.min_train_days} + embargo {emb}) and start, and the last one {horizons[0]} "
+            "more days after it; load more history or move --start earlier")
+    starts = list(range(s0, last + 1, config.refit_every))
+    origins = np.arange(s0, last + 1)
+    realised = np.full((origins.size, len(horizons)), np.nan)
+    log_c = np.log(closes)
+    for j, h in enumerate(horizons):
+        ok = origins + h <= n - 1
+        realised[ok, j] = log_c[origins[ok] + h] - log_c[origins[ok]]
+
+    emit = progress or (lambda event, data: None)
+    emit("symbol_start", {"symbol": symbol, "n_blocks": len(starts), "n_origins": int(origins.size),
+                          "first_origin": str(dates[s0]), "last_origin": str(dates[last])})
+    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    blocks: list[dict[str, Any]] = []
+    insample = (0, 0)
+    for k, b0 in enumerate(starts):
+        t_block = time.perf_counter()
+        b1 = min(b0 + config.refit_every - 1, last)
+        cutoff = b0 - emb
+        a = 0
+        if config.train_days is not None:
+            a = max(0, cutoff + 1 - config.train_days)
+            if config.window == "expanding" and k > 0:
+                a = blocks[0]["train_start_index"]  # the cap applies to the first window; later ones expand
+        if k == 0:
+            insample = (a, cutoff)
+        train = _readonly_copy(closes[a: cutoff + 1])
+        block_origins = np.arange(b0, b1 + 1)
+        info: dict[str, Any] = {"block": k, "train_start_index": a, "train_end_index": cutoff,
+                                "train_start": str(dates[a]), "train_end": str(dates[cutoff]),
+                                "first_origin": str(dates[b0]), "last_origin": str(dates[b1]),
+                                "n_origins": int(block_origins.size), "fit_seconds": {}, "predict_seconds": {},
+                                "fit_info": {}}
+        for f in forecasters:
+            emit("fit_start", {"symbol": symbol, "block": k, "n_blocks": len(starts), "forecaster": f.name,
+                               "train_days": int(train.size)})
+            t0 = time.perf_counter()
+            f.fit(train)
+            info["fit_seconds"][f.name] = time.perf_counter() - t0
+            if getattr(f, "fit_info_", None):
+                info["fit_info"][f.name] = dict(f.fit_info_)  # type: ignore[attr-defined]
+            emit("fit_end", {"symbol": symbol, "block": k, "n_blocks": len(starts), "forecaster": f.name,
+                             "seconds": info["fit_seconds"][f.name]})
+            t0 = time.perf_counter()
+            if config.strict:
+                fc = Forecast.stack([f.predict(_readonly_copy(closes[: o + 1]), horizons) for o in block_origins])
+            else:
+                fc = f.predict_many(_readonly_copy(closes[: b1 + 1]), block_origins, horizons)
+            info["predict_seconds"][f.name] = time.perf_counter() - t0
+            parts[f.name].append(_normalise(fc, block_origins.size, len(horizons), f.name))
+        info["seconds"] = time.perf_counter() - t_block
+        blocks.append(info)
+        logger.info("%s: block %d/%d (origins %s..%s, trained on %s..%s) in %.1fs", symbol, k + 1, len(starts),
+                    info["first_origin"], info["last_origin"], info["train_start"], info["train_end"], info["seconds"])
+        emit("block_end", {"symbol": symbol, "block": k, "n_blocks": len(starts), "seconds": info["seconds"]})
+    forecasts = {name: _concat(parts[name], horizons, name) for name in names}
+    return SymbolBacktest(symbol, dates, closes, horizons, origins, realised, forecasts, blocks, insample)
+
+
+def run_backtest(prices: Mapping[str, Any], forecasters: ForecasterFactory | Sequence[Forecaster] | None = None,
+                 config: BacktestConfig | None = None, start: Any = None, end: Any = None,
+                 progress: ProgressFn | None = None) -> BacktestResult:
+    """Walk-forward backtest of every symbol in `prices` ({symbol: closes}), then the metric and DM tables.
+
+    `forecasters`: a factory `symbol -> [forecaster, ...]` (fresh instances per symbol; default: the Mamba model
+    with the small preset and every baseline), or one list reused for every symbol (each block refits it).
+    """
+    config = config or BacktestConfig()
+    factory: ForecasterFactory
+    if forecasters is None:
+        factory = default_forecasters()
+    elif callable(forecasters):
+        factory = forecasters
+    else:
+        fixed = list(forecasters)
+        factory = lambda symbol: fixed  # noqa: E731
+    t0 = time.perf_counter()
+    results: dict[str, SymbolBacktest] = {}
+    for i, (symbol, p) in enumerate(prices.items()):
+        t_sym = time.perf_counter()
+        results[symbol] = walk_forward(symbol, p, factory(symbol), config, start, end, progress)
+        if progress:
+            progress("symbol_end", {"symbol": symbol, "index": i, "n_symbols": len(prices),
+                                    "seconds": time.perf_counter() - t_sym})
+    metrics, dm = score_symbols(results, config)
+    result = BacktestResult(config, results, metrics, dm, seconds=time.perf_counter() - t0)
+    result.warnings = leakage_warnings(metrics)
+    for w in result.warnings:
+        logger.warning(w)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+class _NoDirectionCallFilter(logging.Filter):
+    """Drop metrics' 'no pair with a non-zero prediction' warning: a zero-mean forecaster (random walk) makes no
+    directional call by design, and the tables show its direction accuracy as '-'."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "no pair with a non-zero prediction" not in record.getMessage()
+
+
+_METRICS_LOG = logging.getLogger("mambacast.evaluate.metrics")
+
+
+def _crps_scores(y: np.ndarray, fc: Forecast, j: int, mask: np.ndarray) -> np.ndarray | None:
+    """CRPS per forecast: closed form for a location-scale law, else from the quantiles."""
+    if fc.scale is not None:
+        df = fc.df[mask, j] if fc.df is not None else np.inf
+        return crps_student_t(y, df, fc.mean[mask, j], fc.scale[mask, j])
+    if fc.quantiles:
+        levels = list(fc.quantiles)
+        return crps_from_quantiles(y, np.column_stack([fc.quantiles[q][mask, j] for q in levels]), levels)
+    return None
+
+
+def _symbol_metrics(r: SymbolBacktest, name: str, j: int) -> tuple[dict[str, float], np.ndarray, np.ndarray | None]:
+    fc, h, mask = r.forecasts[name], r.horizons[j], r.valid(j)
+    y, mean = r.realised[mask, j], fc.mean[mask, j]
+    a, c = r.insample
+    quantiles = {q: v[mask, j] for q, v in fc.quantiles.items()} if fc.quantiles else None
+    row = evaluate_forecasts(y, mean, r.closes[r.origins[mask]], r.closes[a: c + 1], h, quantiles=quantiles,
+                             scale=None if fc.scale is None else fc.scale[mask, j],
+                             df=None if fc.df is None else fc.df[mask, j])
+    se = (y - mean) ** 2
+    crps = _crps_scores(y, fc, j, mask)
+    row["ret_mse"] = float(se.mean())
+    row["oos_r2"] = float(1 - se.mean() / np.mean(y**2)) if np.any(y != 0) else float("nan")
+    if crps is not None:
+        row["ret_crps"] = float(crps.mean())
+    return row, se, crps
+
+
+def _pooled_metrics(ys: list[np.ndarray], fcs: list[Forecast], masks: list[np.ndarray], j: int,
+                    per_symbol: list[dict[str, float]]) -> dict[str, float]:
+    """Scale-free metrics on the concatenated symbols; MASE is the mean of the per-symbol MASE."""
+    y = np.concatenate(ys)
+    mean = np.concatenate([f.mean[m, j] for f, m in zip(fcs, masks, strict=True)])
+    row: dict[str, float] = {"n": float(y.size), "ret_mae": float(np.mean(np.abs(y - mean))),
+                             "ret_mse": float(np.mean((y - mean) ** 2))}
+    row["ret_rmse"] = math.sqrt(row["ret_mse"])
+    row["oos_r2"] = float(1 - row["ret_mse"] / np.mean(y**2))
+    for key in ("ret_mase", "price_mase"):
+        row[key] = float(np.mean([m[key] for m in per_symbol]))
+    acc, p = direction_accuracy(y, mean) if np.any(mean != 0) else (float("nan"), float("nan"))
+    row["direction_accuracy"], row["direction_p_value"] = acc, p
+    crps = [_crps_scores(yy, f, j, m) for yy, f, m in zip(ys, fcs, masks, strict=True)]
+    if all(c is not None for c in crps):
+        row["ret_crps"] = float(np.concatenate(crps).mean())  # type: ignore[arg-type]
+    if all(f.quantiles for f in fcs):
+        levels = list(fcs[0].quantiles)  # type: ignore[arg-type]
+        qp = np.concatenate([np.column_stack([f.quantiles[q][m, j] for q in levels])  # type: ignore[index]
+                             for f, m in zip(fcs, masks, strict=True)])
+        pin = pinball_loss(y, qp, levels)
+        row["pinball_mean"] = float(pin.mean())
+        row.update({f"pinball_q{q:g}": float(v) for q, v in zip(levels, pin.mean(axis=0), strict=True)})
+        row.update({f"calibration_q{q:g}": float(np.mean(y <= qp[:, i])) for i, q in enumerate(levels)})
+        for c, (lo, hi) in INTERVALS.items():
+            if lo in levels and hi in levels:
+                row[f"coverage_{c}"], row[f"ret_width_{c}"] = interval_coverage(
+                    y, qp[:, levels.index(lo)], qp[:, levels.index(hi)])
+    return row
+
+
+def _dm_row(loss_ref: np.ndarray, loss_other: np.ndarray, h: int) -> dict[str, float]:
+    n = loss_ref.size
+    if n < max(2, 2 * h):
+        return {"stat": float("nan"), "p_value": float("nan"), "p_better": float("nan"), "p_worse": float("nan"),
+                "loss_ratio": float("nan"), "n": float(n)}
+    stat, p = diebold_mariano(loss_ref, loss_other, h=h)
+    _, p_less = diebold_mariano(loss_ref, loss_other, h=h, alternative="less")
+    _, p_greater = diebold_mariano(loss_ref, loss_other, h=h, alternative="greater")
+    other = float(loss_other.mean())
+    return {"stat": stat, "p_value": p, "p_better": p_less, "p_worse": p_greater,
+            "loss_ratio": float(loss_ref.mean()) / other if other > 0 else float("nan"), "n": float(n)}
+
+
+def score_symbols(results: Mapping[str, SymbolBacktest], config: BacktestConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The metric table (per symbol + pooled "ALL") and the DM table of the reference vs every other forecaster."""
+    if not results:
+        return pd.DataFrame(), pd.DataFrame()
+    quiet = _NoDirectionCallFilter()
+    _METRICS_LOG.addFilter(quiet)
+    try:
+        return _score(results, config)
+    finally:
+        _METRICS_LOG.removeFilter(quiet)
+
+
+def _score(results: Mapping[str, SymbolBacktest], config: BacktestConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows: list[dict[str, Any]] = []
+    dm_rows: list[dict[str, Any]] = []
+    first = next(iter(results.values()))
+    names, horizons = list(first.forecasts), first.horizons
+    ref = config.reference if config.reference in names else None
+    if ref is None:
+        logger.info("reference forecaster %r is not in the backtest; no Diebold-Mariano tests", config.reference)
+    for j, h in enumerate(horizons):
+        losses: dict[str, dict[str, dict[str, pd.Series]]] = {}  # name -> loss -> symbol -> Series by origin date
+        per_symbol: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for sym, r in results.items():
+            mask = r.valid(j)
+            index = r.origin_dates()[mask]
+            for name in names:
+                row, se, crps = _symbol_metrics(r, name, j)
+                per_symbol[name].append(row)
+                rows.append({"symbol": sym, "forecaster": name, "horizon": h, **row})
+                losses.setdefault(name, {}).setdefault("squared_error", {})[sym] = pd.Series(se, index=index)
+                if crps is not None:
+                    losses[name].setdefault("crps", {})[sym] = pd.Series(crps, index=index)
+        if len(results) > 1:
+            for name in names:
+                ys = [r.realised[r.valid(j), j] for r in results.values()]
+                fcs = [r.forecasts[name] for r in results.values()]
+                masks = [r.valid(j) for r in results.values()]
+                rows.append({"symbol": "ALL", "forecaster": name, "horizon": h,
+                             **_pooled_metrics(ys, fcs, masks, j, per_symbol[name])})
+        if ref is None:
+            continue
+        for other in names:
+            if other == ref:
+                continue
+            for loss in ("squared_error", "crps"):
+                if loss not in losses[ref] or loss not in losses[other]:
+                    continue
+                for sym in results:
+                    a, b = losses[ref][loss][sym].to_numpy(), losses[other][loss][sym].to_numpy()
+                    dm_rows.append({"symbol": sym, "horizon": h, "reference": ref, "other": other, "loss": loss,
+                                    **_dm_row(a, b, h)})
+                if len(results) < 2:
+                    continue
+                # Pooled: each forecaster's loss averaged over the symbols present on each origin date (both have
+                # the same symbols on every date), then one DM test on that time series of differences.
+                ref_mean = pd.concat([losses[ref][loss][s] for s in results], axis=1).mean(axis=1).sort_index()
+                other_mean = pd.concat([losses[other][loss][s] for s in results], axis=1).mean(axis=1).sort_index()
+                row = _dm_row(ref_mean.to_numpy(), other_mean.to_numpy(), h)
+                row["n_pairs"] = float(sum(losses[ref][loss][s].size for s in results))
+                dm_rows.append({"symbol": "ALL", "horizon": h, "reference": ref, "other": other, "loss": loss, **row})
+    metrics = pd.DataFrame(rows)
+    order = {"ALL": len(results)} | {s: i for i, s in enumerate(results)}
+    metrics = metrics.sort_values(["symbol", "horizon"], key=lambda c: c.map(order) if c.name == "symbol" else c,
+                                  kind="stable").reset_index(drop=True)
+    return metrics, pd.DataFrame(dm_rows)
+
+
+def leakage_warnings(metrics: pd.DataFrame, max_r2: float = 0.5, max_direction: float = 0.75,
+                     min_n: int = 100) -> list[str]:
+    """Flag results too good to be true for daily prices, the mark of a forecaster that saw the future.
+
+    Out-of-sample R^2 against the zero (random-walk) forecast above `max_r2`, or direction accuracy above
+    `max_direction` over at least `min_n` forecasts, at any horizon. No stock forecaster we know of comes near
+    either; a leaked one (fed p[t+h]) sits near R^2 = 1.
+    """
+    out = []
+    for row in metrics.itertuples(index=False):
+        if row.symbol == "ALL" or row.n < min_n:
+            continue
+        r2, acc = getattr(row, "oos_r2", float("nan")), getattr(row, "direction_accuracy", float("nan"))
+        if (np.isfinite(r2) and r2 > max_r2) or (np.isfinite(acc) and acc > max_direction):
+            out.append(f"{row.symbol} {row.forecaster} {row.horizon}d: implausibly good out of sample "
+                       f"(R^2 vs random walk {r2:.2f}, direction accuracy {acc:.2f}); check it for look-ahead")
+    return out
+

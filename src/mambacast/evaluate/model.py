@@ -1,0 +1,175 @@
+"""The Mamba model behind the `Forecaster` interface: fit on a price array in memory, no files.
+
+`MambaForecaster.fit(prices)` runs exactly what `mambacast train` runs on a price series
+(`train.pipeline.prepare_data`: quality check, causal features, windows, 80/20 temporal split with an
+embargo of `max(horizons)` samples, scalers fitted on the training rows; `Trainer` with the guide's
+early stopping (best weights restored) and reduce-LR-on-plateau on the validation tail;
+`calibrate_distribution` for the per-horizon scale factor), but keeps the model in memory instead of
+writing a model store. `predict_many(prices, origins, horizons)` recomputes the causal features on the
+given closes, cuts the `sequence_length`-day window ending at each origin, and maps the Student-t heads
+back to log-return units as `MambaPredictor` does:
+
+    loc   = target_mean + target_std * loc_z
+    scale = target_std * scale_z * calibration_factor
+    r_h   ~ loc + scale * t(df_h)
+
+Because every feature at row t depends on closes 0..t only, the forecast at origin o from
+`predict_many(prices, ...)` equals the one from `predict(prices[:o + 1])` (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import MambaConfig, TrainConfig
+from ..data.features import TimeSeriesFeatureEngineer
+from ..data.sequences import FeatureScaler, TargetScaler
+from ..nn.mamba import MambaModel
+from ..train.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
+from ..train.pipeline import DEFAULT_WINDOWS, calibrate_distribution, prepare_data
+from ..train.trainer import Trainer
+from .baselines import DEFAULT_QUANTILES, BaseForecaster, Forecast, _check_horizons, _check_origins, _check_prices
+
+__all__ = ["MambaForecaster"]
+
+logger = logging.getLogger(__name__)
+
+_PREDICT_BATCH = 512
+EpochFn = Callable[[int, int, dict[str, float]], None]
+
+
+class _EpochHook(Callback):
+    def __init__(self, fn: EpochFn, epochs: int):
+        self.fn, self.epochs = fn, epochs
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
+        self.fn(epoch, self.epochs, logs)
+
+
+class MambaForecaster(BaseForecaster):
+    """Mamba model trained in memory on closes; Student-t forecast of the h-day log-returns.
+
+    Args:
+        model_config: architecture (its `prediction_horizons` are the horizons it can forecast).
+        train_config: fit settings (epochs, batch size, patience, sequence_length, seed, ...).
+        symbol: name used in log lines and data errors.
+        windows: feature look-backs (the pipeline's default).
+        calibrate: apply the split-conformal scale factor fitted on the validation tail (as
+            `mambacast train` stores it); False leaves the raw Student-t scale.
+        device: torch device for training and inference ("cpu" by default).
+        on_epoch: optional `fn(epoch, epochs, logs)` called after every epoch (progress).
+
+    After `fit`: `model_`, `feature_scaler_`, `target_scaler_`, `calibration_` (per-horizon factor),
+    `fit_info_` (days, samples, epochs run, best validation loss, seconds).
+    """
+
+    name = "mamba"
+
+    def __init__(self, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None, *,
+                 symbol: str = "series", windows: Sequence[int] = DEFAULT_WINDOWS, calibrate: bool = True,
+                 device: str = "cpu", on_epoch: EpochFn | None = None) -> None:
+        self.model_config = model_config or MambaConfig.small()
+        self.train_config = train_config or TrainConfig.small()
+        self.symbol, self.windows, self.calibrate = symbol, tuple(windows), calibrate
+        self.device, self.on_epoch = device, on_epoch
+        self.model_: MambaModel | None = None
+        self.feature_scaler_: FeatureScaler | None = None
+        self.target_scaler_: TargetScaler | None = None
+        self.calibration_: np.ndarray | None = None
+        self.warmup_: int | None = None
+        self.fit_info_: dict[str, Any] = {}
+
+    @property
+    def horizons(self) -> list[int]:
+        return list(self.model_config.prediction_horizons)
+
+    @property
+    def sequence_length(self) -> int:
+        return self.train_config.sequence_length
+
+    def min_origin(self) -> int:
+        """Smallest origin index with a full window after the feature warm-up (needs a fitted model)."""
+        warmup = self.warmup_ if self.warmup_ is not None else TimeSeriesFeatureEngineer(self.windows).warmup_
+        return warmup + self.sequence_length - 1
+
+    def fit(self, prices: np.ndarray) -> MambaForecaster:
+        t0 = time.perf_counter()
+        closes = _check_prices(prices, min_len=3)
+        mc, tc = self.model_config, self.train_config
+        data = prepare_data(self.symbol, closes, mc, tc, windows=self.windows)
+        torch.manual_seed(tc.seed)
+        model = MambaModel(mc, len(data.feature_names))
+        early = EarlyStopping(patience=tc.patience, min_delta=tc.min_delta, restore_best_weights=True)
+        callbacks: list[Callback] = [
+            early,
+            ReduceLROnPlateau(factor=tc.lr_factor, patience=tc.lr_patience, min_delta=tc.min_delta, min_lr=tc.min_lr),
+        ]
+        if self.on_epoch is not None:
+            callbacks.append(_EpochHook(self.on_epoch, tc.epochs))
+        trainer = Trainer(model, tc, callbacks, device=self.device)
+        X_val, y_val = data.X[data.val_idx], data.y_scaled[data.val_idx]
+        history = trainer.fit(data.X[data.train_idx], data.y_scaled[data.train_idx], X_val, y_val)
+        model = trainer.model.cpu().eval()
+        if self.calibrate:
+            calibration = np.asarray(calibrate_distribution(model, X_val, y_val)["scale_factor"], dtype=np.float64)
+        else:
+            calibration = np.ones(len(mc.prediction_horizons))
+        self.model_, self.calibration_ = model, calibration
+        self.feature_scaler_, self.target_scaler_ = data.feature_scaler, data.target_scaler
+        self.warmup_ = data.warmup
+        self.fit_info_ = {
+            "days": int(closes.size), "samples": int(len(data.X)), "train_samples": int(len(data.train_idx)),
+            "val_samples": int(len(data.val_idx)), "epochs": len(history), "best_epoch": early.best_epoch + 1,
+            "best_val_loss": float(early.best), "calibration": [float(c) for c in calibration],
+            "seconds": time.perf_counter() - t0,
+        }
+        logger.info("%s: fitted on %d days (%d windows) in %d epochs, best val loss %.4f, %.1fs", self.symbol,
+                    closes.size, len(data.X), len(history), early.best, self.fit_info_["seconds"])
+        return self
+
+    def predict(self, prices: np.ndarray, horizons: Sequence[int]) -> Forecast:
+        p = _check_prices(prices)
+        return self.predict_many(p, [p.size - 1], horizons).at(0)
+
+    @torch.no_grad()
+    def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        """Forecasts at `origins` (indices into prices), each from the window ending at the origin.
+
+        prices (n_days,); origins (n_origins,) with origin >= `min_origin()`; returns mean/scale (n_origins, H)
+        and df (n_origins, H) of the Student-t law of each log-return, with the default quantile levels.
+        """
+        if self.model_ is None:
+            raise RuntimeError(f"{self.name} is not fitted: call fit(training_prices) first")
+        hs = _check_horizons(horizons)
+        missing = [h for h in hs if h not in self.horizons]
+        if missing:
+            raise ValueError(f"horizons {missing} are not forecast by this model (trained for {self.horizons})")
+        cols = [self.horizons.index(h) for h in hs]
+        p = _check_prices(prices)
+        o = _check_origins(origins, p.size, self.min_origin())
+        engineer = TimeSeriesFeatureEngineer(windows=self.windows)
+        # Features are causal: only closes up to the last origin matter, so later ones are not even read.
+        features = engineer.extract_features(p[: o.max() + 1])
+        if engineer.warmup_ != self.warmup_:
+            raise ValueError(f"prices have leading missing values (warm-up {engineer.warmup_} != {self.warmup_})")
+        scaled = self.feature_scaler_.transform(features).astype(np.float32)  # type: ignore[union-attr]
+        L = self.sequence_length
+        locs, scales = [], []
+        df = None
+        for i in range(0, o.size, _PREDICT_BATCH):
+            ends = o[i:i + _PREDICT_BATCH]
+            windows = np.stack([scaled[e - L + 1: e + 1] for e in ends])
+            loc_z, scale_z, df_t = self.model_.forward_distribution(torch.from_numpy(windows))
+            locs.append(loc_z.double().numpy())
+            scales.append(scale_z.double().numpy())
+            df = df_t.double().numpy()
+        mean_, std_ = self.target_scaler_.mean_, self.target_scaler_.std_  # type: ignore[union-attr]
+        loc = (mean_ + std_ * np.concatenate(locs))[:, cols]
+        scale = (std_ * np.concatenate(scales) * self.calibration_)[:, cols]
+        return Forecast.from_location_scale(hs, loc, scale, df=np.asarray(df)[cols], levels=DEFAULT_QUANTILES)

@@ -1,0 +1,147 @@
+"""The backtest's tables, plots, HTML report and `mambacast backtest` command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mambacast.cli import main
+from mambacast.evaluate import BacktestConfig, BaseForecaster, Forecast, RandomWalk, run_backtest
+from mambacast.report import backtest_rows, backtest_summary, format_backtest_table, write_backtest_report
+
+
+class Constant(BaseForecaster):
+    def __init__(self, name: str, mu: float, s: float) -> None:
+        self.name, self.mu, self.s = name, mu, s
+
+    def fit(self, prices):
+        return self
+
+    def predict(self, prices, horizons):
+        hs = np.asarray(horizons, float)
+        return Forecast.from_location_scale(list(horizons), self.mu * hs, self.s * np.sqrt(hs))
+
+
+@pytest.fixture(scope="module")
+def result():
+    rng = np.random.default_rng(0)
+    dates = pd.bdate_range("2015-01-01", periods=700)
+    prices = {s: pd.DataFrame({"close": 50 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, 700)))}, index=dates)
+              for s in ("AAA", "BBB")}
+    config = BacktestConfig(horizons=(1, 5), refit_every=120, min_train_days=250, reference="model")
+    return run_backtest(prices, lambda s: [Constant("model", 0.0005, 0.011), RandomWalk(),
+                                           Constant("wide", 0.0, 0.05)], config)
+
+
+def metric(result, symbol, name, h, key):
+    m = result.metrics
+    return float(m[(m.symbol == symbol) & (m.forecaster == name) & (m.horizon == h)][key].iloc[0])
+
+
+def test_table_shows_the_metric_values_and_marks_the_best(result):
+    header, rows, best = backtest_rows(result, "AAA", 1)
+    by_name = {r[0]: r for r in rows}
+    col = header.index("RMSE%")
+    assert by_name["model"][col] == f"{100 * metric(result, 'AAA', 'model', 1, 'ret_rmse'):.3f}"
+    cov = header.index("cov80")
+    assert by_name["wide"][cov] == f"{metric(result, 'AAA', 'wide', 1, 'coverage_80'):.3f}"
+    # best coverage = closest to 0.8; best RMSE = lowest
+    covs = {r[0]: abs(metric(result, "AAA", r[0], 1, "coverage_80") - 0.8) for r in rows}
+    assert {rows[i][0] for i in best[cov]} == {min(covs, key=covs.get)}
+    rmses = {r[0]: metric(result, "AAA", r[0], 1, "ret_rmse") for r in rows}
+    assert {rows[i][0] for i in best[col]} == {k for k, v in rmses.items() if v == min(rmses.values())}
+    assert {rows[i][0] for i in best[col]} == {"random_walk", "wide"}  # both forecast 0: a tie, both marked
+    dm = result.dm[(result.dm.symbol == "AAA") & (result.dm.horizon == 1) & (result.dm.other == "random_walk")
+                   & (result.dm.loss == "squared_error")]
+    assert by_name["random_walk"][header.index("DM SE vs model")].startswith(f"{dm['stat'].iloc[0]:+.2f}")
+    assert by_name["model"][header.index("DM SE vs model")] == "(reference)"
+    text = format_backtest_table(result)
+    assert "pooled over AAA, BBB, 5-day" in text and "AAA, 1-day" in text
+    assert f"{100 * metric(result, 'ALL', 'wide', 5, 'ret_crps'):.3f}" in text
+    assert "*" in text
+
+
+def test_summary_is_honest_about_significance(result):
+    lines = backtest_summary(result)
+    assert lines[0].startswith("Squared error of the log-return (pooled over AAA, BBB): model significantly better")
+    assert any("expected by chance" in line for line in lines)
+    assert any(line.startswith("Coverage of model's central 50/80/90% intervals") for line in lines)
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.tables = 0
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag == "table":
+            self.tables += 1
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_html_report_is_self_contained(result, tmp_path):
+    paths = write_backtest_report(result, tmp_path / "rep", command="mambacast backtest --symbols AAA,BBB")
+    page = paths["html"].read_text(encoding="utf-8")
+    parser = _Collector()
+    parser.feed(page)
+    # per symbol: forecasts, cumulative loss, calibration; plus the pooled calibration
+    assert len(parser.images) == 2 * 3 + 1
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not re.search(r'src="(?!data:)', page), "every resource is embedded"
+    # metric tables per scope and horizon, DM tables, refit tables
+    assert parser.tables >= 3 * 2 + 3 + 2
+    text = " ".join(parser.text)
+    assert f"{100 * metric(result, 'BBB', 'model', 5, 'ret_mae'):.3f}" in text
+    assert "What the backtest shows" in text and "mambacast backtest --symbols AAA,BBB" in text
+    for key in ("json", "metrics_csv", "dm_csv", "forecasts_csv"):
+        assert paths[key].exists()
+    assert json.loads(paths["json"].read_text())["config"]["reference"] == "model"
+
+
+def test_cli_backtest_baselines_only(tmp_path, capsys):
+    out = tmp_path / "rep"
+    code = main(["backtest", "--symbols", "AAPL", "--no-model", "--start", "2021-01-04", "--end", "2022-06-30",
+                 "--horizons", "1,5", "--report", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "AAPL, 1-day log-returns" in text and "random_walk" in text and "garch_t" in text
+    assert "Backtest of 1 symbol(s) in" in text
+    assert (out / "report.html").exists() and (out / "metrics.csv").exists()
+
+
+def test_cli_backtest_with_the_model(tmp_path, capsys):
+    out = tmp_path / "rep"
+    code = main(["backtest", "--symbols", "MSFT", "--start", "2022-06-01", "--window", "rolling", "--train-days",
+                 "600", "--epochs", "1", "--horizons", "1,5", "--baselines", "random_walk", "--report", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "refit 1/1" in text and "mamba" in text and "DM SE vs mamba" in text
+    data = json.loads((out / "metrics.json").read_text())
+    block = data["symbols"]["MSFT"]["blocks"][0]
+    assert block["fit_info"]["mamba"]["days"] == 600 and block["train_end"] < "2022-06-01"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["backtest"], "say what to backtest"),
+    (["backtest", "--symbols", "AAPL", "--start", "yesterday-ish"], "is not a date"),
+    (["backtest", "--symbols", "AAPL", "--horizons", "1,x"], "--horizons"),
+    (["backtest", "--symbols", "AAPL", "--refit-every", "0"], "--refit-every 0 is invalid"),
+])
+def test_cli_backtest_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -112,7 +112,7 @@ class MambaBlock(nn.Module):
             prev = x.new_zeros(x.shape[0], self.d_conv, self.d_inner)
         else:
             prev = state.conv.transpose(1, 2)
-        conv = torch.cat([prev, x], dim=1)[:, -self.d_conv:].transpose(1, 2)   # (b, d_inner, d_conv)
+        conv = torch.cat([prev, x[:, -self.d_conv:]], dim=1)[:, -self.d_conv:].transpose(1, 2)  # (b, d_inner, d_conv)
         return out, LayerState(conv, ssm)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
@@ -221,7 +221,7 @@ class MambaModel(nn.Module):
         hidden, new_state = self._encode_chunk(x, state)
         return (hidden, *(t for s in new_state for t in s))
 
-    def encode_long(self, x: Tensor, chunk_len: int = 4096, *, state: list[LayerState] | None = None,
+    def encode_long(self, x: Tensor, chunk_len: int = 2048, *, state: list[LayerState] | None = None,
                     return_state: bool = False, checkpoint: bool | None = None
                     ) -> Tensor | tuple[Tensor, list[LayerState]]:
         """`encode` for long sequences in bounded memory: equal to `encode(x)` (to rounding).

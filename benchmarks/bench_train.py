@@ -1,0 +1,65 @@
+"""Wall time of training at the guide's config, and what `--parallel` buys on this machine.
+
+Run: .venv/bin/python benchmarks/bench_train.py [--epochs 50] [--days 1000] [--skip-parallel]
+
+1. One symbol (AAPL, ~1000 days) for `--epochs` full epochs with early stopping OFF (patience
+   larger than the run), the guide's model and batch size; beside the guide's
+   "1 symbol, 50 epochs: 2-4 min CPU, 30-50 s on an RTX 3090".
+2. Three symbols (AAPL, MSFT, GOOGL) through `train_symbols` with parallel=1 and parallel=2
+   (each a fresh model store), for the speed-up of worker processes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+
+import torch
+
+from mambacast import MambaConfig, TrainConfig
+from mambacast.nn.scan import scan_impl
+from mambacast.train import train_symbols
+
+
+def timed_training(symbols: list[str], parallel: int, train_config: TrainConfig, days: int) -> float:
+    with tempfile.TemporaryDirectory() as root:
+        t0 = time.perf_counter()
+        results = train_symbols(symbols, parallel=parallel, model_config=MambaConfig(), train_config=train_config,
+                                days=days, save_dir=root)
+        elapsed = time.perf_counter() - t0
+    failed = [r["symbol"] for r in results if r["status"] != "ok"]
+    if failed:
+        raise SystemExit(f"training failed for {failed}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--days", type=int, default=1000)
+    parser.add_argument("--parallel-epochs", type=int, default=10, help="epochs per symbol for the parallel runs")
+    parser.add_argument("--skip-parallel", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"scan implementation: {scan_impl(torch.zeros(1, 1, 1), torch.zeros(1, 16))}")
+
+    full = TrainConfig(epochs=args.epochs, patience=10**6, lr_patience=10**6)
+    seconds = timed_training(["AAPL"], 1, full, args.days)
+    print(f"\n1 symbol x {args.epochs} full epochs, {args.days} days, guide config, batch 32: {seconds:.1f} s "
+          f"({seconds / args.epochs:.2f} s/epoch)   guide: 2-4 min CPU, 30-50 s RTX 3090")
+
+    if not args.skip_parallel:
+        cfg = TrainConfig(epochs=args.parallel_epochs, patience=10**6, lr_patience=10**6)
+        symbols = ["AAPL", "MSFT", "GOOGL"]
+        serial = timed_training(symbols, 1, cfg, args.days)
+        two = timed_training(symbols, 2, cfg, args.days)
+        print(f"\n3 symbols x {args.parallel_epochs} epochs: --parallel 1 {serial:.1f} s, --parallel 2 {two:.1f} s "
+              f"(speed-up {serial / two:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

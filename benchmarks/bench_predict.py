@@ -1,7 +1,7 @@
 """Serving speed of MambaPredictor on CPU: single-call latency and batched throughput.
 
-Run: .venv/bin/python benchmarks/bench_predict.py [--preset default] [--days 2000] [--calls 300]
-     [--batch 500] [--symbols AAPL,MSFT,JNJ,XOM]
+Run: .venv/bin/python benchmarks/bench_predict.py [--preset default] [--days 2000] [--calls 200]
+     [--batch 256] [--symbols AAPL,MSFT,JNJ,XOM]
 
 Models are trained for one epoch on 600 days at the chosen preset (the guide's 64x4 model by
 default): weights do not change the speed. Every timing is taken on a warm predictor (model loaded,
@@ -15,7 +15,7 @@ worker threads started) inside one event loop.
    - trimmed, torch threads: only the last keep_days (742) closes become features;
    - trimmed, 1 thread: the default (one torch thread per worker thread);
    - calibration="rolling" on the same history (factor cached) and on a new history every call
-     (timed every 5th round: the factor is refitted, one forward pass over 280 windows).
+     (timed every 10th round: the factor is refitted, one forward pass over 280 windows).
    Then where the time goes on the default path (features, scaling, forward, result).
 2. Throughput for `--batch` requests of one symbol at different as-of dates (a backtest-like load)
    and for the same number spread over `--symbols`: sequential awaits, `asyncio.gather` of single
@@ -39,6 +39,7 @@ import torch
 
 from mambacast import MambaConfig, MambaPredictor, TrainConfig
 from mambacast.data.sources import load_prices
+from mambacast.nn.scan import scan_impl
 from mambacast.predict import DEFAULT_QUANTILES, _result
 from mambacast.train import train_symbol
 
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--days", type=int, default=2000, help="closes passed with each request")
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--symbols", default="AAPL,MSFT,JNJ,XOM")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -152,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                          train_config=TrainConfig(epochs=1, batch_size=64), save_dir=root)
         sym = symbols[0]
         history = histories[sym].iloc[-args.days:]
+        impl = scan_impl(torch.zeros(1), torch.zeros(1, cfg.d_state))
         print(f"preset={args.preset} (d_model={cfg.d_model}, layers={cfg.num_layers}, d_state={cfg.d_state}) "
-              f"history={len(history)} days  torch={torch.__version__} torch threads={torch.get_num_threads()} "
-              f"cpus={os.cpu_count()} load avg={os.getloadavg()[0]:.2f}")
+              f"history={len(history)} days  scan={impl}  torch={torch.__version__} "
+              f"torch threads={torch.get_num_threads()} cpus={os.cpu_count()} load avg={os.getloadavg()[0]:.2f}")
 
         print(f"\n1. latency of one `await predict(...)`, {args.calls} sequential calls per setting, interleaved, "
               "warm (ms)")
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
              [full], 1),
             (f"trimmed, 1 thread (default), {len(full)}d", {}, [full], 1),
             (f"rolling calibration, same {len(history)}d", dict(calibration="rolling"), [history], 1),
-            (f"rolling calibration, new {len(history)}d", dict(calibration="rolling"), moving, 5),
+            (f"rolling calibration, new {len(history)}d", dict(calibration="rolling"), moving, 10),
         ]
         setups = [(name, MambaPredictor(symbols, model_dir=root, **kw), hists, every)
                   for name, kw, hists, every in settings]
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'forecast_origins, every day of ' + str(len(full)):<34} {len(fc.origins) / dt:>36.0f}  "
               f"({len(fc.origins)} origins in {dt:.2f} s)")
         predictor.close()
+        print(f"load avg at the end: {os.getloadavg()[0]:.2f}")
     return 0
 
 

@@ -26,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -688,17 +689,38 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
 }
 
 // ---------------------------------------------------------------- drivers
+// Runs body(state, i) for i in [0, n) on torch's intra-op threads, handing tasks out one at a
+// time (dynamic scheduling) instead of a fixed half per thread: on a busy machine a descheduled
+// thread then holds back only the task it is on. make_state() builds per-thread scratch.
+template <typename MakeState, typename Body>
+void parallel_tasks(int64_t n, MakeState&& make_state, Body&& body) {
+  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
+  if (threads <= 1 || at::in_parallel_region()) {
+    auto st = make_state();
+    for (int64_t i = 0; i < n; ++i) body(st, i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    auto st = make_state();
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      body(st, i);
+    }
+  });
+}
+
 template <typename T>
 void run_fwd(const Args<T>& a) {
   constexpr int L = VT<T>::L;
   const int64_t nblk = (a.d + L - 1) / L;
-  at::parallel_for(0, a.batch * nblk, 1, [&](int64_t lo, int64_t hi) {
-    Scratch<T> s(std::max<int64_t>(1, std::min(a.chunk, a.L)), a.N, false);
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t b = i / nblk, blk = i % nblk, c0 = blk * L;
-      fwd_block<T>(a, s, b, c0, static_cast<int>(std::min<int64_t>(L, a.d - c0)));
-    }
-  });
+  const int64_t chunk = std::max<int64_t>(1, std::min(a.chunk, a.L));
+  parallel_tasks(
+      a.batch * nblk, [&] { return Scratch<T>(chunk, a.N, false); },
+      [&](Scratch<T>& s, int64_t i) {
+        const int64_t b = i / nblk, c0 = (i % nblk) * L;
+        fwd_block<T>(a, s, b, c0, static_cast<int>(std::min<int64_t>(L, a.d - c0)));
+      });
 }
 
 template <typename T>
@@ -706,16 +728,16 @@ void run_bwd(const Args<T>& a, int64_t groups) {
   constexpr int L = VT<T>::L;
   const int64_t nblk = (a.d + L - 1) / L;
   const int64_t per_group = (nblk + groups - 1) / groups;
-  at::parallel_for(0, a.batch * groups, 1, [&](int64_t lo, int64_t hi) {
-    Scratch<T> s(std::max<int64_t>(1, std::min(a.chunk, a.L)), a.N, true);
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t b = i / groups, grp = i % groups;
-      for (int64_t blk = grp * per_group; blk < std::min(nblk, (grp + 1) * per_group); ++blk) {
-        const int64_t c0 = blk * L;
-        bwd_block<T>(a, s, b, c0, static_cast<int>(std::min<int64_t>(L, a.d - c0)), grp);
-      }
-    }
-  });
+  const int64_t chunk = std::max<int64_t>(1, std::min(a.chunk, a.L));
+  parallel_tasks(
+      a.batch * groups, [&] { return Scratch<T>(chunk, a.N, true); },
+      [&](Scratch<T>& s, int64_t i) {
+        const int64_t b = i / groups, grp = i % groups;
+        for (int64_t blk = grp * per_group; blk < std::min(nblk, (grp + 1) * per_group); ++blk) {
+          const int64_t c0 = blk * L;
+          bwd_block<T>(a, s, b, c0, static_cast<int>(std::min<int64_t>(L, a.d - c0)), grp);
+        }
+      });
 }
 void check_btk(const at::Tensor& x, const char* name, int64_t batch, int64_t L, int64_t k) {
   TORCH_CHECK(x.dim() == 3 && x.size(0) == batch && x.size(1) == L && x.size(2) == k, "selective_scan: ", name,
@@ -997,17 +1019,17 @@ template <typename T, int KS, bool BWD>
 void run_conv(const ConvArgs<T>& a) {
   constexpr int L = VT<T>::L;
   const int64_t nblk = (a.d + L - 1) / L;
-  at::parallel_for(0, a.batch * nblk, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t b = i / nblk, c0 = (i % nblk) * L;
-      const int cnt = static_cast<int>(std::min<int64_t>(L, a.d - c0));
-      if (BWD) {
-        conv_bwd_block<T, KS>(a, b, c0, cnt);
-      } else {
-        conv_fwd_block<T, KS>(a, b, c0, cnt);
-      }
-    }
-  });
+  parallel_tasks(
+      a.batch * nblk, [] { return 0; },
+      [&](int, int64_t i) {
+        const int64_t b = i / nblk, c0 = (i % nblk) * L;
+        const int cnt = static_cast<int>(std::min<int64_t>(L, a.d - c0));
+        if (BWD) {
+          conv_bwd_block<T, KS>(a, b, c0, cnt);
+        } else {
+          conv_fwd_block<T, KS>(a, b, c0, cnt);
+        }
+      });
 }
 
 template <typename T, bool BWD>

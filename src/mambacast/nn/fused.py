@@ -132,10 +132,11 @@ class _MambaInner(torch.autograd.Function):
         h0 = None if ssm_state is None else ssm_state.transpose(1, 2).contiguous()
         chunk = fused_chunk(N)
         save = any(ctx.needs_input_grad)
-        y, h_last, hsave = ops.scan_fwd(xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, h0, True, chunk, save)
+        y, h_last, hsave, ypre = ops.scan_fwd(xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, h0, True, chunk,
+                                              save)
         if save:
             ctx.save_for_backward(xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D,
-                                  conv_state, xc, x_dbl, hsave)
+                                  conv_state, xc, x_dbl, hsave, ypre)
         ctx.chunk, ctx.R, ctx.N, ctx.has_h0 = chunk, R, N, ssm_state is not None
         ctx.set_materialize_grads(False)
         return y, h_last.transpose(1, 2)
@@ -146,7 +147,7 @@ class _MambaInner(torch.autograd.Function):
 
         ops = load()
         (xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D, conv_state, xc, x_dbl,
-         hsave) = ctx.saved_tensors
+         hsave, ypre) = ctx.saved_tensors
         R, N = ctx.R, ctx.N
         batch, seq_len, two_d = xz.shape
         d = two_d // 2
@@ -156,7 +157,8 @@ class _MambaInner(torch.autograd.Function):
         dxz = torch.empty_like(xz)
         dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
         dxc, _, _, dA, dB, dC, dD, ddt_bias, dh0, ddt_low, d_dt_wt = ops.scan_bwd(
-            xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, dy, dhl, True, ctx.chunk, dxz[..., d:], False)
+            xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk, dxz[..., d:],
+            False)
 
         def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension
             return partial[0] if partial.shape[0] == 1 else partial.sum(0)

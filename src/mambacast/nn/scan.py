@@ -268,9 +268,9 @@ class _FusedScan(torch.autograd.Function):
         At = A.t().contiguous()                                          # (n, d)
         h0t = None if h0 is None else h0.transpose(1, 2).contiguous()    # (b, n, d)
         save = any(ctx.needs_input_grad[:9])
-        y, h_last, hsave = ops.scan_fwd(u, delta, At, B, C, D, z, delta_bias, None, h0t, softplus, chunk, save)
+        y, h_last, hsave, ypre = ops.scan_fwd(u, delta, At, B, C, D, z, delta_bias, None, h0t, softplus, chunk, save)
         if save:
-            ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, hsave)
+            ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, hsave, ypre)
         ctx.softplus, ctx.chunk = softplus, chunk
         ctx.set_materialize_grads(False)
         return y, h_last.transpose(1, 2)
@@ -279,12 +279,12 @@ class _FusedScan(torch.autograd.Function):
     def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):  # type: ignore[override]
         from ..ops import load
 
-        u, delta, At, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
+        u, delta, At, B, C, D, z, delta_bias, hsave, ypre = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else _unit_last(dy)
         dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
         need = ctx.needs_input_grad
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, _, _ = load().scan_bwd(
-            u, delta, At, B, C, D, z, delta_bias, None, hsave, dy, dhl, ctx.softplus, ctx.chunk, None, need[1])
+            u, delta, At, B, C, D, z, delta_bias, None, hsave, ypre, dy, dhl, ctx.softplus, ctx.chunk, None, need[1])
 
         def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension
             return partial[0] if partial.shape[0] == 1 else partial.sum(0)

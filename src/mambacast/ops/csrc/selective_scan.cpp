@@ -350,7 +350,9 @@ struct Args {
   T* y = nullptr;      // (batch, L, d)
   T* hlast = nullptr;  // (batch, N, d)
   T* hsave = nullptr;  // (batch, K, N, d): state entering each chunk
+  T* ypre = nullptr;   // (batch, L, d): y before the z gate, saved for the backward
   const T* hsave_in = nullptr;
+  const T* ypre_in = nullptr;
   // backward outputs
   T *du = nullptr, *ddelta = nullptr, *dz = nullptr;  // (batch, L, d); dz rows strided
   int64_t dz_sb = 0, dz_sl = 0;
@@ -593,6 +595,7 @@ void fwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt) 
     for (int64_t i = 0; i < T_; ++i) {
       V yv = s.yacc[i];
       if (a.z.p) {
+        if (a.ypre) vstore(a.ypre + (b * a.L + t0 + i) * d + c0, yv, cnt);
         const V zv = vload(a.z.at(b, t0 + i) + c0, cnt);
         yv *= zv * vsigmoid(zv);
       }
@@ -632,19 +635,22 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
     const T* hs = a.hsave_in + ((b * a.K + k) * N) * d + c0;
     for (int64_t n = 0; n < N; ++n) s.h[n] = s.h1[n] = vload(hs + n * d, cnt);
     prep_chunk(a, s, b, c0, cnt, t0, T_, true);
-    if (a.z.p) {
+    // Gradient reaching y through the z gate, and dz, from y before the gate (saved by the
+    // forward, else accumulated again by the recompute below).
+    const bool y_saved = a.ypre_in != nullptr;
+    if (a.z.p && !y_saved) {
       scan_groups<T, true, true>(a, s, b, t0, T_, s.h1.data());
     } else {
       scan_groups<T, true, false>(a, s, b, t0, T_, s.h1.data());
     }
-    // Gradient reaching y (through the z gate), and dz.
     for (int64_t i = 0; i < T_; ++i) {
       __builtin_prefetch(a.dout.at(b, t0 + i + 8) + c0);
       V dyv = vload(a.dout.at(b, t0 + i) + c0, cnt);
       if (a.z.p) {
         const V zv = vload(a.z.at(b, t0 + i) + c0, cnt);
         const V sg = vsigmoid(zv);
-        vstore(a.dz + b * a.dz_sb + (t0 + i) * a.dz_sl + c0, dyv * s.yacc[i] * sg * (1.0f + zv * (1.0f - sg)), cnt);
+        const V yv = y_saved ? vload(a.ypre_in + (b * a.L + t0 + i) * d + c0, cnt) : s.yacc[i];
+        vstore(a.dz + b * a.dz_sb + (t0 + i) * a.dz_sl + c0, dyv * yv * sg * (1.0f + zv * (1.0f - sg)), cnt);
         dyv = dyv * zv * sg;
       }
       s.dy[i] = dyv;
@@ -809,8 +815,9 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 }
 
 // y (batch, L, d) [gated by silu(z) if z], h_last (batch, N, d), and if save_states the state
-// entering each chunk (batch, ceil(L / chunk), N, d) for the backward.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(
+// entering each chunk (batch, ceil(L / chunk), N, d) and, with z, y before the gate (batch, L, d)
+// for the backward (empty tensors otherwise).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& B, const at::Tensor& C,
     const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& Wt, const std::optional<at::Tensor>& h0, bool softplus, int64_t chunk,
@@ -826,6 +833,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(
   at::Tensor hlast = at::empty({batch, N, d}, u.options());
   const int64_t K = (L + std::max<int64_t>(1, chunk) - 1) / std::max<int64_t>(1, chunk);
   at::Tensor hsave = at::empty({save_states ? batch : 0, K, N, d}, u.options());
+  at::Tensor ypre = at::empty({save_states && z ? batch : 0, L, d}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambacast_scan_fwd", [&] {
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
@@ -833,9 +841,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(
     a.y = y.data_ptr<scalar_t>();
     a.hlast = hlast.data_ptr<scalar_t>();
     if (save_states) a.hsave = hsave.data_ptr<scalar_t>();
+    if (save_states && z) a.ypre = ypre.data_ptr<scalar_t>();
     run_fwd<scalar_t>(a);
   });
-  return {y, hlast, hsave};
+  return {y, hlast, hsave, ypre};
 }
 
 // Returns [du, ddelta (gradient of the delta input before bias/softplus; empty unless
@@ -846,7 +855,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At,
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& Wt, const at::Tensor& hsave, const at::Tensor& dout,
+                                 const std::optional<at::Tensor>& Wt, const at::Tensor& hsave,
+                                 const std::optional<at::Tensor>& ypre, const at::Tensor& dout,
                                  const std::optional<at::Tensor>& dhlast, bool softplus, int64_t chunk,
                                  const std::optional<at::Tensor>& dz_out, bool need_ddelta) {
   check_common(u, delta, At, B, C, D, z, bias, Wt);
@@ -861,6 +871,10 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
     TORCH_CHECK(dhlast->dim() == 3 && dhlast->size(0) == batch && dhlast->size(1) == N && dhlast->size(2) == d &&
                     dhlast->is_contiguous(),
                 "selective_scan backward: grad of the final state must be contiguous (batch, d_state, d_inner)");
+  }
+  if (ypre && ypre->numel() > 0) {
+    TORCH_CHECK(ypre->is_contiguous() && ypre->sizes().equals({batch, L, d}) && ypre->scalar_type() == u.scalar_type(),
+                "selective_scan backward: saved y must be contiguous (batch, seq_len, d_inner)");
   }
   // Channel groups: enough (batch x group) tasks to feed every thread; partials summed after.
   constexpr int64_t kL32 = 16;
@@ -889,6 +903,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
     a.hsave_in = hsave.data_ptr<scalar_t>();
+    if (z && ypre && ypre->numel() > 0) a.ypre_in = ypre->data_ptr<scalar_t>();
     a.dout = ptr2<scalar_t>(dout);
     if (dhlast) a.dhlast = dhlast->data_ptr<scalar_t>();
     a.du = du.data_ptr<scalar_t>();
@@ -1263,11 +1278,12 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& hidden, const at::Tensor& n
 TORCH_LIBRARY(mambacast, m) {
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
-      "Tensor? dt_wt, Tensor? h0, bool softplus, int chunk, bool save_states) -> (Tensor, Tensor, Tensor)",
+      "Tensor? dt_wt, Tensor? h0, bool softplus, int chunk, bool save_states) -> (Tensor, Tensor, Tensor, Tensor)",
       &scan_fwd);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
-      "Tensor? dt_wt, Tensor hsave, Tensor dout, Tensor? dhlast, bool softplus, int chunk, Tensor? dz_out, "
+      "Tensor? dt_wt, Tensor hsave, Tensor? ypre, Tensor dout, Tensor? dhlast, bool softplus, int chunk, "
+      "Tensor? dz_out, "
       "bool need_ddelta) -> Tensor[]",
       &scan_bwd);
   m.def(

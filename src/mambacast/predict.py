@@ -232,7 +232,8 @@ def _init_inference_thread(threads: int | None, process_default: int) -> None:
     """Give this worker thread `threads` torch threads without changing anyone else's.
 
     torch.set_num_threads sets this thread's OpenMP and MKL thread counts (both per thread) and the
-    count that threads created later start with; a short-lived helper thread puts the latter back.
+    count that threads created later start with; a short-lived helper thread puts the latter back
+    (a thread started elsewhere in between, while the pool starts, would begin with `threads`).
     """
     if threads is None:
         return
@@ -322,9 +323,15 @@ class MambaPredictor:
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="mambacast-predict",
-                                                initializer=_init_inference_thread,
-                                                initargs=(self.inference_threads, torch.get_num_threads()))
+                pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="mambacast-predict",
+                                          initializer=_init_inference_thread,
+                                          initargs=(self.inference_threads, torch.get_num_threads()))
+                # Start every worker now (each waits at the barrier, so each task gets its own thread):
+                # their thread settings are then done before any forecast, not while other threads start.
+                barrier = threading.Barrier(self.max_workers)
+                for future in [pool.submit(barrier.wait, 10.0) for _ in range(self.max_workers)]:
+                    future.result()
+                self._pool = pool
             return self._pool
 
     async def _run(self, fn: Any, *args: Any) -> Any:

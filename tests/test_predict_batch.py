@@ -11,7 +11,7 @@ from scipy import stats
 from mambacast import MambaConfig, MambaPredictor, TrainConfig
 from mambacast.data.features import TimeSeriesFeatureEngineer
 from mambacast.data.sources import load_prices
-from mambacast.predict import EMA_TOLERANCE, ema_memory_days
+from mambacast.predict import EMA_TOLERANCE, ema_memory_days, rolling_scale_factors
 from mambacast.store import StoreError
 from mambacast.train import train_symbol
 
@@ -225,3 +225,18 @@ def test_rolling_calibration_in_batches_origins_and_short_histories(model_dir, l
         static.close()
         rolling.close()
         untrimmed.close()
+
+
+def test_rolling_scale_factors_by_hand():
+    rng = np.random.default_rng(0)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 400)))
+    origins = np.arange(50, 400)
+    loc, raw = rng.normal(0, 0.001, (350, 2)), rng.uniform(0.005, 0.02, (350, 2))
+    df = np.array([4.0, 6.0])
+    f = rolling_scale_factors(closes, origins, loc, raw, df, [1, 5], 20, np.array([9.0, 9.0]))
+    for t, j, h in [(120, 0, 1), (399, 1, 5), (300, 1, 5)]:
+        s = np.arange(t - h - 19, t - h + 1)
+        z = np.abs(np.log(closes[s + h] / closes[s]) - loc[s - 50, j]) / raw[s - 50, j]
+        assert f[t - 50, j] == pytest.approx(np.quantile(z, 0.8) / stats.t.ppf(0.9, df[j]), rel=1e-12)
+    assert f[0, 0] == 9.0 and f[19, 0] == 9.0 and f[20, 0] != 9.0   # 20 known residuals from origin 70 on
+    assert f[23, 1] == 9.0 and f[24, 1] != 9.0

@@ -59,7 +59,7 @@ from .nn.mamba import MambaModel
 from .store import ModelStore, StoreError
 
 __all__ = ["MambaPredictor", "PredictionResult", "OriginForecasts", "DEFAULT_QUANTILES", "EMA_TOLERANCE",
-           "CALIBRATIONS", "ema_memory_days"]
+           "CALIBRATIONS", "ema_memory_days", "rolling_scale_factors"]
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +534,7 @@ class MambaPredictor:
         windows = windows.transpose(0, 2, 1)[span - loaded.sequence_length + 1]   # (n, seq_len, n_features)
         loc, raw, df = self._infer(loaded, windows)
         if self.calibration == "rolling" and rows.size:
-            factor = _rolling_factors(closes, span, loc, raw, df, horizons, self.calibration_window,
+            factor = rolling_scale_factors(closes, span, loc, raw, df, horizons, self.calibration_window,
                                       loaded.calibration)
             pick = rows - span[0]
             loc, raw, factor = loc[pick], raw[pick], factor[pick]
@@ -585,9 +585,16 @@ def _rolling_factor(closes: np.ndarray, loc: np.ndarray, raw: np.ndarray, df: np
     return out
 
 
-def _rolling_factors(closes: np.ndarray, origins: np.ndarray, loc: np.ndarray, raw: np.ndarray, df: np.ndarray,
-                     horizons: list[int], window: int, fallback: np.ndarray) -> np.ndarray:
-    """`_rolling_factor` at every one of consecutive `origins` at once: (n_origins, n_horizons)."""
+def rolling_scale_factors(closes: np.ndarray, origins: np.ndarray, loc: np.ndarray, raw: np.ndarray,
+                          df: np.ndarray, horizons: list[int], window: int, fallback: np.ndarray) -> np.ndarray:
+    """The rolling split-conformal factor at each of consecutive `origins` (rows of `closes`) at once.
+
+    `loc`, `raw` (n_origins, n_horizons): log-return location and uncalibrated scale forecast at each
+    origin; `df` (n_horizons,). At origin t and horizon h the factor is `quantile(|z|, 0.8) / t_ppf(0.9,
+    df_h)` over the `window` origins s in [t-h-window+1, t-h] (outcome known at t), z = (r - loc) / raw;
+    `fallback[h]` (e.g. the validation factor) where fewer exist. Returns (n_origins, n_horizons), to
+    multiply `raw` by; `MambaPredictor(calibration="rolling")` uses the same rule at serving time.
+    """
     out = np.empty_like(loc)
     for j, h in enumerate(horizons):
         z = np.full(len(origins), np.nan)

@@ -19,14 +19,16 @@ Rows:
   causal Transformer      4 pre-norm layers, d_model 64, 4 heads, feed-forward 128 (about our
                           parameter count), attention by scaled_dot_product_attention(is_causal)
 
-A row stops at the first length that exceeds --max-seconds, --max-gb or fails (out of memory
-under the child's address-space limit); the table says which.
+A row stops after the first length that exceeds --max-seconds or --max-gb, at one that fails
+(out of memory under the child's address-space limit), or before one whose time, extrapolated
+from the row's growth so far, would pass three times --max-seconds; the table says which.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -150,7 +152,7 @@ def step_latency(n: int = 2000) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 10_000, 30_000, 65_536, 100_000, 1_000_000])
     parser.add_argument("--rows", nargs="+", default=["encode_long", "encode", "mambapy", "transformer"])
     parser.add_argument("--chunk-len", type=int, default=2048)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a row after a point slower than this")
@@ -168,11 +170,23 @@ def main() -> None:
     print(f"{'model':<32} {'seq_len':>9} {'forward s':>10} {'steps/s':>11} {'peak RSS MB':>12} "
           f"{'added MB':>9} {'bytes/step':>10}")
     for kind in args.rows:
+        done: list[tuple[int, float, int]] = []
         for length in args.lengths:
+            if done:  # extrapolate the growth seen so far; skip points far past the limits
+                (l0, s0, _), (l1, s1, m1) = (done[-2] if len(done) > 1 else (done[-1][0] / 10, done[-1][1] / 10, 0),
+                                             done[-1])
+                exponent = max(1.0, math.log(max(s1, 1e-3) / max(s0, 1e-3)) / math.log(l1 / l0))
+                expected = s1 * (length / l1) ** exponent
+                gb = m1 / l1 * length / 2 ** 30
+                if expected > 3 * args.max_seconds or gb > 1.5 * args.max_gb:
+                    print(f"{names[kind]:<32} {length:>9} skipped: about {expected:,.0f} s and {gb:,.1f} GB expected "
+                          f"(time grows as seq_len^{exponent:.1f}, memory linearly)")
+                    break
             r = run_child(kind, length, args)
             if "error" in r:
                 print(f"{names[kind]:<32} {length:>9} {r['error']}")
                 break
+            done.append((length, r["seconds"], r["added"]))
             print(f"{names[kind]:<32} {length:>9} {r['seconds']:>10.2f} {length / r['seconds']:>11,.0f} "
                   f"{r['peak'] / 2**20:>12.0f} {r['added'] / 2**20:>9.0f} {r['added'] / length:>10.0f}",
                   flush=True)

@@ -35,6 +35,13 @@ def fused_ops(*tensors: Tensor, d_state: int = 1):
     return load()
 
 
+@torch.compiler.disable
+def _apply(fn: type[torch.autograd.Function], *args):
+    """Run a fused autograd Function eagerly: under torch.compile the kernels (which have no fake
+    implementations) sit behind a graph break instead of failing the trace."""
+    return fn.apply(*args)
+
+
 def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
@@ -83,8 +90,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor
     d, K = weight.shape
     tensors = [t for t in (x, weight, bias, x_prev) if t is not None]
     if K <= 16 and fused_ops(*tensors) is not None:
-        return _CausalConv1d.apply(_unit_last(x), weight, bias,
-                                   None if x_prev is None else x_prev.contiguous(), silu)
+        return _apply(_CausalConv1d, _unit_last(x), weight, bias, None if x_prev is None else x_prev.contiguous(),
+                      silu)
     return causal_conv1d_ref(x, weight, bias, x_prev, silu)
 
 
@@ -186,8 +193,8 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
     tensors = [t for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                            conv_state, ssm_state) if t is not None]
     if conv_weight.shape[1] <= 16 and fused_ops(*tensors, d_state=A.shape[1]) is not None:
-        return _MambaInner.apply(_unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
-                                 dt_proj_weight.contiguous(), dt_proj_bias, A, D,
-                                 None if conv_state is None else conv_state.contiguous(), ssm_state)
+        return _apply(_MambaInner, _unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
+                      dt_proj_weight.contiguous(), dt_proj_bias, A, D,
+                      None if conv_state is None else conv_state.contiguous(), ssm_state)
     return mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                            conv_state, ssm_state)

@@ -145,6 +145,7 @@ class MambaBlock(nn.Module):
             self._A_step_cache = cached
         return cached[1]
 
+    @torch.compiler.disable
     def _step_fused(self, ops, hidden: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         out, conv, ssm = ops.mamba_step(
             hidden.contiguous(), self.norm.weight, self.norm.bias, self.norm.eps, self.in_proj.weight,

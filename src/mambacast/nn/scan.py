@@ -297,6 +297,12 @@ class _FusedScan(torch.autograd.Function):
                 dh0.transpose(1, 2) if need[8] else None, None, None)
 
 
+@torch.compiler.disable
+def _fused_apply(*args):
+    # The kernel has no fake implementation: under torch.compile it runs eagerly behind a graph break.
+    return _FusedScan.apply(*args)
+
+
 def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                          D: Tensor | None = None, chunk: int | None = None, *, z: Tensor | None = None,
                          delta_bias: Tensor | None = None, delta_softplus: bool = False,
@@ -327,8 +333,8 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
         t = t.to(dtype)
         return t.contiguous() if vector else _unit_last(t)
 
-    y, h_last = _FusedScan.apply(prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D, True), prep(z),
-                                 prep(delta_bias, True), prep(initial_state), bool(delta_softplus), chunk)
+    y, h_last = _fused_apply(prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D, True), prep(z),
+                             prep(delta_bias, True), prep(initial_state), bool(delta_softplus), chunk)
     return (y, h_last) if return_final_state else y
 
 

@@ -5,15 +5,17 @@ Run: .venv/bin/python benchmarks/bench_long.py [--lengths 1000 10000 100000 1000
 
 Every (model, length) point runs in a fresh subprocess, which builds the model and the input,
 resets its resident-memory high-water mark (writing 5 to /proc/self/clear_refs), runs one
-forward without autograd after a warm-up on a short input, and reports the wall time and
-VmHWM from /proc/self/status: the peak resident memory of the whole process during the
-forward, and that peak minus the resident memory just before it (what the forward itself
-added; the input and the model are already resident). tracemalloc would not see torch's
-allocations.
+forward (without autograd, except the training row) after a warm-up on a short input, and
+reports the wall time and VmHWM from /proc/self/status: the peak resident memory of the whole
+process during the forward, and that peak minus the resident memory just before it (what the
+forward itself added; the input and the model are already resident). tracemalloc would not see
+torch's allocations.
 
 Rows:
   mambacast encode_long   MambaModel.encode_long (chunks of --chunk-len steps, state carried)
   mambacast encode        MambaModel.encode, the whole sequence at once
+  mambacast train         forward + backward of encode_long with per-piece checkpointing
+                          (loss: mean square of the output), gradients for every parameter
   mambapy (pscan)         mambapy's Mamba stack with the same embedding: its parallel scan
                           materialises (batch, seq_len, d_inner, d_state) tensors
   causal Transformer      4 pre-norm layers, d_model 64, 4 heads, feed-forward 128 (about our
@@ -85,6 +87,16 @@ def build(kind: str):
         model = MambaModel(cfg, FEATURES).eval()
         return (lambda x, chunk: model.encode_long(x, chunk_len=chunk)) if kind == "encode_long" else \
             (lambda x, chunk: model.encode(x)), sum(p.numel() for p in model.parameters())
+    if kind == "train_long":
+        model = MambaModel(cfg, FEATURES).train()
+
+        def train(x: torch.Tensor, chunk: int) -> torch.Tensor:
+            with torch.enable_grad():
+                out = model.encode_long(x, chunk_len=chunk, checkpoint=True)
+                out.square().mean().backward()
+            return out.detach()
+
+        return train, sum(p.numel() for p in model.parameters())
     if kind == "mambapy":
         from mambapy.mamba import Mamba
         from mambapy.mamba import MambaConfig as PyConfig
@@ -153,7 +165,7 @@ def step_latency(n: int = 2000) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 10_000, 30_000, 65_536, 100_000, 1_000_000])
-    parser.add_argument("--rows", nargs="+", default=["encode_long", "encode", "mambapy", "transformer"])
+    parser.add_argument("--rows", nargs="+", default=["encode_long", "encode", "train_long", "mambapy", "transformer"])
     parser.add_argument("--chunk-len", type=int, default=2048)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a row after a point slower than this")
     parser.add_argument("--max-gb", type=float, default=8.0, help="stop a row after a point above this peak memory")
@@ -164,6 +176,7 @@ def main() -> None:
         return
 
     names = {"encode_long": f"mambacast encode_long({args.chunk_len})", "encode": "mambacast encode",
+             "train_long": "mambacast train, checkpointed",
              "mambapy": "mambapy (pscan)", "transformer": "causal Transformer (SDPA)"}
     print(f"batch=1 d_model=64 layers=4 d_state=16 features={FEATURES} threads={torch.get_num_threads()} "
           f"torch={torch.__version__}; stop a row past {args.max_seconds:.0f} s or {args.max_gb:.0f} GB")

@@ -167,6 +167,56 @@ class MambaBlock(nn.Module):
         return hidden + self.out_proj(y * F.silu(z)), LayerState(conv, ssm)
 
 
+class _PieceCheckpoint(torch.autograd.Function):
+    """Activation checkpointing of one piece of `encode_long`: the forward runs without building a
+    graph and keeps only the piece's input and incoming state; the backward runs the piece again
+    with autograd and returns the gradients of the input, the state and the parameters (passed
+    in as inputs, so `torch.autograd.grad` works, unlike reentrant `torch.utils.checkpoint`).
+
+    Unlike non-reentrant `torch.utils.checkpoint`, no per-op autograd nodes are created in the
+    forward; on a million steps those thousands of small long-lived allocations fragment glibc's
+    heap (measured: resident memory 4x the live memory). The model has no randomness (no
+    dropout), so the recomputation is exact.
+    """
+
+    @staticmethod
+    def forward(ctx, model: MambaModel, n_params: int, store: list[Tensor], x: Tensor,  # type: ignore[override]
+                *rest: Tensor):
+        flat = rest[n_params:]
+        ctx.model, ctx.n_params = model, n_params
+        ctx.save_for_backward(x, *flat)
+        hidden, *new = model._encode_chunk_flat(x, *flat)
+        # The outgoing state lives until the backward: keep it in one block allocated up front
+        # (small long-lived allocations between each piece's large temporaries fragment the heap).
+        block, views, offset = store[0], [], 0
+        for t in new:
+            # A tensor of its own (own version counter) on a slice of the block's storage.
+            v = t.new_empty(0).set_(block.untyped_storage(), block.storage_offset() + offset, t.shape)
+            v.copy_(t)
+            views.append(v)
+            offset += t.numel()
+        return (hidden, *views)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None):  # type: ignore[override]
+        x, *flat = ctx.saved_tensors
+        model, n_params = ctx.model, ctx.n_params
+        params = [p for p in model.parameters() if p.requires_grad]
+        assert len(params) == n_params, "the model's trainable parameters changed between forward and backward"
+        need = ctx.needs_input_grad
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(need[3])
+            flat_in = [f.detach().requires_grad_(need[4 + n_params + i]) for i, f in enumerate(flat)]
+            outs = model._encode_chunk_flat(x_in, *flat_in)
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None and o.requires_grad]
+        inputs = [x_in, *params, *flat_in]
+        wanted = [t for t in inputs if t.requires_grad]
+        got = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True) \
+            if pairs else [None] * len(wanted)
+        result = iter(got)
+        return (None, None, None, *(next(result) if t.requires_grad else None for t in inputs))
+
+
 class MambaModel(nn.Module):
     """Multi-horizon Mamba forecaster.
 
@@ -236,10 +286,11 @@ class MambaModel(nn.Module):
             `return_state=True` the state after the last step is returned too, ready for
             `step()` or another `encode_long` call on the sequence's continuation.
         checkpoint: backpropagate through the whole sequence with per-piece activation
-            checkpointing (`torch.utils.checkpoint`): the forward keeps only each piece's input
-            and boundary state, the backward recomputes one piece at a time. Default: on when
-            autograd is recording and the model has trainable parameters. Gradients equal those
-            of `encode(x)` and flow into `state` as well.
+            checkpointing (`_PieceCheckpoint`, in the manner of `torch.utils.checkpoint`): the
+            forward keeps only each piece's input and boundary state, the backward recomputes one
+            piece at a time. Default: on when autograd is recording and the model has trainable
+            parameters. Gradients equal those of `encode(x)` and flow into `state` and `x` as well;
+            `torch.autograd.grad` works.
 
         Memory without autograd: the output plus one piece's activations (about 40 bytes per step
         per `d_inner` channel per layer). Forward at the guide config: see docs/benchmarks.md.
@@ -260,15 +311,20 @@ class MambaModel(nn.Module):
                                             or any(t.requires_grad for s in state for t in s))
         if checkpoint is None:
             checkpoint = grad
+        # Without autograd the pieces are written into one output tensor; with it they are joined
+        # by one cat at the end (slice assignments would copy the whole gradient once per piece).
         out: Tensor | None = None if grad else x.new_empty(batch, seq_len, self.config.d_model)
-        pieces = []
-        for t0 in range(0, seq_len, chunk_len):
+        pieces: list[Tensor] = []
+        params = [p for p in self.parameters() if p.requires_grad] if checkpoint and grad else []
+        if checkpoint and grad:
+            per_piece = sum(t.numel() for s in state for t in s)
+            n_pieces = -(-seq_len // chunk_len)
+            store = x.new_empty(n_pieces, per_piece)
+        for i_piece, t0 in enumerate(range(0, seq_len, chunk_len)):
             xc = x[:, t0:t0 + chunk_len]
             if checkpoint and grad:
-                from torch.utils.checkpoint import checkpoint as ckpt
-
                 flat = [t for s in state for t in s]
-                hidden, *flat = ckpt(self._encode_chunk_flat, xc, *flat, use_reentrant=False)
+                hidden, *flat = _PieceCheckpoint.apply(self, len(params), [store[i_piece]], xc, *params, *flat)
                 state = [LayerState(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.layers))]
             else:
                 hidden, state = self._encode_chunk(xc, state)

@@ -10,10 +10,11 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from mambacast.cli import main
+from mambacast.cli import _LogOnce, main
 from mambacast.evaluate import BacktestConfig, BaseForecaster, Forecast, RandomWalk, run_backtest
-from mambacast.report import backtest_rows, backtest_summary, format_backtest_table, write_backtest_report
+from mambacast.report import _fmt_p, backtest_rows, backtest_summary, format_backtest_table, write_backtest_report
 
 
 class Constant(BaseForecaster):
@@ -125,12 +126,16 @@ def test_cli_backtest_baselines_only(tmp_path, capsys):
 
 def test_cli_backtest_with_the_model(tmp_path, capsys):
     out = tmp_path / "rep"
+    threads = torch.get_num_threads()
     code = main(["backtest", "--symbols", "MSFT", "--start", "2022-06-01", "--window", "rolling", "--train-days",
-                 "600", "--epochs", "1", "--horizons", "1,5", "--baselines", "random_walk", "--report", str(out)])
+                 "600", "--epochs", "1", "--horizons", "1,5", "--baselines", "random_walk", "--threads", "1",
+                 "--report", str(out)])
     assert code == 0
+    assert torch.get_num_threads() == threads  # --threads is set for the run only
     text = capsys.readouterr().out
     assert "refit 1/1" in text and "mamba" in text and "DM SE vs mamba" in text
     data = json.loads((out / "metrics.json").read_text())
+    assert data["info"]["torch_threads"] == 1
     block = data["symbols"]["MSFT"]["blocks"][0]
     assert block["fit_info"]["mamba"]["days"] == 600 and block["train_end"] < "2022-06-01"
 
@@ -140,8 +145,25 @@ def test_cli_backtest_with_the_model(tmp_path, capsys):
     (["backtest", "--symbols", "AAPL", "--start", "yesterday-ish"], "is not a date"),
     (["backtest", "--symbols", "AAPL", "--horizons", "1,x"], "--horizons"),
     (["backtest", "--symbols", "AAPL", "--refit-every", "0"], "--refit-every 0 is invalid"),
+    (["backtest", "--symbols", "AAPL", "--threads", "0"], "--threads 0 is invalid"),
 ])
 def test_cli_backtest_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("p, text", [
+    (0.0497, "0.0497"), (0.04999, "0.04999"), (0.0499999999, "<0.05"), (0.0502, "0.050"), (0.05, "0.050"),
+    (0.0123, "0.012"), (0.0004, "<0.001"), (0.7311, "0.731"), (float("nan"), "-"),
+])
+def test_p_values_never_round_across_five_percent(p, text):
+    assert _fmt_p(p) == text
+
+
+def test_repeated_log_messages_pass_once():
+    import logging
+
+    once = _LogOnce()
+    rec = lambda msg: logging.LogRecord("mambacast.data", logging.WARNING, __file__, 1, msg, None, None)  # noqa: E731
+    assert [once.filter(rec(m)) for m in ("gap", "gap", "split", "gap")] == [True, False, True, False]

@@ -291,6 +291,9 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"])
     p.add_argument("--data", help="file or folder for --source csv/parquet")
     p.add_argument("--device", default="cpu", help="device of the model's refits (default cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for the refits (default 1: the small refit models gain little from more, "
+                        "and on a busy machine extra threads wait on each other)")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the tables")
     p.set_defaults(func=_cmd_backtest)
 
@@ -338,6 +341,21 @@ class _BacktestPrinter:
             self._line(f"{tag} done in {data['seconds']:.1f}s")
 
 
+class _LogOnce(logging.Filter):
+    """Pass each distinct (logger, message) once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def _cmd_backtest(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -363,7 +381,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         horizons = tuple(int(h) for h in args.horizons.split(","))
     except ValueError:
         raise CLIError(f"--horizons {args.horizons!r} is invalid: pass comma-separated days, e.g. 1,5,10,30") from None
-    for flag in ("refit_every", "epochs", "batch_size", "train_days", "min_train_days"):
+    for flag in ("refit_every", "epochs", "batch_size", "train_days", "min_train_days", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise CLIError(f"--{flag.replace('_', '-')} {value} is invalid: must be a positive integer")
@@ -380,17 +398,33 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     factory = default_forecasters(model_config, train_config, baselines=baselines, include_model=not args.no_model,
                                   device=args.device, on_epoch=printer.epoch)
     prices = {s: load_prices(s, days=None, source=args.source, path=args.data) for s in symbols}
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = run_backtest(prices, factory, config, start=dates.get("start"), end=dates.get("end"), progress=printer)
+    once = _LogOnce()  # every refit re-runs the data checks: show each warning once, not once per refit
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.addFilter(once)
+    try:
+        result = run_backtest(prices, factory, config, start=dates.get("start"), end=dates.get("end"),
+                              progress=printer)
+    finally:
+        torch.set_num_threads(threads)
+        for h in handlers:
+            h.removeFilter(once)
     command = "mambacast backtest " + ("--test" if args.test else f"--symbols {args.symbols}") + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k in ("start", "end", "refit_every", "window", "train_days", "preset", "epochs", "batch_size", "seed",
-                 "baselines", "horizons", "source", "data", "report") and v is not None) + \
+                 "baselines", "horizons", "source", "data", "threads", "report") and v is not None) + \
         "".join(f" --{k.replace('_', '-')}" for k in ("no_model", "strict") if getattr(args, k))
-    result.info.update({"preset": args.preset, "epochs": train_config.epochs, "batch_size": train_config.batch_size,
-                        "model": {k: v for k, v in model_config.to_dict().items()
-                                  if k in ("d_model", "d_state", "num_layers", "prediction_horizons")},
-                        "source": args.source, "seed": train_config.seed})
+    result.info.update({"source": args.source})
+    if not args.no_model:
+        result.info.update({"preset": args.preset, "epochs": train_config.epochs, "batch_size": train_config.batch_size,
+                            "model": {k: v for k, v in model_config.to_dict().items()
+                                      if k in ("d_model", "d_state", "num_layers", "prediction_horizons")},
+                            "seed": train_config.seed, "torch_threads": args.threads})
     paths = write_backtest_report(result, args.report, command=command, forecasts_csv=not args.no_forecasts_file)
     print()
     print(format_backtest_table(result))

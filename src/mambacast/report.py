@@ -111,7 +111,14 @@ def _fmt(value: Any, scale: float = 1.0) -> str:
 def _fmt_p(p: float) -> str:
     if not np.isfinite(p):
         return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    if p < 0.001:
+        return "<0.001"
+    # Never let rounding move a p across 0.05 (0.0497 must not read 0.050): add digits until it stays on its side.
+    for digits in (3, 4, 5, 6):
+        s = f"{p:.{digits}f}"
+        if (float(s) < 0.05) == (p < 0.05):
+            return s
+    return "<0.05"
 
 
 def _p_eq(p: float) -> str:

@@ -1,7 +1,7 @@
 """Long-horizon forecasting (LTSF) benchmark: our Mamba model on Exchange and ETTh1, beside published results.
 
 Run:   .venv/bin/python benchmarks/ltsf.py                  # default (reduced protocol): 15-19 min on one CPU thread
-       .venv/bin/python benchmarks/ltsf.py --full           # every training window, 30 epochs (about an hour)
+       .venv/bin/python benchmarks/ltsf.py --full           # all windows, 30 epochs (not timed)
        .venv/bin/python benchmarks/ltsf.py --datasets Exchange --horizons 96 --epochs 2   # a quick look
 
 Data and protocol: ../shared/datasets/SOURCES.md (skipped with a message when that folder is absent).

@@ -11,6 +11,11 @@ and the `silu(z)` gate. Its backward is written by hand: it runs the kernels' ba
 and five small matmuls, and writes dx and dz straight into the two halves of one
 `(batch, seq_len, 2*d_inner)` gradient, so autograd keeps no intermediate of the block and
 never concatenates. `mamba_inner_ref` is the same function in plain PyTorch ops.
+
+Both also run M stacked models at once (`nn.stacked`): every weight then has a leading
+`n_models` dimension and the batch holds each model's rows in turn (rows `m * b .. (m+1) * b - 1`
+belong to model m). The kernel reads each row's parameters from its model, and its per-row
+gradient partials are summed per model; x_proj becomes one batched matmul.
 """
 
 from __future__ import annotations
@@ -96,7 +101,22 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor
 
 
 def _split_sizes(x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor) -> tuple[int, int]:
-    return dt_proj_weight.shape[1], A.shape[1]
+    return dt_proj_weight.shape[-1], A.shape[-1]
+
+
+def _linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x (batch, seq_len, in) @ weight.T; weight (out, in), or (n_models, out, in) with batch = n_models * rows."""
+    if weight.dim() == 2:
+        return F.linear(x, weight)
+    M, batch, seq_len = weight.shape[0], x.shape[0], x.shape[1]
+    return torch.bmm(x.reshape(M, -1, x.shape[-1]), weight.transpose(1, 2)).view(batch, seq_len, -1)
+
+
+def _per_model(partial: Tensor, n_models: int | None) -> Tensor:
+    """Per-row gradient partials (batch, ...) -> summed over all rows, or per model (n_models, ...)."""
+    if n_models is None:
+        return partial[0] if partial.shape[0] == 1 else partial.sum(0)
+    return partial.view(n_models, -1, *partial.shape[1:]).sum(1)
 
 
 def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
@@ -107,8 +127,19 @@ def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x
 
     conv_weight (d_inner, d_conv); conv_state (batch, d_conv-1, d_inner): the inputs before xz;
     ssm_state (batch, d_inner, d_state): the state before xz. The scan is `selective_scan`
-    (whose implementation MAMBACAST_SCAN picks).
+    (whose implementation MAMBACAST_SCAN picks). Stacked weights (leading n_models dimension):
+    each model's rows run through this function in turn.
     """
+    if A.dim() == 3:
+        M, rows = A.shape[0], xz.shape[0] // A.shape[0]
+        outs = [mamba_inner_ref(xz[m * rows:(m + 1) * rows],
+                                conv_weight[m], None if conv_bias is None else conv_bias[m], x_proj_weight[m],
+                                dt_proj_weight[m], None if dt_proj_bias is None else dt_proj_bias[m], A[m],
+                                None if D is None else D[m],
+                                None if conv_state is None else conv_state[m * rows:(m + 1) * rows],
+                                None if ssm_state is None else ssm_state[m * rows:(m + 1) * rows])
+                for m in range(M)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
     d_inner = xz.shape[-1] // 2
     R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
     x, z = xz.split(d_inner, dim=-1)
@@ -129,13 +160,13 @@ class _MambaInner(torch.autograd.Function):
         d_inner = xz.shape[-1] // 2
         R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
         x, z = xz[..., :d_inner], xz[..., d_inner:]
-        wt = conv_weight.t().contiguous()                                # (K, d)
+        wt = conv_weight.transpose(-1, -2).contiguous()                  # ([M,] K, d)
         xc = ops.conv_fwd(x, wt, conv_bias, conv_state, True)            # (b, l, d), after SiLU
-        x_dbl = F.linear(xc, x_proj_weight)                              # (b, l, R + 2N)
+        x_dbl = _linear(xc, x_proj_weight)                               # (b, l, R + 2N)
         dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
         # dt_proj (rank R -> d_inner), its bias and the softplus run inside the scan kernel.
-        dt_wt = dt_proj_weight.t().contiguous()                          # (R, d)
-        At = A.t().contiguous()
+        dt_wt = dt_proj_weight.transpose(-1, -2).contiguous()            # ([M,] R, d)
+        At = A.transpose(-1, -2).contiguous()                            # ([M,] N, d)
         h0 = None if ssm_state is None else ssm_state.transpose(1, 2).contiguous()
         chunk = fused_chunk(N)
         save = any(ctx.needs_input_grad)
@@ -145,6 +176,7 @@ class _MambaInner(torch.autograd.Function):
             ctx.save_for_backward(xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D,
                                   conv_state, xc, x_dbl, hsave, ypre)
         ctx.chunk, ctx.R, ctx.N, ctx.has_h0 = chunk, R, N, ssm_state is not None
+        ctx.n_models = A.shape[0] if A.dim() == 3 else None
         ctx.set_materialize_grads(False)
         return y, h_last.transpose(1, 2)
 
@@ -170,17 +202,24 @@ class _MambaInner(torch.autograd.Function):
         def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension
             return partial[0] if partial.shape[0] == 1 else partial.sum(0)
 
+        M = ctx.n_models
         dx_dbl = torch.cat([total(ddt_low).view(-1, R), total(dB).view(-1, N), total(dC).view(-1, N)],
                            dim=1)                                                           # (b*l, R+2N)
-        d_x_proj_weight = dx_dbl.t() @ xc.view(-1, d)
-        dxc.view(-1, d).addmm_(dx_dbl, x_proj_weight)
+        if M is None:
+            d_x_proj_weight = dx_dbl.t() @ xc.view(-1, d)
+            dxc.view(-1, d).addmm_(dx_dbl, x_proj_weight)
+        else:   # per model: (M, b/M*l, R+2N)
+            dx_dbl = dx_dbl.view(M, -1, R + 2 * N)
+            d_x_proj_weight = torch.bmm(dx_dbl.transpose(1, 2), xc.view(M, -1, d))
+            dxc.view(M, -1, d).baddbmm_(dx_dbl, x_proj_weight)
         _, dw, db, dxp = ops.conv_bwd(x, wt, conv_bias, conv_state, dxc, True, dxz[..., :d])
         need = ctx.needs_input_grad
-        return (dxz, dw.sum(0).t() if need[1] else None,
-                db.sum(0) if conv_bias is not None and need[2] else None,
-                d_x_proj_weight if need[3] else None, d_dt_wt.sum(0).t() if need[4] else None,
-                ddt_bias.sum(0) if dt_proj_bias is not None and need[5] else None,
-                dA.sum(0).t() if need[6] else None, dD.sum(0) if D is not None and need[7] else None,
+        return (dxz, _per_model(dw, M).transpose(-1, -2) if need[1] else None,
+                _per_model(db, M) if conv_bias is not None and need[2] else None,
+                d_x_proj_weight if need[3] else None, _per_model(d_dt_wt, M).transpose(-1, -2) if need[4] else None,
+                _per_model(ddt_bias, M) if dt_proj_bias is not None and need[5] else None,
+                _per_model(dA, M).transpose(-1, -2) if need[6] else None,
+                _per_model(dD, M) if D is not None and need[7] else None,
                 dxp if conv_state is not None and need[8] else None,
                 dh0.transpose(1, 2) if ctx.has_h0 and need[9] else None)
 
@@ -192,7 +231,7 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
     applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`."""
     tensors = [t for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                            conv_state, ssm_state) if t is not None]
-    if conv_weight.shape[1] <= 16 and fused_ops(*tensors, d_state=A.shape[1]) is not None:
+    if conv_weight.shape[-1] <= 16 and fused_ops(*tensors, d_state=A.shape[-1]) is not None:
         return _apply(_MambaInner, _unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
                       dt_proj_weight.contiguous(), dt_proj_bias, A, D,
                       None if conv_state is None else conv_state.contiguous(), ssm_state)

@@ -52,8 +52,11 @@ class StudentTHead(nn.Module):
         return F.softplus(self.scale_proj(h)) + _MIN_SCALE, 2.0 + F.softplus(self.df_raw)
 
 
-def student_t_nll(y: Tensor, loc: Tensor, scale: Tensor, df: Tensor) -> Tensor:
-    """Mean negative log-likelihood of y under Student-t(loc, scale, df), all broadcastable to y."""
+def student_t_nll(y: Tensor, loc: Tensor, scale: Tensor, df: Tensor,
+                  dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Mean negative log-likelihood of y under Student-t(loc, scale, df), all broadcastable to y;
+    the mean over `dim` only if given (e.g. one value per stacked model)."""
     z = (y - loc) / scale
     log_norm = (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi))
-    return (-(log_norm - torch.log(scale) - (df + 1) / 2 * torch.log1p(z * z / df))).mean()
+    nll = -(log_norm - torch.log(scale) - (df + 1) / 2 * torch.log1p(z * z / df))
+    return nll.mean() if dim is None else nll.mean(dim)

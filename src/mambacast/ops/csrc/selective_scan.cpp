@@ -337,6 +337,9 @@ Ptr2<T> ptr2(const at::Tensor& x) {
 template <typename T>
 struct Args {
   int64_t batch = 0, L = 0, d = 0, N = 0, chunk = 1, K = 0;
+  // Stacked models: At, D, bias and Wt hold M models' parameters along a leading dimension, and
+  // batch row b belongs to model b / rows (M = 1: one set of parameters shared by every row).
+  int64_t M = 1, rows = 1;
   Ptr2<T> u, delta, B, C, z, dout;
   const T* At = nullptr;      // (N, d)
   const T* D = nullptr;       // (d)
@@ -575,6 +578,18 @@ void scan_groups(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t
   }
 }
 
+// The arguments seen by batch row b: with stacked models, the parameter pointers moved to b's model.
+template <typename T>
+Args<T> row_args(const Args<T>& a, int64_t b) {
+  Args<T> r = a;
+  const int64_t m = b / a.rows;
+  r.At += m * a.N * a.d;
+  if (r.D) r.D += m * a.d;
+  if (r.bias) r.bias += m * a.d;
+  if (r.Wt) r.Wt += m * a.R * a.d;
+  return r;
+}
+
 // ---------------------------------------------------------------- forward
 template <typename T>
 void fwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt) {
@@ -725,7 +740,12 @@ void run_fwd(const Args<T>& a) {
       a.batch * nblk, [&] { return Scratch<T>(chunk, a.N, false); },
       [&](Scratch<T>& s, int64_t i) {
         const int64_t b = i / nblk, c0 = (i % nblk) * L;
-        fwd_block<T>(a, s, b, c0, static_cast<int>(std::min<int64_t>(L, a.d - c0)));
+        const int cnt = static_cast<int>(std::min<int64_t>(L, a.d - c0));
+        if (a.M > 1) {
+          fwd_block<T>(row_args(a, b), s, b, c0, cnt);
+        } else {
+          fwd_block<T>(a, s, b, c0, cnt);
+        }
       });
 }
 
@@ -739,9 +759,10 @@ void run_bwd(const Args<T>& a, int64_t groups) {
       a.batch * groups, [&] { return Scratch<T>(chunk, a.N, true); },
       [&](Scratch<T>& s, int64_t i) {
         const int64_t b = i / groups, grp = i % groups;
+        const Args<T> ar = a.M > 1 ? row_args(a, b) : a;
         for (int64_t blk = grp * per_group; blk < std::min(nblk, (grp + 1) * per_group); ++blk) {
           const int64_t c0 = blk * L;
-          bwd_block<T>(a, s, b, c0, static_cast<int>(std::min<int64_t>(L, a.d - c0)), grp);
+          bwd_block<T>(ar, s, b, c0, static_cast<int>(std::min<int64_t>(L, a.d - c0)), grp);
         }
       });
 }
@@ -759,7 +780,9 @@ void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const
   a.batch = u.size(0);
   a.L = u.size(1);
   a.d = u.size(2);
-  a.N = At.size(0);
+  a.N = At.size(-2);
+  a.M = At.dim() == 3 ? At.size(0) : 1;
+  a.rows = a.batch / a.M;
   a.chunk = std::max<int64_t>(1, chunk);
   a.K = (a.L + a.chunk - 1) / a.chunk;
   a.u = ptr2<T>(u);
@@ -772,7 +795,7 @@ void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const
   if (bias) a.bias = bias->data_ptr<T>();
   if (Wt) {
     a.Wt = Wt->data_ptr<T>();
-    a.R = Wt->size(0);
+    a.R = Wt->size(-2);
   }
   a.softplus = softplus;
 }
@@ -785,16 +808,24 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
               "selective_scan (fused CPU kernel): float32 or float64 only, got ", u.scalar_type());
   TORCH_CHECK(u.dim() == 3, "selective_scan: u must be (batch, seq_len, d_inner)");
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2);
-  TORCH_CHECK(At.dim() == 2 && At.size(1) == d && At.is_contiguous(), "selective_scan: At must be (d_state, d_inner)");
-  const int64_t N = At.size(0);
+  TORCH_CHECK((At.dim() == 2 || At.dim() == 3) && At.size(-1) == d && At.is_contiguous(),
+              "selective_scan: At must be (d_state, d_inner), or (n_models, d_state, d_inner) for stacked models");
+  const int64_t N = At.size(-2);
+  // Stacked models: every per-channel parameter gets the leading n_models dimension.
+  const bool stacked = At.dim() == 3;
+  const int64_t M = stacked ? At.size(0) : 1;
+  TORCH_CHECK(M >= 1 && batch % M == 0, "selective_scan: batch ", batch, " is not a multiple of the ", M,
+              " stacked models");
   TORCH_CHECK(N >= 1 && N <= kMaxState, "selective_scan (fused CPU kernel): d_state must be in [1, ", kMaxState,
               "], got ", N);
   check_btk(u, "u", batch, L, d);
   if (Wt) {
-    TORCH_CHECK(Wt->dim() == 2 && Wt->size(1) == d && Wt->size(0) >= 1 && Wt->size(0) <= kMaxRank &&
-                    Wt->is_contiguous() && Wt->scalar_type() == u.scalar_type(),
-                "selective_scan: the fused dt_proj weight must be contiguous (R, d_inner), 1 <= R <= ", kMaxRank);
-    check_btk(delta, "dt_low", batch, L, Wt->size(0));
+    TORCH_CHECK(Wt->dim() == (stacked ? 3 : 2) && (!stacked || Wt->size(0) == M) && Wt->size(-1) == d &&
+                    Wt->size(-2) >= 1 && Wt->size(-2) <= kMaxRank && Wt->is_contiguous() &&
+                    Wt->scalar_type() == u.scalar_type(),
+                "selective_scan: the fused dt_proj weight must be contiguous ([n_models,] R, d_inner), 1 <= R <= ",
+                kMaxRank);
+    check_btk(delta, "dt_low", batch, L, Wt->size(-2));
   } else {
     check_btk(delta, "delta", batch, L, d);
   }
@@ -807,9 +838,9 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   if (z) TORCH_CHECK(z->scalar_type() == u.scalar_type(), "selective_scan: z dtype");
   for (const std::optional<at::Tensor>* o : {&D, &bias}) {
     if (*o) {
-      TORCH_CHECK((*o)->dim() == 1 && (*o)->size(0) == d && (*o)->is_contiguous() &&
-                      (*o)->scalar_type() == u.scalar_type(),
-                  "selective_scan: D and delta_bias must be contiguous (d_inner,) of the input dtype");
+      TORCH_CHECK((*o)->dim() == (stacked ? 2 : 1) && (!stacked || (*o)->size(0) == M) && (*o)->size(-1) == d &&
+                      (*o)->is_contiguous() && (*o)->scalar_type() == u.scalar_type(),
+                  "selective_scan: D and delta_bias must be contiguous ([n_models,] d_inner) of the input dtype");
     }
   }
 }
@@ -823,7 +854,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
     const std::optional<at::Tensor>& Wt, const std::optional<at::Tensor>& h0, bool softplus, int64_t chunk,
     bool save_states) {
   check_common(u, delta, At, B, C, D, z, bias, Wt);
-  const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(0);
+  const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(-2);
   if (h0) {
     TORCH_CHECK(h0->dim() == 3 && h0->size(0) == batch && h0->size(1) == N && h0->size(2) == d &&
                     h0->is_contiguous() && h0->scalar_type() == u.scalar_type(),
@@ -860,8 +891,8 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
                                  const std::optional<at::Tensor>& dhlast, bool softplus, int64_t chunk,
                                  const std::optional<at::Tensor>& dz_out, bool need_ddelta) {
   check_common(u, delta, At, B, C, D, z, bias, Wt);
-  const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(0);
-  const int64_t R = Wt ? Wt->size(0) : 0;
+  const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(-2);
+  const int64_t R = Wt ? Wt->size(-2) : 0;
   const int64_t K = (L + std::max<int64_t>(1, chunk) - 1) / std::max<int64_t>(1, chunk);
   TORCH_CHECK(hsave.dim() == 4 && hsave.size(0) == batch && hsave.size(1) == K && hsave.size(2) == N &&
                   hsave.size(3) == d && hsave.is_contiguous(),
@@ -938,6 +969,7 @@ constexpr int kMaxConv = 16;
 template <typename T>
 struct ConvArgs {
   int64_t batch = 0, L = 0, d = 0, K = 0;
+  int64_t M = 1, rows = 1;  // stacked models: wt (M, K, d), bias (M, d); row b uses model b / rows
   Ptr2<T> x, dout;
   const T* wt = nullptr;
   const T* bias = nullptr;
@@ -1039,10 +1071,16 @@ void run_conv(const ConvArgs<T>& a) {
       [&](int, int64_t i) {
         const int64_t b = i / nblk, c0 = (i % nblk) * L;
         const int cnt = static_cast<int>(std::min<int64_t>(L, a.d - c0));
+        ConvArgs<T> ar = a;
+        if (a.M > 1) {
+          const int64_t m = b / a.rows;
+          ar.wt += m * a.K * a.d;
+          if (ar.bias) ar.bias += m * a.d;
+        }
         if (BWD) {
-          conv_bwd_block<T, KS>(a, b, c0, cnt);
+          conv_bwd_block<T, KS>(ar, b, c0, cnt);
         } else {
-          conv_fwd_block<T, KS>(a, b, c0, cnt);
+          conv_fwd_block<T, KS>(ar, b, c0, cnt);
         }
       });
 }
@@ -1062,15 +1100,19 @@ void check_conv(const at::Tensor& x, const at::Tensor& wt, const std::optional<a
               "causal_conv1d (fused CPU kernel): float32/float64 CPU tensors only");
   TORCH_CHECK(x.dim() == 3, "causal_conv1d: x must be (batch, seq_len, d)");
   const int64_t batch = x.size(0), d = x.size(2);
-  TORCH_CHECK(wt.dim() == 2 && wt.size(1) == d && wt.size(0) >= 1 && wt.size(0) <= kMaxConv && wt.is_contiguous() &&
-                  wt.scalar_type() == x.scalar_type(),
-              "causal_conv1d: weight must be contiguous (K, d) with 1 <= K <= ", kMaxConv);
+  TORCH_CHECK((wt.dim() == 2 || wt.dim() == 3) && wt.size(-1) == d && wt.size(-2) >= 1 && wt.size(-2) <= kMaxConv &&
+                  wt.is_contiguous() && wt.scalar_type() == x.scalar_type(),
+              "causal_conv1d: weight must be contiguous (K, d), or (n_models, K, d) for stacked models, with 1 <= K <= ",
+              kMaxConv);
   check_btk(x, "x", batch, x.size(1), d);
-  const int64_t K = wt.size(0);
+  const int64_t K = wt.size(-2);
+  const bool stacked = wt.dim() == 3;
+  TORCH_CHECK(!stacked || (wt.size(0) >= 1 && batch % wt.size(0) == 0), "causal_conv1d: batch ", batch,
+              " is not a multiple of the ", wt.size(0), " stacked models");
   if (bias) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == d && bias->is_contiguous() &&
-                    bias->scalar_type() == x.scalar_type(),
-                "causal_conv1d: bias must be contiguous (d,)");
+    TORCH_CHECK(bias->dim() == (stacked ? 2 : 1) && (!stacked || bias->size(0) == wt.size(0)) && bias->size(-1) == d &&
+                    bias->is_contiguous() && bias->scalar_type() == x.scalar_type(),
+                "causal_conv1d: bias must be contiguous ([n_models,] d)");
   }
   if (xprev) {
     TORCH_CHECK(xprev->dim() == 3 && xprev->size(0) == batch && xprev->size(1) == K - 1 && xprev->size(2) == d &&
@@ -1088,7 +1130,9 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& wt, const std::option
     a.batch = x.size(0);
     a.L = x.size(1);
     a.d = x.size(2);
-    a.K = wt.size(0);
+    a.K = wt.size(-2);
+    a.M = wt.dim() == 3 ? wt.size(0) : 1;
+    a.rows = a.batch / a.M;
     a.x = ptr2<scalar_t>(x);
     a.wt = wt.data_ptr<scalar_t>();
     if (bias) a.bias = bias->data_ptr<scalar_t>();
@@ -1106,7 +1150,7 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& wt, cons
                                  const std::optional<at::Tensor>& xprev, const at::Tensor& dout, bool silu,
                                  const std::optional<at::Tensor>& dx_out) {
   check_conv(x, wt, bias, xprev);
-  const int64_t batch = x.size(0), L = x.size(1), d = x.size(2), K = wt.size(0);
+  const int64_t batch = x.size(0), L = x.size(1), d = x.size(2), K = wt.size(-2);
   check_btk(dout, "grad_output", batch, L, d);
   at::Tensor dx;
   if (dx_out) {
@@ -1124,6 +1168,8 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& wt, cons
     a.L = L;
     a.d = d;
     a.K = K;
+    a.M = wt.dim() == 3 ? wt.size(0) : 1;
+    a.rows = batch / a.M;
     a.x = ptr2<scalar_t>(x);
     a.dout = ptr2<scalar_t>(dout);
     a.wt = wt.data_ptr<scalar_t>();

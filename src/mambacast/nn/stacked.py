@@ -1,0 +1,102 @@
+"""M independent `MambaModel`s of one configuration evaluated as one batched computation.
+
+Training one small model per symbol issues the same few dozen small operations for every
+symbol. Stacking the M models' parameters along a leading model dimension turns each of them
+into one batched operation (`bmm` for the linear layers, one fused kernel call per block for
+conv1d + x_proj + scan over all M models' rows: see `nn.fused`), so the per-operation overhead is
+paid once per step for all symbols, not once per symbol.
+
+The models stay independent: model m's output depends only on model m's parameters and inputs,
+so the gradient of a sum of per-model losses gives each model exactly its own gradient.
+
+Parameters are a plain dict `name -> (M, *shape)` keyed by `MambaModel.state_dict()` names, so
+model m's weights are `{name: p[m] for name, p in params.items()}` (`unstack_parameters`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fused import mamba_inner
+from .heads import _MIN_SCALE
+from .mamba import MambaModel
+
+__all__ = ["stack_parameters", "unstack_parameters", "stacked_forward_distribution", "stacked_forward"]
+
+
+def stack_parameters(models: Sequence[MambaModel]) -> dict[str, Tensor]:
+    """Stack the parameters of models with one configuration: name -> (M, *shape) leaf tensors
+    (copies, requiring grad)."""
+    if not models:
+        raise ValueError("stack_parameters needs at least one model")
+    first = models[0]
+    for m in models[1:]:
+        if m.config != first.config or m.n_features != first.n_features:
+            raise ValueError("stacked models must share one MambaConfig and n_features; got "
+                             f"{m.config} / {m.n_features} vs {first.config} / {first.n_features}")
+    names = [n for n, _ in first.named_parameters()]
+    if len(names) != len(first.state_dict()):
+        raise ValueError("MambaModel has buffers; stacking supports parameters only")
+    return {n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_() for n in names}
+
+
+def unstack_parameters(params: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+    """Model `index`'s state dict (views into the stacked tensors, detached)."""
+    return {n: p.detach()[index] for n, p in params.items()}
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (M, n, in), weight (M, out, in), bias (M, out) -> (M, n, out)."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """x (M, n, d) normalised over d with per-model affine weight/bias (M, d)."""
+    return torch.addcmul(bias.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), weight.unsqueeze(1))
+
+
+def _last_hidden(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Tensor:
+    """x (M, batch, seq_len, n_features) -> final-normed last hidden state (M, batch, d_model)."""
+    if x.dim() != 4 or x.shape[-1] != model.n_features:
+        raise ValueError(f"expected input of shape (n_models, batch, seq_len, n_features={model.n_features}), "
+                         f"got {tuple(x.shape)}")
+    M, batch, seq_len, _ = x.shape
+    cfg = model.config
+    hidden = _linear(x.reshape(M, batch * seq_len, -1), params["embed.weight"], params["embed.bias"])
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        xz = _linear(_layer_norm(hidden, params[p + "norm.weight"], params[p + "norm.bias"], cfg.norm_eps),
+                     params[p + "in_proj.weight"])                               # (M, b*l, 2*d_inner)
+        A = -torch.exp(params[p + "A_log"])                                        # (M, d_inner, d_state)
+        y, _ = mamba_inner(xz.view(M * batch, seq_len, -1), params[p + "conv1d.weight"].squeeze(2),
+                           params[p + "conv1d.bias"], params[p + "x_proj.weight"], params[p + "dt_proj.weight"],
+                           params[p + "dt_proj.bias"], A, params[p + "D"])
+        hidden = hidden + _linear(y.view(M, batch * seq_len, -1), params[p + "out_proj.weight"])
+    last = hidden.view(M, batch, seq_len, -1)[:, :, -1]
+    # LayerNorm is per time step, so normalising only the last step equals MambaModel's encode()[:, -1].
+    return _layer_norm(last, params["norm_f.weight"], params["norm_f.bias"], cfg.norm_eps)
+
+
+def stacked_forward(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Tensor:
+    """`MambaModel.forward` of every stacked model: x (M, batch, seq_len, n_features) -> (M, batch, n_horizons).
+
+    `model` is any one of the stacked models (only its configuration is read).
+    """
+    h = _last_hidden(params, model, x)
+    return _linear(h, params["head.proj.weight"], params["head.proj.bias"])
+
+
+def stacked_forward_distribution(params: dict[str, Tensor], model: MambaModel,
+                                 x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`MambaModel.forward_distribution` of every stacked model: loc and scale (M, batch, n_horizons),
+    df (M, n_horizons)."""
+    h = _last_hidden(params, model, x)
+    loc = _linear(h, params["head.proj.weight"], params["head.proj.bias"])
+    scale = F.softplus(_linear(h, params["dist_head.scale_proj.weight"], params["dist_head.scale_proj.bias"]))
+    return loc, scale + _MIN_SCALE, 2.0 + F.softplus(params["dist_head.df_raw"])

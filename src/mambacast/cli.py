@@ -28,6 +28,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default 32)")
     p.add_argument("--days", type=int, default=2000, help="trading days of history to use (default 2000)")
     p.add_argument("--parallel", type=int, default=1, help="symbols trained at once in worker processes")
+    p.add_argument("--stack", action="store_true",
+                   help="train every symbol's own model together as one batched computation on the CPU (same "
+                        "results as one at a time; per-symbol time is then the whole stack's)")
     p.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"],
                    help="price source (default: sample, real prices bundled with the install)")
     p.add_argument("--data", help="file or folder for --source csv/parquet")
@@ -121,9 +124,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--days {args.days} is invalid: must be a positive number of trading days")
     if args.source in ("csv", "parquet") and not args.data:
         raise CLIError(f"--source {args.source} needs --data PATH (a file, or a folder with one file per symbol)")
-    printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1)
+    if args.stack and args.parallel > 1:
+        raise CLIError("--stack and --parallel are alternatives: --stack trains every symbol in one process")
+    printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack)
     t0 = time.perf_counter()
-    results = train_symbols(symbols, parallel=args.parallel, progress=printer, model_config=model_config,
+    results = train_symbols(symbols, parallel=args.parallel, stack=args.stack, progress=printer,
+                            model_config=model_config,
                             train_config=train_config, days=args.days, source=args.source, data_path=args.data,
                             save_dir=args.save_dir, resume=args.resume, device=args.device,
                             include_volume=args.with_volume)

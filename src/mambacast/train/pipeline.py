@@ -1,8 +1,9 @@
 """From a symbol to a stored model: load prices, check them, build windows, train, save.
 
 `train_symbol` is the synchronous unit of work (one symbol, one process); `train_single_symbol`
-is the guide's async API around it; `train_symbols` trains many, one after another or in
-`parallel` worker processes with the CPU threads divided between them.
+is the guide's async API around it; `train_symbols` trains many: one after another, in
+`parallel` worker processes with the CPU threads divided between them, or `stack`ed (every
+symbol's own model trained in one batched computation, `train.stacked`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
 from ..store import ModelStore, StoreError
 from .callbacks import Callback, MetricsTracker, TrainingCallbacks, TrainingStateCheckpoint
+from .stacked import StackedTrainer
 from .trainer import NonFiniteLossError, Trainer, resolve_device
 
 __all__ = ["PreparedData", "prepare_data", "calibrate_distribution", "train_symbol", "train_single_symbol",
@@ -209,6 +211,42 @@ def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_
     With `resume`, a complete stored model is returned as is, and an interrupted run continues
     from its last epoch if the data and configuration are unchanged.
     """
+    run = _prepare_run(symbol, model_config=model_config, train_config=train_config, days=days, source=source,
+                       data_path=data_path, prices=prices, save_dir=save_dir, resume=resume, device=device,
+                       include_volume=include_volume, progress=progress)
+    if isinstance(run, dict):
+        return run
+    run.trainer.fit(*run.fit_data, resume_from=run.resume_from)
+    return _finish_run(run)
+
+
+@dataclass
+class _Run:
+    """One symbol between set-up and storage: its data, Trainer (with callbacks) and bookkeeping."""
+
+    symbol: str
+    store: ModelStore
+    data: PreparedData
+    model_config: MambaConfig
+    train_config: TrainConfig
+    trainer: Trainer
+    tracker: MetricsTracker
+    fit_data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    resume_from: Any
+    n_params: int
+    source: str
+    include_volume: bool
+    emit: ProgressFn
+    t0: float
+
+
+def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,
+                 days: int | None = 2000, source: str = "sample", data_path: str | Path | None = None,
+                 prices: Any = None, save_dir: str | Path = "models/mamba", resume: bool = False,
+                 device: str | None = None, include_volume: bool = False,
+                 progress: ProgressFn | None = None) -> _Run | dict[str, Any]:
+    """Load, check and window the data and build the model and its Trainer; a complete stored model
+    under `resume` returns its result (status "skipped") instead."""
     model_config = model_config or MambaConfig()
     train_config = train_config or TrainConfig()
     store = ModelStore(save_dir)
@@ -251,8 +289,15 @@ def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_
     resume_from = _resumable_state(store, symbol, run_info) if resume else None
     emit("model", symbol, {"parameters": n_params, "epochs": train_config.epochs,
                            "resumed_epoch": None if resume_from is None else resume_from[1]["epoch"] + 1})
-    trainer.fit(X_train, y_train, data.X[data.val_idx], data.y_scaled[data.val_idx], resume_from=resume_from)
+    return _Run(symbol, store, data, model_config, train_config, trainer, tracker,
+                (X_train, y_train, data.X[data.val_idx], data.y_scaled[data.val_idx]), resume_from, n_params,
+                source, include_volume, emit, t0)
 
+
+def _finish_run(run: _Run) -> dict[str, Any]:
+    """After training: validation report, distribution calibration, plots, metadata, final weights."""
+    symbol, store, data, trainer, tracker = run.symbol, run.store, run.data, run.trainer, run.tracker
+    model_config, train_config, include_volume = run.model_config, run.train_config, run.include_volume
     summary = tracker.get_summary()
     validation = _validation_report(trainer, data, model_config.prediction_horizons)
     calibration = calibrate_distribution(trainer.model, data.X[data.val_idx], data.y_scaled[data.val_idx])
@@ -288,19 +333,19 @@ def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_
         "calibration": calibration,
         "feature_scaler": data.feature_scaler.to_dict(),
         "target_scaler": data.target_scaler.to_dict(),
-        "data_source": data.prices.attrs.get("source", source),
+        "data_source": data.prices.attrs.get("source", run.source),
         "data_hash": data.data_hash,
         "seed": train_config.seed,
-        "n_parameters": n_params,
+        "n_parameters": run.n_params,
         "device": str(trainer.device),
         "mambacast_version": __version__,
         "torch_version": torch.__version__,
     }
     paths = store.save_model(symbol, trainer.model.cpu(), metadata)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - run.t0
     result = {**_result_from_metadata(symbol, store.load_metadata(symbol), store), "status": "ok",
               "training_time": elapsed, "plot": str(plot) if plot else None, **{k: str(v) for k, v in paths.items()}}
-    emit("done", symbol, result)
+    run.emit("done", symbol, result)
     return result
 
 
@@ -374,14 +419,22 @@ def _worker_train(symbol: str, kwargs: dict[str, Any], queue: Any) -> dict[str, 
 
 
 def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressFn | None = None,
-                  **kwargs: Any) -> list[dict[str, Any]]:
+                  stack: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
     """Train each symbol; one failure is reported in its result and does not stop the others.
 
     `parallel > 1` runs that many worker processes, each with `cpu_count // parallel` torch threads
-    so the cores are divided, not oversubscribed. Results come back in the order of `symbols`.
+    so the cores are divided, not oversubscribed. `stack` trains the symbols' models together as
+    one batched computation in this process (CPU; each symbol's result equals training it alone).
+    Results come back in the order of `symbols`.
     """
     if parallel < 1:
         raise ValueError(f"--parallel {parallel} is invalid: must be a positive integer")
+    if stack and parallel > 1:
+        raise ValueError("--stack and --parallel > 1 are alternatives: stacking trains every symbol in one process")
+    if stack and kwargs.get("device") not in (None, "auto", "cpu"):
+        raise ValueError("--stack trains on the CPU; use --device cpu, or train one symbol at a time on CUDA")
+    if stack:
+        return _train_stacked(symbols, progress, {**kwargs, "device": "cpu"})
     if kwargs.get("device") not in (None, "auto", "cpu") and parallel > 1:
         raise ValueError("--parallel > 1 trains in CPU worker processes; use --parallel 1 with --device cuda")
     resolve_device(kwargs.get("device"))
@@ -419,6 +472,43 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
                     time.sleep(0.1)
             _drain(queue, progress)
     return [by_symbol[s] for s in symbols]
+
+
+def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None,
+                   kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Prepare every symbol, train the models of one feature count as one stack, store each."""
+    def fail(symbol: str, exc: BaseException) -> None:
+        results[symbol] = _failure(symbol, exc)
+        if progress:
+            progress("done", symbol, results[symbol])
+
+    results: dict[str, dict[str, Any]] = {}
+    runs: list[_Run] = []
+    for symbol in symbols:
+        try:
+            run = _prepare_run(symbol, progress=progress, **kwargs)
+        except Exception as exc:
+            fail(symbol, exc)
+            continue
+        if isinstance(run, dict):
+            results[symbol] = run
+        else:
+            runs.append(run)
+    groups: dict[int, list[_Run]] = {}
+    for run in runs:   # one stack per model shape (symbols lacking volume data have fewer features)
+        groups.setdefault(run.trainer.model.n_features, []).append(run)
+    for group in groups.values():
+        log.info("training %d models stacked: %s", len(group), ", ".join(r.symbol for r in group))
+        stacked = StackedTrainer([r.trainer for r in group])
+        stacked.fit([r.fit_data for r in group], resume_from=[r.resume_from for r in group])
+        for run, error in zip(group, stacked.errors, strict=True):
+            try:
+                if error is not None:
+                    raise error
+                results[run.symbol] = _finish_run(run)
+            except Exception as exc:
+                fail(run.symbol, exc)
+    return [results[s] for s in symbols]
 
 
 def _drain(queue: Any, progress: ProgressFn | None) -> None:

@@ -1,0 +1,279 @@
+"""Train several per-symbol models as one batched computation (`nn.stacked`).
+
+Each symbol keeps its own `Trainer` (model, callbacks, shuffling generator, learning rate,
+resumable state); `StackedTrainer` only replaces the inner loop: at every step the active
+symbols' next minibatches go through the stacked models together, each symbol's loss is the
+one `Trainer` would compute, and gradient clipping and the Adam update are applied per model,
+vectorised over the stack. So a symbol trained in a stack follows, step for step, the same
+trajectory as the symbol trained alone with the same seed (equal to float rounding: the
+batched matmuls sum in another order).
+
+Between epochs the stacked weights and Adam moments are copied into each symbol's own
+`Trainer`, which then validates and runs its callbacks exactly as when training alone (early
+stopping, learning-rate schedule, checkpoints, resumable state in the same format, so an
+interrupted stacked run resumes alone or stacked). A symbol that stops early, or has fewer
+epochs left, leaves the stack; the others continue without it. A symbol with fewer training
+windows has no batch in the last steps of an epoch and sits those steps out (no update).
+A symbol whose loss becomes NaN/inf leaves the stack at once with a `NonFiniteLossError` in
+`StackedTrainer.errors` (its last good checkpoint is kept, as alone); the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..nn.heads import student_t_nll
+from ..nn.stacked import stack_parameters, stacked_forward_distribution
+from .trainer import NonFiniteLossError, Trainer, _as_tensor
+
+__all__ = ["StackedTrainer"]
+
+log = logging.getLogger(__name__)
+
+_Data = tuple[np.ndarray | Tensor, np.ndarray | Tensor, np.ndarray | Tensor, np.ndarray | Tensor]
+
+
+class StackedTrainer:
+    """Runs the `fit` of several `Trainer`s (same model configuration, CPU) as one stacked computation."""
+
+    def __init__(self, trainers: Sequence[Trainer]):
+        if not trainers:
+            raise ValueError("StackedTrainer needs at least one Trainer")
+        first = trainers[0]
+        for t in trainers:
+            if not hasattr(t.model, "forward_distribution"):
+                raise ValueError("stacked training needs MambaModel members")
+            if t.model.config != first.model.config or t.model.n_features != first.model.n_features:
+                raise ValueError("stacked trainers must share one model configuration and feature count")
+            if t.device.type != "cpu":
+                raise ValueError("stacked training runs on the CPU; train one symbol at a time on CUDA")
+            if t.config.batch_size != first.config.batch_size:
+                raise ValueError("stacked trainers must share one batch size")
+        self.trainers = list(trainers)
+        self.errors: list[Exception | None] = [None] * len(self.trainers)
+
+    # ---- public -------------------------------------------------------------------------------
+    def fit(self, data: Sequence[_Data],
+            resume_from: Sequence[tuple[dict[str, Tensor], dict] | None] | None = None) -> list[list[dict]]:
+        """Train every member on its own (X_train, y_train, X_val, y_val); returns each member's
+        per-epoch logs, as `Trainer.fit` does. Shapes as in `Trainer.fit`. A member that diverged
+        has its error in `self.errors` (else None) and its logs up to the last complete epoch."""
+        if len(data) != len(self.trainers):
+            raise ValueError(f"{len(data)} datasets for {len(self.trainers)} trainers")
+        resume_from = list(resume_from) if resume_from is not None else [None] * len(self.trainers)
+        members = []
+        for i, (trainer, (Xt, yt, Xv, yv), resume) in enumerate(zip(self.trainers, data, resume_from, strict=True)):
+            if len(Xt) != len(yt) or len(Xv) != len(yv):
+                raise ValueError(f"member {i}: X and y lengths differ")
+            if len(Xt) == 0 or len(Xv) == 0:
+                raise ValueError(f"member {i}: training and validation sets must both be non-empty")
+            if resume is not None:
+                trainer.load_training_state(*resume)
+            trainer.stop_training = False
+            members.append(_Member(trainer, _as_tensor(Xt, trainer.device), _as_tensor(yt, trainer.device),
+                                   _as_tensor(Xv, trainer.device), _as_tensor(yv, trainer.device)))
+        for m in members:
+            for cb in m.trainer.callbacks:
+                cb.on_train_begin(m.trainer)
+        active = [m for m in members if m.epoch < m.trainer.config.epochs]
+        for m in members:
+            if m not in active:
+                self._finish(m)
+        while active:
+            stack = _Stack(active)
+            t0 = time.perf_counter()
+            stack.run_epoch()
+            stack.write_back()
+            elapsed = time.perf_counter() - t0
+            still = []
+            for m in active:
+                if m.error is not None:
+                    self.errors[members.index(m)] = m.error
+                    continue
+                self._end_epoch(m, elapsed / len(active))
+                if m.trainer.stop_training or m.epoch >= m.trainer.config.epochs:
+                    self._finish(m)
+                else:
+                    still.append(m)
+            active = still
+        return [m.history for m in members]
+
+    # ---- per member ---------------------------------------------------------------------------
+    @staticmethod
+    def _end_epoch(m: _Member, epoch_time: float) -> None:
+        t = m.trainer
+        val_loss, val_mae = t.evaluate(m.Xv, m.yv)
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {m.epoch}; "
+                                     "try a lower --learning-rate and check the data for extreme values")
+        logs = {"train_loss": m.sum_se / len(m.Xt), "val_loss": val_loss, "train_mae": m.sum_ae / len(m.Xt),
+                "val_mae": val_mae, "lr": t.lr, "epoch_time": epoch_time}
+        m.history.append({"epoch": m.epoch, **logs})
+        for cb in t.callbacks:
+            cb.on_epoch_end(t, m.epoch, logs)
+        m.epoch += 1
+
+    @staticmethod
+    def _finish(m: _Member) -> None:
+        for cb in m.trainer.callbacks:
+            cb.on_train_end(m.trainer)
+
+
+class _Member:
+    """One symbol: its Trainer, its data, and its running epoch statistics."""
+
+    def __init__(self, trainer: Trainer, Xt: Tensor, yt: Tensor, Xv: Tensor, yv: Tensor):
+        self.trainer, self.Xt, self.yt, self.Xv, self.yv = trainer, Xt, yt, Xv, yv
+        self.epoch = trainer.start_epoch
+        self.history: list[dict[str, float]] = []
+        self.error: NonFiniteLossError | None = None
+        self.sum_se = self.sum_ae = 0.0
+
+
+class _Stack:
+    """The active members' weights and Adam state stacked along dim 0, for one epoch."""
+
+    def __init__(self, members: list[_Member]):
+        self.members = members
+        trainers = [m.trainer for m in members]
+        first = trainers[0]
+        self.model = first.model
+        self.params = stack_parameters([t.model for t in trainers])
+        self.names = list(self.params)
+        group = first.optimizer.param_groups[0]
+        self.beta1, self.beta2 = group["betas"]
+        self.eps, self.weight_decay = group["eps"], group["weight_decay"]
+        self.clipnorm = first.config.clipnorm
+        self.lr = torch.tensor([t.lr for t in trainers], dtype=torch.float64)
+        # Adam moments and step counts as each member's torch.optim.Adam holds them (zeros if fresh).
+        self.exp_avg, self.exp_avg_sq = {}, {}
+        steps = []
+        for t in trainers:
+            st = t.optimizer.state
+            p0 = next(t.model.parameters())
+            steps.append(float(st[p0]["step"]) if p0 in st else 0.0)
+        self.step = torch.tensor(steps, dtype=torch.float64)
+        for name in self.names:
+            moments = []
+            for t in trainers:
+                p = t.model.get_parameter(name)
+                s = t.optimizer.state.get(p)
+                moments.append((s["exp_avg"], s["exp_avg_sq"]) if s else (torch.zeros_like(p), torch.zeros_like(p)))
+            self.exp_avg[name] = torch.stack([a for a, _ in moments])
+            self.exp_avg_sq[name] = torch.stack([b for _, b in moments])
+
+    def run_epoch(self) -> None:
+        members = self.members
+        bs = members[0].trainer.config.batch_size
+        orders = []
+        for m in members:
+            m.trainer.model.train()
+            orders.append(torch.randperm(len(m.Xt), generator=m.trainer.generator))
+            m.sum_se = m.sum_ae = 0.0
+        n_batches = [math.ceil(len(m.Xt) / bs) for m in members]
+        for b in range(max(n_batches)):
+            rows = [k for k, nb in enumerate(n_batches) if b < nb and members[k].error is None]
+            if rows:
+                self._train_step(rows, [orders[k][b * bs:(b + 1) * bs] for k in rows], b, n_batches)
+
+    def _train_step(self, rows: list[int], idx: list[Tensor], b: int, n_batches: list[int]) -> None:
+        members = [self.members[k] for k in rows]
+        sizes = [len(i) for i in idx]
+        width = max(sizes)
+        everyone = len(rows) == len(self.members)
+        sel = None if everyone else torch.tensor(rows)
+        params = self.params if everyone else {n: p.index_select(0, sel) for n, p in self.params.items()}
+        # One (M, width, seq_len, n_features) batch; a short last batch is padded and its padding
+        # rows left out of the loss (models see each row independently, so padding changes nothing).
+        xb = torch.stack([_pad(m.Xt[i], width) for m, i in zip(members, idx, strict=True)])
+        yb = torch.stack([_pad(m.yt[i], width) for m, i in zip(members, idx, strict=True)])
+        pred, scale, df = stacked_forward_distribution(params, self.model, xb)
+        err = pred - yb
+        if all(s == width for s in sizes):
+            se = err.pow(2).mean(dim=(1, 2))                                          # (M,)
+            nll = student_t_nll(yb, pred.detach(), scale, df.unsqueeze(1), dim=(1, 2))
+        else:
+            se = torch.stack([err[k, :s].pow(2).mean() for k, s in enumerate(sizes)])
+            nll = torch.stack([student_t_nll(yb[k, :s], pred[k, :s].detach(), scale[k, :s], df[k])
+                               for k, s in enumerate(sizes)])
+        # Trainer's loss per model (MSE + Student-t NLL with the location detached); their sum gives
+        # every model its own gradient.
+        losses = se + nll
+        finite = torch.isfinite(losses.detach())
+        for k in torch.nonzero(~finite).flatten().tolist():
+            members[k].error = NonFiniteLossError(
+                f"training loss became {losses[k].item()} at epoch {members[k].epoch}, batch {b}; the best "
+                "checkpoint so far is kept. Try a lower --learning-rate and check the data for extreme values")
+        for p in self.params.values():
+            p.grad = None
+        # A diverged model's loss is left out: its gradient is zero and it leaves the stack after this epoch.
+        losses[finite].sum().backward()
+        self._adam(sel)
+        abs_err = err.detach().abs()
+        for k, (m, s) in enumerate(zip(members, sizes, strict=True)):
+            m.sum_se += se[k].item() * s
+            m.sum_ae += abs_err[k, :s].mean().item() * s
+            for cb in m.trainer.callbacks:
+                cb.on_batch_end(m.trainer, b, n_batches[rows[k]], losses[k].item())
+
+    @torch.no_grad()
+    def _adam(self, sel: Tensor | None) -> None:
+        """Per-model global-norm clipping, then torch.optim.Adam's update, for the selected models."""
+        def pick(t: Tensor) -> Tensor:
+            return t if sel is None else t.index_select(0, sel)
+
+        grads = {n: pick(p.grad) for n, p in self.params.items()}
+        M = next(iter(grads.values())).shape[0]
+        sq = torch.zeros(M, dtype=torch.float32)
+        for g in grads.values():
+            sq += g.reshape(M, -1).pow(2).sum(1)
+        coef = (self.clipnorm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        step = pick(self.step) + 1
+        if sel is None:
+            self.step = step
+        else:
+            self.step.index_copy_(0, sel, step)
+        bc1 = 1 - self.beta1 ** step
+        bc2_sqrt = (1 - self.beta2 ** step).sqrt()
+        step_size = (pick(self.lr) / bc1).float()
+        for n, p in self.params.items():
+            shape = (M,) + (1,) * (p.dim() - 1)
+            g = grads[n] * coef.view(shape)
+            w = pick(p.data)
+            if self.weight_decay:
+                g = g.add(w, alpha=self.weight_decay)
+            m1, m2 = pick(self.exp_avg[n]), pick(self.exp_avg_sq[n])
+            m1.lerp_(g, 1 - self.beta1)
+            m2.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
+            denom = (m2.sqrt() / bc2_sqrt.float().view(shape)).add_(self.eps)
+            w.sub_(m1 / denom * step_size.view(shape))
+            if sel is not None:
+                p.data.index_copy_(0, sel, w)
+                self.exp_avg[n].index_copy_(0, sel, m1)
+                self.exp_avg_sq[n].index_copy_(0, sel, m2)
+
+    def write_back(self) -> None:
+        """Copy each member's weights and Adam state into its own Trainer (for validation, callbacks,
+        checkpoints and the next epoch's stack)."""
+        with torch.no_grad():
+            for k, m in enumerate(self.members):
+                t = m.trainer
+                for n in self.names:
+                    p = t.model.get_parameter(n)
+                    p.copy_(self.params[n][k])
+                    t.optimizer.state[p] = {"step": torch.tensor(float(self.step[k])),
+                                            "exp_avg": self.exp_avg[n][k].clone(),
+                                            "exp_avg_sq": self.exp_avg_sq[n][k].clone()}
+
+
+def _pad(t: Tensor, rows: int) -> Tensor:
+    if len(t) == rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - len(t), *t.shape[1:])])

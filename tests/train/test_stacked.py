@@ -1,0 +1,155 @@
+"""Stacked training: M per-symbol models as one computation must equal training each alone."""
+
+import numpy as np
+import pytest
+import torch
+
+from mambacast import MambaConfig, MambaModel, TrainConfig
+from mambacast.nn.stacked import stack_parameters, stacked_forward, stacked_forward_distribution, unstack_parameters
+from mambacast.store import ModelStore
+from mambacast.train.callbacks import Callback, TrainingCallbacks, TrainingStateCheckpoint
+from mambacast.train.stacked import StackedTrainer
+from mambacast.train.trainer import Trainer
+
+CFG = MambaConfig(d_model=8, d_state=4, num_layers=2, prediction_horizons=[1, 5])
+
+
+def data(n_train, seed, signal=1.0):
+    rng = np.random.default_rng(seed)
+    n = n_train + 24
+    X = rng.standard_normal((n, 10, 3)).astype(np.float32)
+    y = signal * np.stack([X[:, -1, 0] * 0.5, X[:, -3:, 1].mean(1)], axis=1).astype(np.float32)
+    y += 0.3 * rng.standard_normal(y.shape).astype(np.float32)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
+class RecordLR(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.lrs.append(trainer.lr)
+
+
+def make_trainer(root, symbol, seed, epochs=5, patience=50, lr_patience=1):
+    torch.manual_seed(seed)
+    model = MambaModel(CFG, 3)
+    cfg = TrainConfig(epochs=epochs, batch_size=16, seed=seed, sequence_length=10, learning_rate=0.01)
+    callbacks = [*TrainingCallbacks(root, symbol, patience=patience, lr_patience=lr_patience,
+                                    min_delta=0.0).get_callbacks(),
+                 RecordLR(), TrainingStateCheckpoint(ModelStore(root).state_path(symbol))]
+    return Trainer(model, cfg, callbacks, device="cpu")
+
+
+def assert_same_weights(a, b, tol=2e-5):
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[k], v, atol=tol, rtol=tol, msg=k)
+
+
+def test_stacked_forward_and_gradients_equal_each_model():
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(MambaModel(CFG, 3).double())
+    params = stack_parameters(models)
+    x = torch.randn(3, 5, 12, 3, dtype=torch.float64)
+    loc, scale, df = stacked_forward_distribution(params, models[0], x)
+    torch.testing.assert_close(stacked_forward(params, models[0], x), loc)
+    (loc.sin().sum() + scale.pow(2).sum() + df.sum()).backward()
+    for m, model in enumerate(models):
+        l_m, s_m, d_m = model.forward_distribution(x[m])
+        torch.testing.assert_close(loc[m], l_m, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(scale[m], s_m, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(df[m], d_m)
+        (l_m.sin().sum() + s_m.pow(2).sum() + d_m.sum()).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(params[name].grad[m], p.grad, rtol=1e-10, atol=1e-12, msg=name)
+        for name, t in unstack_parameters(params, m).items():
+            assert torch.equal(t, model.state_dict()[name])
+
+
+def test_stacked_rejects_mixed_configurations():
+    a = MambaModel(CFG, 3)
+    b = MambaModel(MambaConfig(d_model=8, d_state=4, num_layers=1, prediction_horizons=[1, 5]), 3)
+    with pytest.raises(ValueError, match="share one MambaConfig"):
+        stack_parameters([a, b])
+
+
+def test_stacked_training_equals_training_alone(tmp_path):
+    # Different data sizes: 64 windows (4 batches), 56 (3 full + one of 8), 40 (2 + one of 8):
+    # the smaller members sit out the last steps of each epoch and pad their short last batch.
+    sizes, seeds = (64, 56, 40), (1, 2, 3)
+    datasets = [data(n, seed) for n, seed in zip(sizes, seeds, strict=True)]
+    alone = [make_trainer(tmp_path / "alone", f"S{i}", seed) for i, seed in enumerate(seeds)]
+    histories = [t.fit(*d) for t, d in zip(alone, datasets, strict=True)]
+    stacked = [make_trainer(tmp_path / "stacked", f"S{i}", seed) for i, seed in enumerate(seeds)]
+    stacked_histories = StackedTrainer(stacked).fit(datasets)
+    for a, b, ha, hb in zip(alone, stacked, histories, stacked_histories, strict=True):
+        assert [h["epoch"] for h in ha] == [h["epoch"] for h in hb]
+        for key in ("train_loss", "val_loss", "train_mae", "val_mae", "lr"):
+            np.testing.assert_allclose([h[key] for h in hb], [h[key] for h in ha], rtol=1e-4, err_msg=key)
+        assert_same_weights(a, b)
+        # The learning-rate schedule ran per symbol (lr_patience 1 with lr 0.01 halves it at some point).
+        assert a.callbacks[-2].lrs == pytest.approx(b.callbacks[-2].lrs)
+    assert any(h["lr"] < 0.01 for hs in histories for h in hs), "the test should exercise ReduceLROnPlateau"
+
+
+def test_early_stopped_member_leaves_the_stack(tmp_path):
+    datasets = [data(48, 5, signal=0.0), data(48, 6)]
+    # Member 0 stops when its patience runs out (patience 1, a target of pure noise);
+    # member 1 never stops early. Both equal their solo runs.
+    alone = [make_trainer(tmp_path / "a", "S0", 5, epochs=8, patience=1),
+             make_trainer(tmp_path / "a", "S1", 6, epochs=8, patience=50)]
+    ha = [t.fit(*d) for t, d in zip(alone, datasets, strict=True)]
+    stacked = [make_trainer(tmp_path / "b", "S0", 5, epochs=8, patience=1),
+               make_trainer(tmp_path / "b", "S1", 6, epochs=8, patience=50)]
+    hb = StackedTrainer(stacked).fit(datasets)
+    assert len(ha[0]) < 8, "member 0 should stop early in this setup"
+    assert len(hb[0]) == len(ha[0]) and len(hb[1]) == len(ha[1]) == 8
+    for a, b in zip(alone, stacked, strict=True):
+        assert_same_weights(a, b)   # member 0: its best weights restored, as alone
+
+
+def test_stacked_state_resumes_alone(tmp_path):
+    """A stacked run's saved training state is the Trainer's format: it resumes alone exactly."""
+    d = data(48, 7)
+    full = make_trainer(tmp_path / "full", "S", 7, epochs=4)
+    full.fit(*d)
+
+    first = make_trainer(tmp_path / "part", "S", 7, epochs=2)   # "interrupted" after epoch 1
+    StackedTrainer([first]).fit([d])
+    store = ModelStore(tmp_path / "part")
+    tensors, info = store.load_tensors(store.state_path("S"))
+    second = make_trainer(tmp_path / "part", "S", 7, epochs=4)
+    second.fit(*d, resume_from=(tensors, info))
+    assert_same_weights(full, second)
+
+
+def test_stacked_trainer_validates_inputs(tmp_path):
+    t = make_trainer(tmp_path, "S", 1)
+    with pytest.raises(ValueError, match="datasets for"):
+        StackedTrainer([t]).fit([data(32, 1), data(32, 2)])
+    with pytest.raises(ValueError, match="at least one"):
+        StackedTrainer([])
+
+
+def test_cli_stack_stores_what_training_alone_stores(tmp_path, capsys):
+    from mambacast.cli import main
+
+    fast = ["--preset", "small", "--epochs", "3", "--days", "400", "--batch-size", "64", "--seed", "7"]
+    assert main(["train", "--symbols", "AAPL,MSFT", "--save-dir", str(tmp_path / "alone"), *fast]) == 0
+    code = main(["train", "--symbols", "AAPL,NOPE,MSFT", "--stack", "--save-dir", str(tmp_path / "stack"), *fast])
+    out = capsys.readouterr().out
+    assert code == 1 and "[NOPE] ✗ Failed:" in out and "[MSFT] ✓ Training complete!" in out
+    alone, stack = ModelStore(tmp_path / "alone"), ModelStore(tmp_path / "stack")
+    assert stack.symbols() == ["AAPL", "MSFT"]
+    for symbol in ("AAPL", "MSFT"):
+        (ma, meta_a), (mb, meta_b) = alone.load_model(symbol), stack.load_model(symbol)
+        for k, v in ma.state_dict().items():
+            torch.testing.assert_close(mb.state_dict()[k], v, atol=1e-4, rtol=1e-4, msg=k)
+        pa, pb = meta_a["performance_metrics"], meta_b["performance_metrics"]
+        assert pb["best_epoch"] == pa["best_epoch"] and pb["total_epochs"] == pa["total_epochs"]
+        assert pb["best_val_loss"] == pytest.approx(pa["best_val_loss"], rel=1e-4)
+        assert stack.state_path(symbol).is_file() and stack.plot_path(symbol).is_file()
+    assert main(["train", "--symbols", "AAPL", "--stack", "--parallel", "2", "--save-dir", str(tmp_path)]) == 2
+    assert "--stack" in capsys.readouterr().err

@@ -20,16 +20,15 @@ import argparse
 import logging
 import os
 import tempfile
-import time
 
 import torch
+from bench_train import timed_training  # benchmarks/ is on sys.path when this script runs
 
-from mambacast import MambaConfig, TrainConfig
+from mambacast import TrainConfig
 from mambacast.data.sources import load_prices
 from mambacast.data.universe import SAMPLE
 from mambacast.nn.scan import scan_impl
 from mambacast.store import ModelStore
-from mambacast.train import train_symbols
 
 
 def pick_symbols(n: int, days: int) -> list[str]:
@@ -42,17 +41,6 @@ def pick_symbols(n: int, days: int) -> list[str]:
         if len(chosen) == n:
             return chosen
     raise SystemExit(f"only {len(chosen)} bundled symbols have {days + 200} days")
-
-
-def timed(symbols: list[str], stack: bool, cfg: TrainConfig, days: int, root: str) -> float:
-    t0 = time.perf_counter()
-    results = train_symbols(symbols, stack=stack, model_config=MambaConfig(), train_config=cfg, days=days,
-                            save_dir=root, device="cpu")
-    elapsed = time.perf_counter() - t0
-    failed = [r["symbol"] for r in results if r["status"] != "ok"]
-    if failed:
-        raise SystemExit(f"training failed for {failed}")
-    return elapsed
 
 
 def main() -> None:
@@ -71,9 +59,10 @@ def main() -> None:
           + ",".join(symbols))
     cfg = TrainConfig(epochs=args.epochs) if args.early_stopping else \
         TrainConfig(epochs=args.epochs, patience=10**6, lr_patience=10**6)
+    timed_training(symbols[:1], TrainConfig(epochs=1), args.days, device="cpu")   # one-time costs: kernel, imports
     with tempfile.TemporaryDirectory() as serial_root, tempfile.TemporaryDirectory() as stack_root:
-        serial = timed(symbols, False, cfg, args.days, serial_root)
-        stacked = timed(symbols, True, cfg, args.days, stack_root)
+        serial = timed_training(symbols, cfg, args.days, serial_root, device="cpu")
+        stacked = timed_training(symbols, cfg, args.days, stack_root, device="cpu", stack=True)
         worst, epochs = 0.0, []
         for s in symbols:
             a, meta = ModelStore(serial_root).load_model(s)

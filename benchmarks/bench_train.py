@@ -24,11 +24,14 @@ from mambacast.nn.scan import scan_impl
 from mambacast.train import train_symbols
 
 
-def timed_training(symbols: list[str], parallel: int, train_config: TrainConfig, days: int) -> float:
-    with tempfile.TemporaryDirectory() as root:
+def timed_training(symbols: list[str], train_config: TrainConfig, days: int, save_dir: str | None = None,
+                   **how: object) -> float:
+    """Wall time of `train_symbols` (guide model config) into `save_dir` (a temporary folder if None);
+    `how`: parallel=N or stack=True."""
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        results = train_symbols(symbols, parallel=parallel, model_config=MambaConfig(), train_config=train_config,
-                                days=days, save_dir=root)
+        results = train_symbols(symbols, model_config=MambaConfig(), train_config=train_config, days=days,
+                                save_dir=save_dir or tmp, **how)
         elapsed = time.perf_counter() - t0
     failed = [r["symbol"] for r in results if r["status"] != "ok"]
     if failed:
@@ -48,15 +51,15 @@ def main() -> None:
           f"scan implementation: {scan_impl(torch.zeros(1, 1, 1), torch.zeros(1, 16))}")
 
     full = TrainConfig(epochs=args.epochs, patience=10**6, lr_patience=10**6)
-    seconds = timed_training(["AAPL"], 1, full, args.days)
+    seconds = timed_training(["AAPL"], full, args.days)
     print(f"\n1 symbol x {args.epochs} full epochs, {args.days} days, guide config, batch 32: {seconds:.1f} s "
           f"({seconds / args.epochs:.2f} s/epoch)   guide: 2-4 min CPU, 30-50 s RTX 3090")
 
     if not args.skip_parallel:
         cfg = TrainConfig(epochs=args.parallel_epochs, patience=10**6, lr_patience=10**6)
         symbols = ["AAPL", "MSFT", "GOOGL"]
-        serial = timed_training(symbols, 1, cfg, args.days)
-        two = timed_training(symbols, 2, cfg, args.days)
+        serial = timed_training(symbols, cfg, args.days, parallel=1)
+        two = timed_training(symbols, cfg, args.days, parallel=2)
         print(f"\n3 symbols x {args.parallel_epochs} epochs: --parallel 1 {serial:.1f} s, --parallel 2 {two:.1f} s "
               f"(speed-up {serial / two:.2f}x)")
 

@@ -158,3 +158,39 @@ def test_cli_stack_stores_what_training_alone_stores(tmp_path, capsys):
         assert stack.state_path(symbol).is_file() and stack.plot_path(symbol).is_file()
     assert main(["train", "--symbols", "AAPL", "--stack", "--parallel", "2", "--save-dir", str(tmp_path)]) == 2
     assert "--stack" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigkill_during_stacked_training_then_resume(tmp_path):
+    """Kill a --stack run once both symbols have saved a training state; --stack --resume finishes it,
+    and the final weights equal an uninterrupted run of each symbol alone."""
+    import signal
+    import time
+
+    from .test_pipeline import KILL_ARGS, _final_weights, _run
+
+    reference = tmp_path / "reference"
+    proc = _run([*KILL_ARGS, "--save-dir", str(reference)])
+    assert proc.wait(timeout=300) == 0, proc.stdout.read().decode()
+    expected = _final_weights(reference)
+
+    root = tmp_path / "killed"
+    proc = _run([*KILL_ARGS, "--stack", "--save-dir", str(root)])
+    states = [root / "checkpoints" / s / "training_state.safetensors" for s in ("AAPL", "MSFT")]
+    deadline = time.monotonic() + 300
+    while not all(p.exists() for p in states) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the stacked run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = ModelStore(root)
+    assert store.symbols() == []           # killed mid-training: nothing is visible as complete
+    resumed = _run([*KILL_ARGS, "--stack", "--save-dir", str(root), "--resume"])
+    out = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, out
+    assert "resuming at epoch" in out
+    assert store.symbols() == ["AAPL", "MSFT"]
+    assert not [p for p in root.rglob("*") if ".tmp-" in p.name], "temporary files left behind"
+    for symbol, weights in _final_weights(root).items():
+        for key, value in weights.items():
+            torch.testing.assert_close(value, expected[symbol][key], atol=1e-5, rtol=1e-5, msg=f"{symbol} {key}")

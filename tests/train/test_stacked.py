@@ -194,3 +194,20 @@ def test_sigkill_during_stacked_training_then_resume(tmp_path):
     for symbol, weights in _final_weights(root).items():
         for key, value in weights.items():
             torch.testing.assert_close(value, expected[symbol][key], atol=1e-5, rtol=1e-5, msg=f"{symbol} {key}")
+
+
+def test_stacked_validation_equals_trainer_evaluate(tmp_path, monkeypatch):
+    """Validation sets of different lengths, spread over several padded chunks."""
+    import mambacast.train.stacked as stacked_module
+
+    monkeypatch.setattr(stacked_module, "_EVAL_BATCH", 8)     # chunks of 32 rows per model
+    trainers = [make_trainer(tmp_path, f"S{i}", seed) for i, seed in enumerate((1, 2, 3))]
+    members = []
+    for t, n_val in zip(trainers, (70, 20, 33), strict=True):
+        Xt, yt, _, _ = data(32, n_val)
+        Xv, yv, _, _ = data(n_val, n_val + 1)
+        members.append(stacked_module._Member(t, *(torch.as_tensor(a) for a in (Xt, yt, Xv, yv))))
+    got = stacked_module._Stack(members).evaluate()
+    for (loss, mae), m in zip(got, members, strict=True):
+        want_loss, want_mae = m.trainer.evaluate(m.Xv, m.yv)
+        assert loss == pytest.approx(want_loss, rel=1e-5) and mae == pytest.approx(want_mae, rel=1e-5)

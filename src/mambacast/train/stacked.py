@@ -8,8 +8,9 @@ vectorised over the stack. So a symbol trained in a stack follows, step for step
 trajectory as the symbol trained alone with the same seed (equal to float rounding: the
 batched matmuls sum in another order).
 
-Between epochs the stacked weights and Adam moments are copied into each symbol's own
-`Trainer`, which then validates and runs its callbacks exactly as when training alone (early
+Validation runs stacked too (each symbol's windows through its own model, the same MSE and MAE
+as `Trainer.evaluate`). Between epochs the stacked weights and Adam moments are copied into each
+symbol's own `Trainer`, which then runs its callbacks exactly as when training alone (early
 stopping, learning-rate schedule, checkpoints, resumable state in the same format, so an
 interrupted stacked run resumes alone or stacked). A symbol that stops early, or has fewer
 epochs left, leaves the stack; the others continue without it. A symbol with fewer training
@@ -30,8 +31,8 @@ import torch
 from torch import Tensor
 
 from ..nn.heads import student_t_nll
-from ..nn.stacked import stack_parameters, stacked_forward_distribution
-from .trainer import NonFiniteLossError, Trainer, _as_tensor
+from ..nn.stacked import stack_parameters, stacked_forward, stacked_forward_distribution
+from .trainer import _EVAL_BATCH, NonFiniteLossError, Trainer, _as_tensor
 
 __all__ = ["StackedTrainer"]
 
@@ -90,14 +91,15 @@ class StackedTrainer:
             stack = _Stack(active)
             t0 = time.perf_counter()
             stack.run_epoch()
+            validation = stack.evaluate()
             stack.write_back()
             elapsed = time.perf_counter() - t0
             still = []
-            for m in active:
+            for m, val in zip(active, validation, strict=True):
                 if m.error is not None:
                     self.errors[members.index(m)] = m.error
                     continue
-                self._end_epoch(m, elapsed / len(active))
+                self._end_epoch(m, elapsed / len(active), *val)
                 if m.trainer.stop_training or m.epoch >= m.trainer.config.epochs:
                     self._finish(m)
                 else:
@@ -107,9 +109,8 @@ class StackedTrainer:
 
     # ---- per member ---------------------------------------------------------------------------
     @staticmethod
-    def _end_epoch(m: _Member, epoch_time: float) -> None:
+    def _end_epoch(m: _Member, epoch_time: float, val_loss: float, val_mae: float) -> None:
         t = m.trainer
-        val_loss, val_mae = t.evaluate(m.Xv, m.yv)
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {m.epoch}; "
                                      "try a lower --learning-rate and check the data for extreme values")
@@ -258,6 +259,30 @@ class _Stack:
                 p.data.index_copy_(0, sel, w)
                 self.exp_avg[n].index_copy_(0, sel, m1)
                 self.exp_avg_sq[n].index_copy_(0, sel, m2)
+
+    @torch.no_grad()
+    def evaluate(self) -> list[tuple[float, float]]:
+        """(val_loss, val_mae) per member: MSE and MAE over its validation windows and horizons,
+        as `Trainer.evaluate`, with the stacked models (validation sets padded to one length)."""
+        members = self.members
+        longest = max(len(m.Xv) for m in members)
+        se = torch.zeros(len(members), dtype=torch.float64)
+        ae = torch.zeros(len(members), dtype=torch.float64)
+        for m in members:
+            m.trainer.model.eval()
+        # Rows per model per chunk: about _EVAL_BATCH * 4 windows in all, so memory does not grow with M.
+        rows = max(32, 4 * _EVAL_BATCH // len(members))
+        for i in range(0, longest, rows):
+            width = min(rows, longest - i)
+            xb = torch.stack([_pad(m.Xv[i:i + rows], width) for m in members])
+            yb = torch.stack([_pad(m.yv[i:i + rows], width) for m in members])
+            err = stacked_forward(self.params, self.model, xb) - yb
+            for k, m in enumerate(members):
+                real = max(0, min(len(m.Xv) - i, err.shape[1]))   # rows of member k in this chunk
+                se[k] += err[k, :real].double().pow(2).sum()
+                ae[k] += err[k, :real].double().abs().sum()
+        n = torch.tensor([len(m.Xv) * m.yv.shape[1] for m in members], dtype=torch.float64)
+        return [(float(a), float(b)) for a, b in zip(se / n, ae / n, strict=True)]
 
     def write_back(self) -> None:
         """Copy each member's weights and Adam state into its own Trainer (for validation, callbacks,

@@ -211,3 +211,21 @@ def test_stacked_validation_equals_trainer_evaluate(tmp_path, monkeypatch):
     for (loss, mae), m in zip(got, members, strict=True):
         want_loss, want_mae = m.trainer.evaluate(m.Xv, m.yv)
         assert loss == pytest.approx(want_loss, rel=1e-5) and mae == pytest.approx(want_mae, rel=1e-5)
+
+
+def test_diverging_member_leaves_the_stack_and_the_others_finish(tmp_path):
+    from mambacast.train.trainer import NonFiniteLossError
+
+    good = data(48, 8)
+    Xt, yt, Xv, yv = data(48, 9)
+    Xt = Xt.copy()
+    Xt[5, 3, 1] = np.nan                     # one poisoned training window: its batch's loss is NaN
+    alone = make_trainer(tmp_path / "a", "S0", 8, epochs=3)
+    alone.fit(*good)
+    stacked = [make_trainer(tmp_path / "b", "S0", 8, epochs=3), make_trainer(tmp_path / "b", "S1", 9, epochs=3)]
+    trainer = StackedTrainer(stacked)
+    histories = trainer.fit([good, (Xt, yt, Xv, yv)])
+    assert trainer.errors[0] is None and isinstance(trainer.errors[1], NonFiniteLossError)
+    assert "loss became nan" in str(trainer.errors[1]) and histories[1] == []
+    assert len(histories[0]) == 3
+    assert_same_weights(alone, stacked[0])

@@ -95,11 +95,15 @@ class StackedTrainer:
             stack.write_back()
             elapsed = time.perf_counter() - t0
             still = []
-            for m, val in zip(active, validation, strict=True):
-                if m.error is not None:
+            for m, (val_loss, val_mae) in zip(active, validation, strict=True):
+                if m.error is None and not math.isfinite(val_loss):
+                    m.error = NonFiniteLossError(
+                        f"validation loss is {val_loss} at epoch {m.epoch}; try a lower --learning-rate and "
+                        "check the data for extreme values")
+                if m.error is not None:   # diverged: leaves the stack, its last good checkpoint stays
                     self.errors[members.index(m)] = m.error
                     continue
-                self._end_epoch(m, elapsed / len(active), *val)
+                self._end_epoch(m, elapsed / len(active), val_loss, val_mae)
                 if m.trainer.stop_training or m.epoch >= m.trainer.config.epochs:
                     self._finish(m)
                 else:
@@ -111,9 +115,6 @@ class StackedTrainer:
     @staticmethod
     def _end_epoch(m: _Member, epoch_time: float, val_loss: float, val_mae: float) -> None:
         t = m.trainer
-        if not math.isfinite(val_loss):
-            raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {m.epoch}; "
-                                     "try a lower --learning-rate and check the data for extreme values")
         logs = {"train_loss": m.sum_se / len(m.Xt), "val_loss": val_loss, "train_mae": m.sum_ae / len(m.Xt),
                 "val_mae": val_mae, "lr": t.lr, "epoch_time": epoch_time}
         m.history.append({"epoch": m.epoch, **logs})

@@ -501,7 +501,12 @@ def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None,
     for group in groups.values():
         log.info("training %d models stacked: %s", len(group), ", ".join(r.symbol for r in group))
         stacked = StackedTrainer([r.trainer for r in group])
-        stacked.fit([r.fit_data for r in group], resume_from=[r.resume_from for r in group])
+        try:
+            stacked.fit([r.fit_data for r in group], resume_from=[r.resume_from for r in group])
+        except Exception as exc:   # e.g. a full disk in a checkpoint: every symbol of the stack stops there
+            for run in group:
+                fail(run.symbol, exc)
+            continue
         for run, error in zip(group, stacked.errors, strict=True):
             try:
                 if error is not None:

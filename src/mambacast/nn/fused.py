@@ -113,7 +113,8 @@ def _linear(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def _per_model(partial: Tensor, n_models: int | None) -> Tensor:
-    """Per-row gradient partials (batch, ...) -> summed over all rows, or per model (n_models, ...)."""
+    """Gradient partials along the leading dimension -> their sum, or with n_models the sum per model:
+    (n_models * rows, ...) -> (n_models, ...)."""
     if n_models is None:
         return partial[0] if partial.shape[0] == 1 else partial.sum(0)
     return partial.view(n_models, -1, *partial.shape[1:]).sum(1)
@@ -199,12 +200,10 @@ class _MambaInner(torch.autograd.Function):
             xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk, dxz[..., d:],
             False)
 
-        def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension
-            return partial[0] if partial.shape[0] == 1 else partial.sum(0)
-
         M = ctx.n_models
-        dx_dbl = torch.cat([total(ddt_low).view(-1, R), total(dB).view(-1, N), total(dC).view(-1, N)],
-                           dim=1)                                                           # (b*l, R+2N)
+        # ddt_low, dB, dC: partial sums over the kernel's channel groups (leading dimension).
+        dx_dbl = torch.cat([_per_model(ddt_low, None).view(-1, R), _per_model(dB, None).view(-1, N),
+                            _per_model(dC, None).view(-1, N)], dim=1)                      # (b*l, R+2N)
         if M is None:
             d_x_proj_weight = dx_dbl.t() @ xc.view(-1, d)
             dxc.view(-1, d).addmm_(dx_dbl, x_proj_weight)

@@ -8,6 +8,8 @@ checkpoints, final files), at the guide's model config and batch size, with earl
 and the learning-rate schedule OFF (patience larger than the run) so that both do exactly
 `--epochs` epochs per symbol; with `--early-stopping` they keep the defaults (patience 5,
 LR patience 3), as `mambacast train` runs, and the epochs each symbol ran are printed.
+`--memory` instead trains the symbols (`--epochs`) one way per fresh process and prints each one's
+peak resident memory (the stack holds every symbol's activations at once).
 The symbols are the first `--symbols` bundled stocks with at least `--days` days. Printed: wall
 time of each, the ratio, seconds per symbol-epoch, the projection to the guide's 50 symbols x 50
 epochs (linear in symbols x epochs, as every epoch costs the same), and the largest weight
@@ -19,6 +21,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 
 import torch
@@ -49,6 +54,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--days", type=int, default=1000)
     parser.add_argument("--early-stopping", action="store_true", help="the default callbacks, not fixed epochs")
+    parser.add_argument("--memory", action="store_true", help="peak RSS of each way, each in its own process")
+    parser.add_argument("--only", choices=["serial", "stacked"], help=argparse.SUPPRESS)   # --memory's child runs
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     symbols = pick_symbols(args.symbols, args.days)
@@ -59,6 +66,16 @@ def main() -> None:
           + ",".join(symbols))
     cfg = TrainConfig(epochs=args.epochs) if args.early_stopping else \
         TrainConfig(epochs=args.epochs, patience=10**6, lr_patience=10**6)
+    if args.only:
+        seconds = timed_training(symbols, cfg, args.days, device="cpu", stack=args.only == "stacked")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{args.only}: {seconds:.1f} s, peak RSS {peak:.0f} MB")
+        return
+    if args.memory:
+        for way in ("serial", "stacked"):
+            subprocess.run([sys.executable, __file__, "--only", way, "--symbols", str(args.symbols), "--epochs",
+                            str(args.epochs), "--days", str(args.days)], check=True)
+        return
     timed_training(symbols[:1], TrainConfig(epochs=1), args.days, device="cpu")   # one-time costs: kernel, imports
     with tempfile.TemporaryDirectory() as serial_root, tempfile.TemporaryDirectory() as stack_root:
         serial = timed_training(symbols, cfg, args.days, serial_root, device="cpu")

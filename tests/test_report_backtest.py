@@ -13,20 +13,10 @@ import pytest
 import torch
 
 from mambacast.cli import _LogOnce, main
-from mambacast.evaluate import BacktestConfig, BaseForecaster, Forecast, RandomWalk, run_backtest
+from mambacast.evaluate import BacktestConfig, RandomWalk, run_backtest
 from mambacast.report import _fmt_p, backtest_rows, backtest_summary, format_backtest_table, write_backtest_report
 
-
-class Constant(BaseForecaster):
-    def __init__(self, name: str, mu: float, s: float) -> None:
-        self.name, self.mu, self.s = name, mu, s
-
-    def fit(self, prices):
-        return self
-
-    def predict(self, prices, horizons):
-        hs = np.asarray(horizons, float)
-        return Forecast.from_location_scale(list(horizons), self.mu * hs, self.s * np.sqrt(hs))
+from .evaluate.test_backtest import Constant
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,7 @@ from .metrics import (
     interval_coverage,
     pinball_loss,
 )
+from .panel import DatedForecaster
 
 __all__ = [
     "BASELINES",
@@ -400,7 +401,10 @@ def walk_forward(symbol: str, prices: Any, forecasters: Sequence[Forecaster], co
             emit("fit_start", {"symbol": symbol, "block": k, "n_blocks": len(starts), "forecaster": f.name,
                                "train_days": int(train.size)})
             t0 = time.perf_counter()
-            f.fit(train)
+            if isinstance(f, DatedForecaster) and isinstance(dates, pd.DatetimeIndex):
+                f.fit_dated(train, dates[a: cutoff + 1])  # a pooled forecaster: other symbols up to this day
+            else:
+                f.fit(train)
             info["fit_seconds"][f.name] = time.perf_counter() - t0
             if getattr(f, "fit_info_", None):
                 info["fit_info"][f.name] = dict(f.fit_info_)  # type: ignore[attr-defined]

@@ -261,3 +261,61 @@ def test_per_horizon_df_with_gaussian_limit():
     f = B.Forecast.from_location_scale([1, 5], np.zeros(2), np.ones(2), df=np.array([np.inf, 4.0]))
     assert f.quantiles[0.9][0] == pytest.approx(stats.norm.ppf(0.9))
     assert f.quantiles[0.9][1] == pytest.approx(stats.t.ppf(0.9, 4))
+
+
+# ------------------------------------------------------------------------------------ GARCH fit checks
+
+
+def test_stale_sample_start_finds_the_end_of_the_last_stale_stretch():
+    lp = np.log(_prices(300, seed=1))
+    assert B.stale_sample_start(lp) == 0
+    lp[100:161] = lp[100]  # 60 zero returns r_101..r_160: windows ending at t in [131, 189] hold > 30 of them
+    assert B.stale_sample_start(lp) == 189
+    # exactly half zero is not stale: 30 zero returns in a 60-day window
+    lp2 = np.log(_prices(300, seed=1))
+    lp2[100:131] = lp2[100]
+    assert B.stale_sample_start(lp2) == 0
+    assert B.stale_sample_start(lp2, window=40) == 100 + 30 + 40 - 21 - 1 + 1  # last window with 21 zeros of 40
+
+
+def _stale_then_garch(seed: int = 3) -> np.ndarray:
+    """500 days quoted like RRC in 1990-92 (80% zero returns, ticks of 1/8 on a $3 stock), then GARCH-t data."""
+    rng = np.random.default_rng(seed)
+    stale = np.where(rng.random(500) < 0.8, 0.0, rng.choice([-1, 1], 500) * np.log(1 + 0.125 / 3))
+    r = np.concatenate([100 * stale, _simulate_garch_t(4000, omega=0.02, alpha=0.08, beta=0.9, nu=6.0, seed=seed)])
+    return 3 * np.exp(np.concatenate([[0.0], np.cumsum(r / 100)]))
+
+
+def test_garch_t_skips_the_stale_stretch_and_recovers_the_truth():
+    p = _stale_then_garch()
+    g = B.GarchT().fit(p)
+    assert g.converged and g.fit_info_["status"] == "garch"
+    assert 500 <= g.fit_info_["sample_start_index"] <= 500 + 60
+    assert g.params_["alpha"] == pytest.approx(0.08, abs=0.025)
+    assert g.params_["beta"] == pytest.approx(0.90, abs=0.03)
+    assert g.params_["omega"] == pytest.approx(0.02, abs=0.015)
+    assert g.nu_ == pytest.approx(6.0, abs=1.5)
+    # the same data with the stale stretch left in: the zero-return days distort the estimates
+    naive = B.GarchT(max_zero_share=1.0).fit(p)
+    assert naive.fit_info_["sample_start_index"] == 0
+    assert abs(naive.nu_ - 6.0) > abs(g.nu_ - 6.0) or abs(naive.persistence - 0.98) > abs(g.persistence - 0.98)
+
+
+def test_garch_t_refuses_degenerate_estimates(monkeypatch, caplog):
+    p = _prices(600, seed=4)
+    estimates = iter([({"mu": 0.0, "omega": 0.001, "alpha": 0.05, "beta": 0.95}, 7.0),  # alpha + beta = 1
+                      ({"mu": 0.0, "omega": 0.01, "alpha": 0.05, "beta": 0.90}, 500.0)])  # nu at its bound
+    monkeypatch.setattr(B.GarchT, "_fit_arch", lambda self, r: (next(estimates), None))
+    g = B.GarchT()
+    with caplog.at_level(logging.INFO, logger="mambacast.evaluate.baselines"):
+        g.fit(p)
+        assert not g.converged and g.fit_info_["status"] == "fallback"
+        assert "alpha + beta = 1.000000" in g.fit_info_["reason"]
+        assert g.fit_info_["estimate"]["beta"] == 0.95
+        g.fit(p)
+        assert "nu = 500 at its bound" in g.fit_info_["reason"]
+    warnings_ = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings_) == 1 and "degenerate" in warnings_[0].getMessage()  # once, then INFO
+    sigma = np.diff(np.log(p)).std(ddof=1)
+    np.testing.assert_allclose(g.predict(p, H).scale, sigma * np.sqrt(H), rtol=1e-9)
+

@@ -12,7 +12,9 @@ Baselines (exact rules in docs/evaluation.md):
                          (`momentum_log_returns` is the rule the predictor falls back to)
   HistoricalVolGaussian  r = 0 (or mu_train h);  N(r, sigma_window^2 h), rolling window
   GarchT                 GARCH(1,1), Student-t innovations (arch); r = mu h; standardised t with the
-                         fitted nu and variance sum_{k=1..h} sigma^2_{t+k|t}
+                         fitted nu and variance sum_{k=1..h} sigma^2_{t+k|t}; the fit sample starts after the
+                         last stale-price stretch (`stale_sample_start`) and degenerate fits are refused
+  HarT (evaluate.har)    pooled HAR regression of log realised variance, Student-t (see that module)
 
 `predict_many(prices, origins, horizons)` forecasts at many origins in one call (vectorised for the
 baselines): the result equals stacking `predict(prices[:o + 1], horizons)` over the origins, so it never looks
@@ -44,6 +46,7 @@ __all__ = [
     "Momentum",
     "HistoricalVolGaussian",
     "GarchT",
+    "stale_sample_start",
 ]
 
 logger = logging.getLogger(__name__)
@@ -342,6 +345,25 @@ def _gaussian(horizons: list[int], mean_daily: np.ndarray, vol_daily: np.ndarray
     return Forecast.from_location_scale(horizons, np.outer(mean_daily, h), np.outer(vol, np.sqrt(h)))
 
 
+def stale_sample_start(log_prices: np.ndarray, window: int = 60, max_zero_share: float = 0.5) -> int:
+    """Index of the first close after the last stale-price stretch (0 when there is none).
+
+    log_prices (n_days,). A daily log-return r_t = lp[t] - lp[t-1] (t = 1..n-1) is "zero" when it is exactly 0
+    (the price did not move: no trade, or a stale quote). A window of `window` returns ending at t (t >= window)
+    is stale when more than `max_zero_share` of its returns are zero. With t* the end of the last stale window,
+    the clean sample is lp[t*:], whose returns r_{t*+1}, ... all lie after the stretch. Series shorter than
+    `window` returns are never flagged.
+    """
+    lp = np.asarray(log_prices, dtype=np.float64)
+    zero = np.concatenate([[0.0], (np.diff(lp) == 0).astype(np.float64)])  # zero[t] for return t; zero[0] = 0
+    if lp.size <= window:
+        return 0
+    cz = np.cumsum(zero)
+    share = (cz[window:] - cz[:-window]) / window  # share[i]: window of returns ending at t = i + window
+    stale = np.flatnonzero(share > max_zero_share)
+    return 0 if stale.size == 0 else int(stale[-1] + window)
+
+
 def _check_fitted(value: object, who: str) -> None:
     if value is None:
         raise RuntimeError(f"{who} is not fitted: call fit(training_prices) first")
@@ -481,18 +503,32 @@ class GarchT(_VectorisedForecaster):
     `mu h / 100` with variance `V_h = sum_{k=1..h} sigma^2_{t+k|t} / 100^2` and the standardised t(nu) law
     (an approximation: a sum of GARCH-t returns is not exactly t).
 
-    If the fit fails, does not converge, or the training window has fewer than `min_obs` returns, a warning is
-    logged and the model falls back to a constant historical volatility (Gaussian, training mean and sd):
-    omega = training variance, alpha = beta = 0, nu = None.
+    Fit sample: the training returns after the last stale-price stretch (`stale_sample_start`: more than
+    `max_zero_share` zero returns in a `stale_window`-day window), so months of unchanged quotes do not pose as
+    a calm regime.
+
+    Refused fits: if the fit fails, does not converge, or the sample has fewer than `min_obs` returns, or the
+    parameters are degenerate (alpha + beta >= `max_persistence`: an integrated or explosive variance; nu at
+    arch's bounds 2.05 / 500; omega <= 0 or at arch's bounds), the model falls back to a constant historical
+    volatility (Gaussian, sample mean and sd): omega = sample variance, alpha = beta = 0, nu = None. The first
+    refusal of an instance is logged as a warning, later ones at INFO; every fit leaves `fit_info_` (status
+    "garch" or "fallback", the reason, the estimated parameters, the sample start), which the backtest stores
+    in each refit block of metrics.json.
     """
 
     name = "garch_t"
+    #: arch's bounds on nu for the Student-t (StudentsT.bounds) and the margin that counts as "at the bound".
+    NU_BOUNDS: tuple[float, float] = (2.05, 500.0)
 
-    def __init__(self, min_obs: int = 250) -> None:
-        self.min_obs = min_obs
+    def __init__(self, min_obs: int = 250, max_persistence: float = 0.9999, stale_window: int = 60,
+                 max_zero_share: float = 0.5) -> None:
+        self.min_obs, self.max_persistence = min_obs, max_persistence
+        self.stale_window, self.max_zero_share = stale_window, max_zero_share
         self.params_: dict[str, float] | None = None  # mu, omega, alpha, beta in percent units
         self.nu_: float | None = None  # Student-t degrees of freedom; None after a fallback (Gaussian)
         self.init_var_: float | None = None
+        self.fit_info_: dict[str, object] = {}
+        self._warned = False
 
     @property
     def converged(self) -> bool:
@@ -506,33 +542,66 @@ class GarchT(_VectorisedForecaster):
         _check_fitted(self.params_, self.name)
         return self.params_["alpha"] + self.params_["beta"]  # type: ignore[index]
 
+    def _refuse(self, reason: str) -> None:
+        """Log a refused fit: a warning the first time for this instance, INFO afterwards."""
+        level = logging.INFO if self._warned else logging.WARNING
+        self._warned = True
+        logger.log(level, "%s: %s; falling back to historical volatility (see fit_info in the backtest's "
+                   "metrics.json)", self.name, reason)
+
     def fit(self, prices: np.ndarray) -> GarchT:
-        r = 100 * np.diff(np.log(_check_prices(prices, min_len=3)))
-        fitted = None
+        lp = np.log(_check_prices(prices, min_len=3))
+        start = stale_sample_start(lp, self.stale_window, self.max_zero_share)
+        r_all = 100 * np.diff(lp)
+        r = r_all[start:] if r_all.size - start >= 2 else r_all
+        info: dict[str, object] = {"n_returns": int(r_all.size), "sample_start_index": int(start),
+                                   "stale_returns_dropped": int(start)}
+        fitted, reason, raw = None, None, None
         if r.size < self.min_obs:
-            logger.warning("%s: %d training returns < min_obs=%d; falling back to historical volatility",
-                           self.name, r.size, self.min_obs)
+            reason = (f"{r.size} training returns after the last stale stretch < min_obs={self.min_obs}"
+                      if start else f"{r.size} training returns < min_obs={self.min_obs}")
         else:
-            fitted = self._fit_arch(r)
+            raw, reason = self._fit_arch(r)
+            if raw is not None and reason is None:
+                reason = self._degenerate(raw[0], raw[1], r)
+            fitted = raw if reason is None else None
+        if raw is not None:
+            info["estimate"] = {**raw[0], "nu": raw[1]}
         if fitted is None:
+            self._refuse(str(reason))
             var = 1e4 * float(_floor_vol(np.array(r.std(ddof=1) / 100), self.name)) ** 2
             self.params_, self.nu_ = {"mu": float(r.mean()), "omega": var, "alpha": 0.0, "beta": 0.0}, None
             self.init_var_ = var
+            info.update(status="fallback", reason=reason)
         else:
             self.params_, self.nu_ = fitted
             self.init_var_ = float(np.var(r - self.params_["mu"]))
+            info.update(status="garch", persistence=self.persistence)
+        self.fit_info_ = info
         return self
 
-    def _fit_arch(self, r: np.ndarray) -> tuple[dict[str, float], float] | None:
-        """Maximum-likelihood fit with arch: (params, nu), or None (with a logged warning) on failure."""
+    def _degenerate(self, params: dict[str, float], nu: float, r: np.ndarray) -> str | None:
+        """Why the estimate is degenerate (a sentence), or None when it is usable."""
+        phi = params["alpha"] + params["beta"]
+        var = float(np.var(r))
+        omega_hi = 10 * var  # arch's GARCH bounds: omega in [1e-8 var, 10 var] (percent^2)
+        if phi >= self.max_persistence:
+            return f"degenerate GARCH fit: alpha + beta = {phi:.6f} >= {self.max_persistence}"
+        lo, hi = self.NU_BOUNDS
+        if nu <= lo * 1.001 or nu >= hi * 0.999:
+            return f"degenerate GARCH fit: nu = {nu:.4g} at its bound [{lo}, {hi}]"
+        if params["omega"] <= 1e-8 * var * 1.001 or params["omega"] >= omega_hi * 0.999:
+            return f"degenerate GARCH fit: omega = {params['omega']:.4g} at or beyond its bounds"
+        return None
+
+    def _fit_arch(self, r: np.ndarray) -> tuple[tuple[dict[str, float], float] | None, str | None]:
+        """Maximum-likelihood fit with arch: ((params, nu), None), or (estimate or None, why it is refused)."""
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 res = arch_model(r, mean="Constant", vol="GARCH", p=1, q=1, dist="t", rescale=False).fit(disp="off")
         except Exception as exc:  # noqa: BLE001 - any optimiser failure must degrade to the fallback, not crash
-            logger.warning("%s: GARCH fit failed (%s: %s); falling back to historical volatility",
-                           self.name, type(exc).__name__, exc)
-            return None
+            return None, f"GARCH fit failed ({type(exc).__name__}: {exc})"
         for w in caught:
             logger.info("%s: arch: %s", self.name, w.message)
         p = res.params
@@ -540,10 +609,9 @@ class GarchT(_VectorisedForecaster):
                   "beta": float(p["beta[1]"])}
         nu = float(p["nu"])
         if res.convergence_flag != 0 or not np.all(np.isfinite([*params.values(), nu])) or nu <= 2:
-            logger.warning("%s: GARCH fit did not converge (flag %s, params %s, nu %s); falling back to "
-                           "historical volatility", self.name, res.convergence_flag, params, nu)
-            return None
-        return params, nu
+            return ((params, nu) if np.all(np.isfinite([*params.values(), nu])) else None,
+                    f"GARCH fit did not converge (flag {res.convergence_flag}, params {params}, nu {nu})")
+        return (params, nu), None
 
     def conditional_variance(self, prices: np.ndarray) -> np.ndarray:
         """One-step variances sigma^2_{t+1|t} (percent^2) at every origin t = 0..n_days-1 of prices, (n_days,)."""

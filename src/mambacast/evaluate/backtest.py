@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import pandas as pd
 from ..data.errors import InsufficientHistoryError
 from ..data.sources import as_price_frame
 from .baselines import Drift, Forecast, Forecaster, GarchT, HistoricalVolGaussian, Momentum, RandomWalk
+from .har import HarPool, HarT
 from .metrics import (
     INTERVALS,
     crps_from_quantiles,
@@ -50,7 +51,7 @@ from .metrics import (
     interval_coverage,
     pinball_loss,
 )
-from .panel import DatedForecaster
+from .panel import DatedForecaster, Panel
 
 __all__ = [
     "BASELINES",
@@ -59,6 +60,9 @@ __all__ = [
     "SymbolBacktest",
     "ProgressFn",
     "make_baselines",
+    "model_names",
+    "check_seeds",
+    "dated_panel",
     "default_forecasters",
     "walk_forward",
     "run_backtest",
@@ -79,6 +83,7 @@ BASELINES: dict[str, Callable[[], Forecaster]] = {
     "momentum": Momentum,
     "hist_vol": HistoricalVolGaussian,
     "garch_t": GarchT,
+    "har_t": HarT,  # without a panel: the per-symbol regression (default_forecasters passes the panel)
 }
 
 
@@ -132,32 +137,79 @@ class BacktestConfig:
 # ------------------------------------------------------------------------------------------ forecasters
 
 
-def make_baselines(names: Sequence[str] | None = None) -> list[Forecaster]:
-    """Fresh baseline instances; `names` from `BASELINES` (default all, in table order)."""
+def make_baselines(names: Sequence[str] | None = None, pool: HarPool | None = None,
+                   symbol: str | None = None) -> list[Forecaster]:
+    """Fresh baseline instances; `names` from `BASELINES` (default all, in table order).
+
+    pool: the backtest's shared `HarPool` (panel of every symbol) for `har_t`, with this instance's `symbol`;
+    without it `har_t` fits its regression on the symbol alone.
+    """
     chosen = list(BASELINES) if names is None else list(names)
     unknown = [n for n in chosen if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-    return [BASELINES[n]() for n in chosen]
+    return [HarT(pool, symbol) if n == "har_t" else BASELINES[n]() for n in chosen]
+
+
+def model_names(seeds: Sequence[int] | None) -> list[str]:
+    """Names of the model forecasters: ["mamba"] for no or one seed, ["mamba_s42", "mamba_s7", ...] for several."""
+    seeds = list(seeds or [])
+    return [f"mamba_s{s}" for s in seeds] if len(seeds) > 1 else ["mamba"]
+
+
+def check_seeds(seeds: Sequence[int] | None) -> list[int]:
+    """Seeds as a list of distinct non-negative integers (ValueError naming the problem otherwise)."""
+    out = [] if seeds is None else list(seeds)
+    if any(not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0 for s in out):
+        raise ValueError(f"seeds must be non-negative integers, got {out}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds must not repeat, got {out}")
+    return [int(s) for s in out]
 
 
 def default_forecasters(model_config: Any = None, train_config: Any = None, baselines: Sequence[str] | None = None,
                         include_model: bool = True, device: str = "cpu",
-                        on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None) -> ForecasterFactory:
-    """Factory `symbol -> [MambaForecaster, *baselines]`, fresh instances per symbol.
+                        on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None,
+                        panel: Panel | None = None, seeds: Sequence[int] | None = None) -> ForecasterFactory:
+    """Factory `symbol -> [MambaForecaster per seed, *baselines]`, fresh instances per symbol.
 
     `on_epoch(symbol, epoch, epochs, logs)` is forwarded to the model's training loop (progress display).
+    panel: every symbol's dated prices, for the pooled `har_t` (one regression per refit date, shared by the
+    symbols through one `HarPool`); None = per-symbol HAR. seeds: one model per seed, trained with
+    `dataclasses.replace(train_config, seed=s)` and named by `model_names(seeds)` ("mamba" for one seed);
+    None = one model with the train config's seed.
     """
-    from .model import MambaForecaster
+    seeds = check_seeds(seeds)
+    chosen = list(BASELINES) if baselines is None else list(baselines)
+    make_baselines(chosen)  # fail early on an unknown name
+    pool = HarPool(panel) if panel is not None and "har_t" in chosen else None
 
     def factory(symbol: str) -> list[Forecaster]:
         out: list[Forecaster] = []
         if include_model:
+            from .model import MambaForecaster
+
             hook = None if on_epoch is None else (lambda e, n, logs: on_epoch(symbol, e, n, logs))
-            out.append(MambaForecaster(model_config, train_config, symbol=symbol, device=device, on_epoch=hook))
-        return out + make_baselines(baselines)
+            for name, seed in zip(model_names(seeds), seeds or [None], strict=True):
+                tc = train_config
+                if seed is not None:
+                    from ..config import TrainConfig
+
+                    tc = replace(train_config or TrainConfig.small(), seed=seed)
+                model = MambaForecaster(model_config, tc, symbol=symbol, device=device, on_epoch=hook)
+                model.name = name  # type: ignore[misc]  # instance attribute: one name per seed
+                out.append(model)
+        return out + make_baselines(chosen, pool, symbol)
 
     return factory
+
+
+def dated_panel(prices: Mapping[str, Any]) -> Panel | None:
+    """A `Panel` of the prices when every one has dates (a DatetimeIndex), else None."""
+    frames = {s: as_price_frame(p) for s, p in prices.items()}
+    if frames and all(isinstance(f.index, pd.DatetimeIndex) for f in frames.values()):
+        return Panel(frames)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -437,7 +489,7 @@ def run_backtest(prices: Mapping[str, Any], forecasters: ForecasterFactory | Seq
     config = config or BacktestConfig()
     factory: ForecasterFactory
     if forecasters is None:
-        factory = default_forecasters()
+        factory = default_forecasters(panel=dated_panel(prices))
     elif callable(forecasters):
         factory = forecasters
     else:

@@ -40,6 +40,7 @@ import pandas as pd
 from ..data.errors import InsufficientHistoryError
 from ..data.sources import as_price_frame
 from .baselines import Drift, Forecast, Forecaster, GarchT, HistoricalVolGaussian, Momentum, RandomWalk
+from .desk import desk_tables, seed_spread
 from .har import HarPool, HarT
 from .metrics import (
     INTERVALS,
@@ -67,6 +68,7 @@ __all__ = [
     "walk_forward",
     "run_backtest",
     "score_symbols",
+    "desk_score",
     "leakage_warnings",
 ]
 
@@ -99,7 +101,9 @@ class BacktestConfig:
     min_train_days  fewest training days before the first origin's cutoff
     embargo         days between the last training target and the first origin of a block (default max(h))
     strict          predict one origin at a time from prices[:o + 1] (slow for the model; same numbers)
-    reference       the forecaster DM-tested against every other (the model)
+    reference       the forecaster DM-tested against every other (the model); tables show its comparisons
+    references      several models DM-tested against every non-reference forecaster (one model per training
+                    seed: "mamba_s42", "mamba_s7", ...); empty = (reference,). `reference` should be one of them
     """
 
     horizons: tuple[int, ...] = (1, 5, 10, 30)
@@ -110,8 +114,13 @@ class BacktestConfig:
     embargo: int | None = None
     strict: bool = False
     reference: str = "mamba"
+    references: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        refs = tuple(str(r) for r in self.references)
+        if len(set(refs)) != len(refs):
+            raise ValueError(f"references={list(refs)} is invalid: names must not repeat")
+        object.__setattr__(self, "references", refs)
         hs = tuple(int(h) for h in self.horizons)
         if not hs or any(h < 1 for h in hs) or list(hs) != sorted(set(hs)):
             raise ValueError(f"horizons={list(self.horizons)} is invalid: pass increasing positive days, "
@@ -128,6 +137,11 @@ class BacktestConfig:
             object.__setattr__(self, "train_days", 2000)
         if self.embargo is not None and (not isinstance(self.embargo, int) or self.embargo < 0):
             raise ValueError(f"embargo={self.embargo!r} is invalid: must be >= 0 days")
+
+    @property
+    def reference_names(self) -> tuple[str, ...]:
+        """The models DM-tested against the other forecasters: `references`, or (reference,)."""
+        return self.references or (self.reference,)
 
     @property
     def embargo_days(self) -> int:
@@ -255,7 +269,10 @@ class BacktestResult:
     `evaluate_forecasts` plus `ret_mse`, `oos_r2` (1 - MSE / MSE of the zero forecast) and `ret_crps`.
     dm: one row per (symbol, horizon, other forecaster, loss) with `stat` (negative: the reference has the lower
     loss), `p_value` (two-sided), `p_better` / `p_worse` (one-sided: reference lower / higher loss), `loss_ratio`
-    (mean loss of the reference / of the other), `n`.
+    (mean loss of the reference / of the other), `n`. With several references (model seeds), one set of rows per
+    reference.
+    tables: what an options desk reads (`evaluate.desk`): "brier", "brier_dm", "reliability", "coverage_by_year",
+    "pit", and with several model seeds "seed_spread".
     """
 
     config: BacktestConfig
@@ -265,6 +282,7 @@ class BacktestResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def forecaster_names(self) -> list[str]:
@@ -283,6 +301,7 @@ class BacktestResult:
                         for s, r in self.symbols.items()},
             "metrics": _records(self.metrics),
             "dm": _records(self.dm),
+            "desk": {name: _records(t) for name, t in self.tables.items()},
         }
 
     def forecasts_frame(self) -> pd.DataFrame:
@@ -302,13 +321,18 @@ class BacktestResult:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def save(self, directory: str | Path, forecasts: bool = True) -> dict[str, Path]:
-        """Write metrics.json (everything), metrics.csv, dm.csv and (optionally) forecasts.csv.gz."""
+        """Write metrics.json (everything), metrics.csv, dm.csv, one CSV per desk table (brier.csv, brier_dm.csv,
+        reliability.csv, coverage_by_year.csv, pit.csv, seed_spread.csv; keys "<name>_csv") and (optionally)
+        forecasts.csv.gz."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "metrics.json", "metrics_csv": out / "metrics.csv", "dm_csv": out / "dm.csv"}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=1, default=_json_default, allow_nan=True))
         self.metrics.to_csv(paths["metrics_csv"], index=False)
         self.dm.to_csv(paths["dm_csv"], index=False)
+        for name, table in self.tables.items():
+            paths[f"{name}_csv"] = out / f"{name}.csv"
+            table.to_csv(paths[f"{name}_csv"], index=False)
         if forecasts:
             paths["forecasts_csv"] = out / "forecasts.csv.gz"
             self.forecasts_frame().to_csv(paths["forecasts_csv"], index=False, compression="gzip")
@@ -504,7 +528,8 @@ def run_backtest(prices: Mapping[str, Any], forecasters: ForecasterFactory | Seq
             progress("symbol_end", {"symbol": symbol, "index": i, "n_symbols": len(prices),
                                     "seconds": time.perf_counter() - t_sym})
     metrics, dm = score_symbols(results, config)
-    result = BacktestResult(config, results, metrics, dm, seconds=time.perf_counter() - t0)
+    result = BacktestResult(config, results, metrics, dm, seconds=time.perf_counter() - t0,
+                            tables=desk_score(results, config, dm))
     result.warnings = leakage_warnings(metrics)
     for w in result.warnings:
         logger.warning(w)
@@ -614,8 +639,8 @@ def _score(results: Mapping[str, SymbolBacktest], config: BacktestConfig) -> tup
     dm_rows: list[dict[str, Any]] = []
     first = next(iter(results.values()))
     names, horizons = list(first.forecasts), first.horizons
-    ref = config.reference if config.reference in names else None
-    if ref is None:
+    refs = [r for r in config.reference_names if r in names]
+    if not refs:
         logger.info("reference forecaster %r is not in the backtest; no Diebold-Mariano tests", config.reference)
     for j, h in enumerate(horizons):
         losses: dict[str, dict[str, dict[str, pd.Series]]] = {}  # name -> loss -> symbol -> Series by origin date
@@ -637,32 +662,55 @@ def _score(results: Mapping[str, SymbolBacktest], config: BacktestConfig) -> tup
                 masks = [r.valid(j) for r in results.values()]
                 rows.append({"symbol": "ALL", "forecaster": name, "horizon": h,
                              **_pooled_metrics(ys, fcs, masks, j, per_symbol[name])})
-        if ref is None:
-            continue
-        for other in names:
-            if other == ref:
-                continue
-            for loss in ("squared_error", "crps"):
-                if loss not in losses[ref] or loss not in losses[other]:
+        for ref in refs:
+            for other in names:
+                if other in refs:
                     continue
-                for sym in results:
-                    a, b = losses[ref][loss][sym].to_numpy(), losses[other][loss][sym].to_numpy()
-                    dm_rows.append({"symbol": sym, "horizon": h, "reference": ref, "other": other, "loss": loss,
-                                    **_dm_row(a, b, h)})
-                if len(results) < 2:
-                    continue
-                # Pooled: each forecaster's loss averaged over the symbols present on each origin date (both have
-                # the same symbols on every date), then one DM test on that time series of differences.
-                ref_mean = pd.concat([losses[ref][loss][s] for s in results], axis=1).mean(axis=1).sort_index()
-                other_mean = pd.concat([losses[other][loss][s] for s in results], axis=1).mean(axis=1).sort_index()
-                row = _dm_row(ref_mean.to_numpy(), other_mean.to_numpy(), h)
-                row["n_pairs"] = float(sum(losses[ref][loss][s].size for s in results))
-                dm_rows.append({"symbol": "ALL", "horizon": h, "reference": ref, "other": other, "loss": loss, **row})
+                dm_rows += _dm_rows(losses, list(results), ref, other, h)
     metrics = pd.DataFrame(rows)
     order = {"ALL": len(results)} | {s: i for i, s in enumerate(results)}
     metrics = metrics.sort_values(["symbol", "horizon"], key=lambda c: c.map(order) if c.name == "symbol" else c,
                                   kind="stable").reset_index(drop=True)
     return metrics, pd.DataFrame(dm_rows)
+
+
+def _dm_rows(losses: dict[str, dict[str, dict[str, pd.Series]]], symbols: list[str], ref: str, other: str,
+             h: int) -> list[dict[str, Any]]:
+    """DM rows of `ref` vs `other` at horizon h per symbol and pooled, for each loss both have.
+
+    losses: name -> loss -> symbol -> Series of per-origin losses indexed by origin date.
+    """
+    out: list[dict[str, Any]] = []
+    for loss in ("squared_error", "crps"):
+        if loss not in losses[ref] or loss not in losses[other]:
+            continue
+        for sym in symbols:
+            a, b = losses[ref][loss][sym].to_numpy(), losses[other][loss][sym].to_numpy()
+            out.append({"symbol": sym, "horizon": h, "reference": ref, "other": other, "loss": loss,
+                        **_dm_row(a, b, h)})
+        if len(symbols) < 2:
+            continue
+        # Pooled: each forecaster's loss averaged over the symbols present on each origin date (both have the
+        # same symbols on every date), then one DM test on that time series of differences.
+        ref_mean = pd.concat([losses[ref][loss][s] for s in symbols], axis=1).mean(axis=1).sort_index()
+        other_mean = pd.concat([losses[other][loss][s] for s in symbols], axis=1).mean(axis=1).sort_index()
+        row = _dm_row(ref_mean.to_numpy(), other_mean.to_numpy(), h)
+        row["n_pairs"] = float(sum(losses[ref][loss][s].size for s in symbols))
+        out.append({"symbol": "ALL", "horizon": h, "reference": ref, "other": other, "loss": loss, **row})
+    return out
+
+
+def desk_score(results: Mapping[str, SymbolBacktest], config: BacktestConfig,
+               dm: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """`evaluate.desk` tables of the results (Brier, Brier DM, reliability, coverage by year, PIT), plus the
+    seed spread when `config.references` names several models (it needs the DM table `dm`)."""
+    if not results:
+        return {}
+    tables = desk_tables(results, config.reference_names)
+    spread = seed_spread(dm if dm is not None else pd.DataFrame(), tables.get("brier_dm"), config.reference_names)
+    if not spread.empty:
+        tables["seed_spread"] = spread
+    return tables
 
 
 def leakage_warnings(metrics: pd.DataFrame, max_r2: float = 0.5, max_direction: float = 0.75,

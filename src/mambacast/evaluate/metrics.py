@@ -42,6 +42,9 @@ __all__ = [
     "interval_coverage",
     "pit_values",
     "calibration_curve",
+    "brier_score",
+    "reliability_table",
+    "pit_histogram",
     "diebold_mariano",
     "evaluate_forecasts",
 ]
@@ -301,6 +304,66 @@ def calibration_curve(y: object, q_pred: object, quantiles: object) -> dict[floa
     y_, p, q = _quantile_forecasts(y, q_pred, quantiles)
     freq = np.mean(y_[:, None] <= p, axis=0)
     return {float(t): float(f) for t, f in zip(q, freq, strict=True)}
+
+
+# ------------------------------------------------------------------------------- probabilities of events
+
+
+def _probabilities(prob: object, outcome: object) -> tuple[np.ndarray, np.ndarray]:
+    p, o = _vector("prob", prob), _vector("outcome", outcome)
+    _same_shape(prob=p, outcome=o)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("prob must lie in [0, 1]")
+    if np.any((o != 0) & (o != 1)):
+        raise ValueError("outcome must be 0 or 1")
+    return p, o
+
+
+def brier_score(prob: object, outcome: object) -> np.ndarray:
+    """Brier score `(p - o)^2` of a forecast probability p of a binary event o in {0, 1} (Brier 1950).
+
+    A proper score for the probability of one event (e.g. P(S_T > K), a digital option's fair value):
+    0 is perfect, 0.25 is the score of always saying 0.5. Shapes: prob, outcome (n,) -> (n,).
+    """
+    p, o = _probabilities(prob, outcome)
+    return (p - o) ** 2
+
+
+def reliability_table(prob: object, outcome: object, n_bins: int = 10) -> list[dict[str, float]]:
+    """Reliability (calibration) of event probabilities: per bin of predicted probability, the mean prediction,
+    the observed frequency of the event and the count.
+
+    Bins [k/n_bins, (k+1)/n_bins), the last one closed at 1. Calibrated: observed ~ mean predicted in every bin.
+    Empty bins are reported with count 0 and NaN means. Shapes: prob, outcome (n,) -> n_bins dicts with keys
+    bin, bin_lo, bin_hi, mean_predicted, observed_frequency, count.
+    """
+    p, o = _probabilities(prob, outcome)
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    k = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(k, minlength=n_bins)
+    sum_p, sum_o = np.bincount(k, p, n_bins), np.bincount(k, o, n_bins)
+    out = []
+    for b in range(n_bins):
+        c = int(count[b])
+        out.append({"bin": float(b), "bin_lo": b / n_bins, "bin_hi": (b + 1) / n_bins,
+                    "mean_predicted": float(sum_p[b] / c) if c else float("nan"),
+                    "observed_frequency": float(sum_o[b] / c) if c else float("nan"), "count": float(c)})
+    return out
+
+
+def pit_histogram(u: object, n_bins: int = 10) -> np.ndarray:
+    """Counts of PIT values u in [0, 1] per bin [k/n_bins, (k+1)/n_bins) (last bin closed): (n_bins,) ints.
+
+    Flat = calibrated; U-shaped = intervals too narrow (outcomes in the tails too often); hump = too wide;
+    sloped = biased location.
+    """
+    v = _vector("u", u)
+    if np.any((v < 0) | (v > 1)):
+        raise ValueError("u must lie in [0, 1] (PIT values)")
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    return np.bincount(np.minimum((v * n_bins).astype(np.int64), n_bins - 1), minlength=n_bins)
 
 
 # -------------------------------------------------------------------------------------- Diebold-Mariano

@@ -14,7 +14,15 @@ import torch
 
 from mambacast.cli import _LogOnce, main
 from mambacast.evaluate import BacktestConfig, RandomWalk, run_backtest
-from mambacast.report import _fmt_p, backtest_rows, backtest_summary, format_backtest_table, write_backtest_report
+from mambacast.report import (
+    _fmt_p,
+    backtest_rows,
+    backtest_summary,
+    desk_brier_rows,
+    format_backtest_table,
+    format_desk_tables,
+    write_backtest_report,
+)
 
 from .evaluate.test_backtest import Constant
 
@@ -87,8 +95,8 @@ def test_html_report_is_self_contained(result, tmp_path):
     page = paths["html"].read_text(encoding="utf-8")
     parser = _Collector()
     parser.feed(page)
-    # per symbol: forecasts, cumulative loss, calibration; plus the pooled calibration
-    assert len(parser.images) == 2 * 3 + 1
+    # per symbol: forecasts, cumulative loss, calibration; plus the pooled calibration, reliability, PIT
+    assert len(parser.images) == 2 * 3 + 1 + 2  # + the pooled reliability diagram and PIT histograms
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -136,6 +144,10 @@ def test_cli_backtest_with_the_model(tmp_path, capsys):
     (["backtest", "--symbols", "AAPL", "--horizons", "1,x"], "--horizons"),
     (["backtest", "--symbols", "AAPL", "--refit-every", "0"], "--refit-every 0 is invalid"),
     (["backtest", "--symbols", "AAPL", "--threads", "0"], "--threads 0 is invalid"),
+    (["backtest", "--symbols", "AAPL", "--seeds", "42,x"], "--seeds '42,x' is invalid"),
+    (["backtest", "--symbols", "AAPL", "--seeds", "7,7"], "seeds must be non-negative and distinct"),
+    (["backtest", "--symbols", "AAPL", "--seeds", "1,-2"], "seeds must be non-negative and distinct"),
+    (["backtest", "--symbols", "AAPL", "--no-model", "--seeds", "1,2"], "--seeds needs the model"),
 ])
 def test_cli_backtest_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -157,3 +169,44 @@ def test_repeated_log_messages_pass_once():
     once = _LogOnce()
     rec = lambda msg: logging.LogRecord("mambacast.data", logging.WARNING, __file__, 1, msg, None, None)  # noqa: E731
     assert [once.filter(rec(m)) for m in ("gap", "gap", "split", "gap")] == [True, False, True, False]
+
+
+def test_desk_tables_in_the_console_and_the_report(result, tmp_path):
+    header, rows, best = desk_brier_rows(result, "ALL", 5)
+    assert header == ["forecaster", "K=-10%", "K=-5%", "K=0%", "K=+5%", "K=+10%"]
+    b = result.tables["brier"]
+    want = b[(b.symbol == "ALL") & (b.forecaster == "wide") & (b.horizon == 5) & (b.moneyness == 0.05)]["brier"]
+    assert {r[0]: r for r in rows}["wide"][4] == f"{100 * want.iloc[0]:.3f}"
+    assert rows[-1][0] == "(observed P(S_T>K))"
+    text = format_desk_tables(result)
+    assert "Brier score x100 of P(S_T > K)" in text and "by calendar year" in text and "PIT histogram" in text
+    year = result.tables["coverage_by_year"]
+    c = year[(year.symbol == "ALL") & (year.forecaster == "model") & (year.horizon == 1) & (year.year == 2016)]
+    assert f"{c['coverage_80'].iloc[0]:.3f}" in text
+    paths = write_backtest_report(result, tmp_path / "rep")
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "What an options desk reads" in page and "Coverage of the central 80% interval by year" in page
+    for key in ("brier_csv", "reliability_csv", "coverage_by_year_csv", "pit_csv"):
+        assert paths[key].exists()
+    assert len(pd.read_csv(paths["pit_csv"])) == len(result.tables["pit"])
+
+
+def test_cli_backtest_with_several_seeds(tmp_path, capsys):
+    out = tmp_path / "rep"
+    code = main(["backtest", "--symbols", "MSFT", "--start", "2022-06-01", "--window", "rolling", "--train-days",
+                 "600", "--epochs", "1", "--horizons", "1,5", "--baselines", "garch_t,har_t", "--seeds", "1,2",
+                 "--report", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Seed spread" in text and "mamba_s1" in text and "mamba_s2" in text
+    data = json.loads((out / "metrics.json").read_text())
+    assert {m["forecaster"] for m in data["metrics"]} == {"mamba_s1", "mamba_s2", "garch_t", "har_t"}
+    assert {d["reference"] for d in data["dm"]} == {"mamba_s1", "mamba_s2"}
+    spread = pd.read_csv(out / "seed_spread.csv")
+    row = spread[(spread.horizon == 5) & (spread.other == "har_t") & (spread.loss == "crps")].iloc[0]
+    dm = pd.DataFrame(data["dm"])
+    sel = dm[(dm.horizon == 5) & (dm.other == "har_t") & (dm.loss == "crps") & (dm.symbol == "MSFT")]
+    assert row["ratio_min"] == pytest.approx(sel["loss_ratio"].min())
+    assert row["p_better_max"] == pytest.approx(sel["p_better"].max())
+    block = data["symbols"]["MSFT"]["blocks"][0]["fit_info"]
+    assert block["mamba_s1"]["best_val_loss"] != block["mamba_s2"]["best_val_loss"]  # different seeds, different fits

@@ -288,8 +288,11 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
                                               "on the last 20%% of each training window may end sooner)")
     p.add_argument("--batch-size", type=int, help="batch size (default from the preset)")
     p.add_argument("--seed", type=int, default=42, help="random seed of every refit (default 42)")
+    p.add_argument("--seeds", help="comma list of seeds (e.g. 42,7,123): the model is refitted once per seed "
+                                   "(named mamba_s42, ...), the baselines once, and every comparison is reported "
+                                   "per seed and as the spread over seeds (default: one model, --seed)")
     p.add_argument("--baselines", help="comma list of baselines (default all: random_walk,drift,momentum,"
-                                       "hist_vol,garch_t)")
+                                       "hist_vol,garch_t,har_t)")
     p.add_argument("--no-model", action="store_true", help="baselines only (no Mamba refits)")
     p.add_argument("--strict", action="store_true",
                    help="predict one origin at a time from the prices up to it (slower; same numbers)")
@@ -334,7 +337,7 @@ class _BacktestPrinter:
             self._block_times = []
             self._line(f"{tag} {data['n_origins']} forecast origins {data['first_origin'][:10]} .. "
                        f"{data['last_origin'][:10]}, {data['n_blocks']} refits")
-        elif event == "fit_start" and data["forecaster"] == "mamba":
+        elif event == "fit_start" and data["forecaster"].startswith("mamba"):
             self._line(f"{tag} refit {data['block'] + 1}/{data['n_blocks']}: training on {data['train_days']} days")
         elif event == "block_end":
             self._block_times.append(data["seconds"])
@@ -367,8 +370,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
     from .data.sources import load_prices
     from .data.universe import TEST, parse_symbols
-    from .evaluate.backtest import BacktestConfig, default_forecasters, run_backtest
-    from .report import backtest_summary, format_backtest_table, write_backtest_report
+    from .evaluate.backtest import BacktestConfig, dated_panel, default_forecasters, model_names, run_backtest
+    from .report import backtest_summary, format_backtest_table, format_desk_tables, write_backtest_report
 
     if not args.test and not args.symbols:
         raise CLIError("say what to backtest: --test (AAPL, MSFT, GOOGL) or --symbols AAPL,MSFT or --symbols TEST")
@@ -391,19 +394,35 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise CLIError(f"--{flag.replace('_', '-')} {value} is invalid: must be a positive integer")
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(v) for v in args.seeds.split(",")]
+        except ValueError:
+            raise CLIError(f"--seeds {args.seeds!r} is invalid: pass comma-separated non-negative integers, "
+                           "e.g. 42,7,123") from None
+        if any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+            raise CLIError(f"--seeds {args.seeds!r} is invalid: seeds must be non-negative and distinct")
+        if args.no_model:
+            raise CLIError("--seeds needs the model: drop --no-model")
     model_config, train_config = preset(args.preset)
     model_config = type(model_config).from_dict({**model_config.to_dict(), "prediction_horizons": list(horizons)})
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed))
                  if v is not None}
     train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
+    if seeds is not None and len(seeds) == 1:
+        train_config = TrainConfig.from_dict({**train_config.to_dict(), "seed": seeds[0]})
+    refs = tuple(model_names(seeds))
     config = BacktestConfig(horizons=horizons, refit_every=args.refit_every, window=args.window,
                             train_days=args.train_days, min_train_days=args.min_train_days, strict=args.strict,
-                            reference="random_walk" if args.no_model else "mamba")
+                            reference="random_walk" if args.no_model else refs[0],
+                            references=() if args.no_model or len(refs) == 1 else refs)
     baselines = [b.strip() for b in args.baselines.split(",")] if args.baselines else None
     printer = _BacktestPrinter(args.quiet, bar=sys.stdout.isatty())
-    factory = default_forecasters(model_config, train_config, baselines=baselines, include_model=not args.no_model,
-                                  device=args.device, on_epoch=printer.epoch)
     prices = {s: load_prices(s, days=None, source=args.source, path=args.data) for s in symbols}
+    factory = default_forecasters(model_config, train_config, baselines=baselines, include_model=not args.no_model,
+                                  device=args.device, on_epoch=printer.epoch, panel=dated_panel(prices),
+                                  seeds=seeds if seeds is not None and len(seeds) > 1 else None)
     import torch
 
     threads = torch.get_num_threads()
@@ -423,22 +442,26 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     command = "mambacast backtest " + ("--test" if args.test else f"--symbols {args.symbols}") + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k in ("start", "end", "refit_every", "window", "train_days", "preset", "epochs", "batch_size", "seed",
-                 "baselines", "horizons", "source", "data", "threads", "report") and v is not None) + \
+                 "seeds", "baselines", "horizons", "source", "data", "threads", "report") and v is not None) + \
         "".join(f" --{k.replace('_', '-')}" for k in ("no_model", "strict") if getattr(args, k))
     result.info.update({"source": args.source})
     if not args.no_model:
         result.info.update({"preset": args.preset, "epochs": train_config.epochs, "batch_size": train_config.batch_size,
                             "model": {k: v for k, v in model_config.to_dict().items()
                                       if k in ("d_model", "d_state", "num_layers", "prediction_horizons")},
-                            "seed": train_config.seed, "torch_threads": args.threads})
+                            "seed": train_config.seed if seeds is None or len(seeds) == 1 else seeds,
+                            "torch_threads": args.threads})
     paths = write_backtest_report(result, args.report, command=command, forecasts_csv=not args.no_forecasts_file)
     print()
     print(format_backtest_table(result))
     print()
     for line in backtest_summary(result):
         print(line)
+    print()
+    print(format_desk_tables(result))
     print(f"\nBacktest of {len(symbols)} symbol(s) in {time.perf_counter() - t0:.1f}s; report: {paths['html']} "
-          f"(metrics.json, metrics.csv, dm.csv beside it)")
+          f"(metrics.json, metrics.csv, dm.csv, brier.csv, brier_dm.csv, reliability.csv, coverage_by_year.csv, "
+          f"pit.csv" + (", seed_spread.csv" if "seed_spread" in result.tables else "") + " beside it)")
     return 0
 
 

@@ -1,8 +1,9 @@
 """Plots and reports for people: forecast fan charts (`mambacast predict --plot`) and the backtest report.
 
 Backtest: `format_backtest_table` (the terminal table), `backtest_summary` (plain sentences on significant wins,
-losses and coverage), `plot_backtest_forecasts`, `plot_cumulative_loss`, `plot_calibration` (PNG), and
-`write_backtest_report`, which writes the metric files, the plots and one self-contained `report.html`.
+losses and coverage), `format_desk_tables` (Brier scores at strikes, coverage by year, PIT, seed spread),
+`plot_backtest_forecasts`, `plot_cumulative_loss`, `plot_calibration`, `plot_reliability`, `plot_pit_histograms`
+(PNG), and `write_backtest_report`, which writes the metric files, the plots and one self-contained `report.html`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     from .predict import PredictionResult
 
 __all__ = ["plot_fan_chart", "format_backtest_table", "backtest_summary", "backtest_rows", "plot_backtest_forecasts",
-           "plot_cumulative_loss", "plot_calibration", "pit_of", "write_backtest_report"]
+           "plot_cumulative_loss", "plot_calibration", "pit_of", "write_backtest_report", "format_desk_tables",
+           "desk_sections", "desk_brier_rows", "plot_reliability", "plot_pit_histograms"]
 
 
 def _pyplot() -> Any:
@@ -126,6 +128,13 @@ def _p_eq(p: float) -> str:
     return s if s.startswith("<") else "=" + s
 
 
+def _ref_dm(dm: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The DM rows of one reference (with several model seeds the table holds one set per seed)."""
+    if dm is None or dm.empty or "reference" not in dm:
+        return dm
+    return dm[dm["reference"] == reference]
+
+
 def _dm_cell(dm: pd.DataFrame, symbol: str, horizon: int, other: str, loss: str) -> tuple[str, float, float]:
     """'stat (p)' of reference vs other, and the stat and two-sided p (nan when missing)."""
     if dm is None or dm.empty:
@@ -158,7 +167,7 @@ def backtest_rows(result: BacktestResult, symbol: str, horizon: int, price_colum
         if r["forecaster"] == ref:
             row += ["(reference)", "(reference)"]
         else:
-            row += [_dm_cell(result.dm, symbol, horizon, r["forecaster"], loss)[0]
+            row += [_dm_cell(_ref_dm(result.dm, ref), symbol, horizon, r["forecaster"], loss)[0]
                     for loss in ("squared_error", "crps")]
         rows.append(row)
     return header, rows, best
@@ -198,7 +207,7 @@ def backtest_summary(result: BacktestResult, alpha: float = 0.05) -> list[str]:
     Uses the pooled rows when there are several symbols, else the one symbol; one-sided DM p-values at `alpha`.
     """
     ref = result.config.reference
-    dm, m = result.dm, result.metrics
+    dm, m = _ref_dm(result.dm, ref), result.metrics
     scope = "ALL" if "ALL" in set(m["symbol"]) else next(iter(result.symbols))
     where = "pooled over " + ", ".join(result.symbols) if scope == "ALL" else scope
     lines = []
@@ -226,6 +235,207 @@ def backtest_summary(result: BacktestResult, alpha: float = 0.05) -> list[str]:
     for w in result.warnings:
         lines.append("WARNING: " + w)
     return lines
+
+
+# ===================================================================== backtest: the options desk
+
+
+def _desk_scope(result: BacktestResult) -> tuple[str, str]:
+    scope = "ALL" if len(result.symbols) > 1 else next(iter(result.symbols))
+    return scope, ("pooled over " + ", ".join(result.symbols) if scope == "ALL" else scope)
+
+
+def _m_label(m: float) -> str:
+    return f"{m:+.0%}" if m else "0%"
+
+
+def desk_brier_rows(result: BacktestResult, symbol: str, horizon: int
+                    ) -> tuple[list[str], list[list[str]], list[set[int]]]:
+    """Brier table of one scope and horizon: header, rows (forecaster, then one column per strike), best marks.
+
+    Cells are Brier scores x100 (lower is better); the last row is the observed frequency of S_T > K.
+    """
+    b = result.tables.get("brier")
+    if b is None or b.empty:
+        return [], [], []
+    sel = b[(b["symbol"] == symbol) & (b["horizon"] == horizon)]
+    ms = sorted(set(sel["moneyness"]))
+    header = ["forecaster"] + [f"K={_m_label(m)}" for m in ms]
+    names = list(dict.fromkeys(sel["forecaster"]))
+    table = sel.pivot(index="forecaster", columns="moneyness", values="brier").loc[names, ms]
+    rows = [[n] + [_fmt(v, 100.0) for v in table.loc[n]] for n in names]
+    best = [set()] + [_best_rows(table.reset_index(drop=True), m, "min") for m in ms]
+    base = sel.drop_duplicates("moneyness").set_index("moneyness")["base_rate"]
+    rows.append(["(observed P(S_T>K))"] + [_fmt(base[m]) for m in ms])
+    return header, rows, best
+
+
+def _brier_verdicts(result: BacktestResult, symbol: str, reference: str, alpha: float = 0.05) -> list[str]:
+    d = result.tables.get("brier_dm")
+    if d is None or d.empty:
+        return []
+    d = d[(d["symbol"] == symbol) & (d["reference"] == reference)]
+    out = []
+    for other in dict.fromkeys(d["other"]):
+        sel = d[d["other"] == other]
+        better = [f"{int(r.horizon)}d K={_m_label(r.moneyness)}" for r in sel.itertuples() if r.p_better < alpha]
+        worse = [f"{int(r.horizon)}d K={_m_label(r.moneyness)}" for r in sel.itertuples() if r.p_worse < alpha]
+        out.append(f"Brier of P(S_T > K), {reference} vs {other} ({len(sel)} tests): significantly better at "
+                   + (", ".join(better) if better else "none") + "; significantly worse at "
+                   + (", ".join(worse) if worse else "none") + ".")
+    return out
+
+
+def _coverage_year_rows(result: BacktestResult, symbol: str) -> tuple[list[str], list[list[str]]]:
+    """Rows = years, columns = '<forecaster> <h>d' for the references, garch_t and har_t: 80% coverage."""
+    c = result.tables.get("coverage_by_year")
+    if c is None or c.empty:
+        return [], []
+    c = c[c["symbol"] == symbol]
+    wanted = [n for n in (*result.config.reference_names, "garch_t", "har_t") if n in set(c["forecaster"])]
+    horizons = sorted(set(c["horizon"]))
+    cols = [(n, h) for h in horizons for n in wanted]
+    table = c.set_index(["year", "forecaster", "horizon"])["coverage_80"]
+    n = c.groupby("year")["n"].max()
+    rows = [[str(y), str(int(n[y]))] + [_fmt(table.get((y, nm, h), float("nan"))) for nm, h in cols]
+            for y in sorted(set(c["year"]))]
+    return ["year", "n"] + [f"{nm} {h}d" for nm, h in cols], rows
+
+
+def _seed_spread_rows(result: BacktestResult, symbol: str) -> tuple[list[str], list[list[str]]]:
+    t = result.tables.get("seed_spread")
+    if t is None or t.empty:
+        return [], []
+    t = t[t["symbol"] == symbol]
+    refs = list(result.config.reference_names)
+    header = ["horizon", "vs", "loss", "ratio min..max", "max p (model better)", "max p (model worse)"] + \
+        [f"ratio {r}" for r in refs]
+    rows = [[f"{int(r['horizon'])}d", r["other"], r["loss"], f"{_fmt(r['ratio_min'])}..{_fmt(r['ratio_max'])}",
+             _fmt_p(r["p_better_max"]), _fmt_p(r["p_worse_max"])] + [_fmt(r.get(f"ratio_{x}")) for x in refs]
+            for _, r in t.iterrows()]
+    return header, rows
+
+
+def format_desk_tables(result: BacktestResult) -> str:
+    """Console text: Brier scores at the strikes (x100), their DM verdicts, 80% coverage per year, the PIT of the
+    reference and, with several model seeds, the seed-spread table. Pooled scope when there are several symbols."""
+    if not result.tables:
+        return ""
+    scope, where = _desk_scope(result)
+    out = []
+    b = result.tables.get("brier")
+    for h in sorted(set(b["horizon"])) if b is not None and not b.empty else []:
+        out.append(f"Brier score x100 of P(S_T > K), K = S_0(1+m), {where}, {h}-day; * = best (lower is better)")
+        header, rows, best = desk_brier_rows(result, scope, int(h))
+        out.append(_text_table(header, rows, best))
+        out.append("")
+    for ref in result.config.reference_names:
+        out += _brier_verdicts(result, scope, ref)
+    header, rows = _coverage_year_rows(result, scope)
+    if rows:
+        out += ["", f"Coverage of the central 80% interval by calendar year of the origin ({where}; nominal 0.80)",
+                _text_table(header, rows, [set()] * len(header))]
+    p = result.tables.get("pit")
+    if p is not None and not p.empty:
+        out += ["", f"PIT histogram, density per decile ({where}; 1.0 everywhere = calibrated, high ends = too "
+                "narrow, high middle = too wide)"]
+        for (name, h), g in p[p["symbol"] == scope].groupby(["forecaster", "horizon"], sort=False):
+            out.append(f"  {name:>12} {int(h):>3}d  " + " ".join(f"{v:.2f}" for v in g["density"]))
+    header, rows = _seed_spread_rows(result, scope)
+    if rows:
+        out += ["", f"Seed spread ({where}): loss ratio model/baseline over seeds and the largest one-sided DM p",
+                _text_table(header, rows, [set()] * len(header))]
+    return "\n".join(out)
+
+
+def plot_reliability(result: BacktestResult, symbol: str, path: str | Path) -> Path:
+    """Reliability diagram of P(S_T > K) (pooled over the strikes), one panel per horizon, a line per forecaster:
+    observed frequency vs mean predicted probability per bin (on the diagonal = calibrated)."""
+    plt = _pyplot()
+    t = result.tables["reliability"]
+    t = t[(t["symbol"] == symbol) & (t["moneyness"] == "all") & (t["count"] > 0)]
+    horizons = sorted(set(t["horizon"]))
+    fig, axes = plt.subplots(1, len(horizons), figsize=(3.4 * len(horizons), 3.4), squeeze=False)
+    refs = set(result.config.reference_names)
+    for ax, h in zip(axes[0], horizons, strict=True):
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+        for name, g in t[t["horizon"] == h].groupby("forecaster", sort=False):
+            ax.plot(g["mean_predicted"], g["observed_frequency"], marker="o", ms=3,
+                    lw=1.6 if name in refs else 0.9, label=name)
+        ax.set_title(f"{h}d: observed vs predicted P(S_T>K)", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{symbol}: reliability of the strike probabilities (K = S0 x 0.90 .. 1.10)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_pit_histograms(result: BacktestResult, symbol: str, path: str | Path) -> Path:
+    """PIT histograms (10 bins, density) of every forecaster (rows) at every horizon (columns)."""
+    plt = _pyplot()
+    t = result.tables["pit"]
+    t = t[t["symbol"] == symbol]
+    names, horizons = list(dict.fromkeys(t["forecaster"])), sorted(set(t["horizon"]))
+    fig, axes = plt.subplots(len(names), len(horizons), figsize=(2.6 * len(horizons), 1.6 * len(names)),
+                             squeeze=False, sharex=True)
+    for i, name in enumerate(names):
+        for k, h in enumerate(horizons):
+            g = t[(t["forecaster"] == name) & (t["horizon"] == h)]
+            ax = axes[i, k]
+            ax.bar(g["bin_lo"], g["density"], width=0.1, align="edge", color="tab:blue", alpha=0.7)
+            ax.axhline(1.0, color="black", lw=0.7)
+            ax.set_title(f"{name} {h}d", fontsize=8)
+            ax.tick_params(labelsize=6)
+    fig.suptitle(f"{symbol}: PIT histograms (flat at 1 = calibrated)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def desk_sections(result: BacktestResult, plots: list[tuple[str, Path]]) -> str:
+    """HTML of the options-desk section: Brier tables and DM verdicts, reliability and PIT plots, coverage per
+    year and the seed spread (verdict scope: pooled, or the one symbol)."""
+    import html
+
+    if not result.tables:
+        return ""
+    scope, where = _desk_scope(result)
+    parts = [f"<h2>What an options desk reads ({html.escape(where)})</h2>"
+             "<p class='note'>For strikes K = S<sub>0</sub>·(1+m), m = −10%, −5%, 0, +5%, +10%, each forecaster's "
+             "P(S<sub>T</sub> &gt; K) (a digital call's fair value under its law) is scored with the Brier score "
+             "(×100, lower is better; the last row is how often the event happened). DM: Diebold-Mariano (HLN) on "
+             "the Brier loss of the model vs garch_t and har_t per strike and horizon.</p>"]
+    b = result.tables.get("brier")
+    for h in sorted(set(b["horizon"])) if b is not None and not b.empty else []:
+        header, rows, best = desk_brier_rows(result, scope, int(h))
+        parts.append(f"<h3>Brier, {int(h)}-day</h3>" + _html_table(header, rows, best))
+    verdicts = [v for ref in result.config.reference_names for v in _brier_verdicts(result, scope, ref)]
+    if verdicts:
+        parts.append("<ul class='summary'>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdicts) + "</ul>")
+    d = result.tables.get("brier_dm")
+    if d is not None and not d.empty:
+        d = d[d["symbol"] == scope]
+        parts.append("<h3>Brier DM tests</h3>" + _html_table(
+            ["model", "vs", "horizon", "K", "Brier ratio (model/other)", "DM stat", "p two-sided", "p model better",
+             "p model worse", "n"],
+            [[r.reference, r.other, f"{int(r.horizon)}d", _m_label(r.moneyness), _fmt(r.loss_ratio), _fmt(r.stat),
+              _fmt_p(r.p_value), _fmt_p(r.p_better), _fmt_p(r.p_worse), str(int(r.n))] for r in d.itertuples()]))
+    for label, p in plots:
+        parts.append(f"<h3>{html.escape(label.capitalize())}</h3>" + _img(p, f"{scope} {label}"))
+    header, rows = _coverage_year_rows(result, scope)
+    if rows:
+        parts.append("<h3>Coverage of the central 80% interval by year</h3><p class='note'>Share of outcomes inside "
+                     "each forecaster's 10–90% interval, by calendar year of the origin (nominal 0.80): a calm year "
+                     "reads high, a crash year (2020) low when the intervals react too slowly.</p>"
+                     + _html_table(header, rows))
+    header, rows = _seed_spread_rows(result, scope)
+    if rows:
+        parts.append("<h3>Seed spread</h3><p class='note'>The model trained with each seed against each baseline: "
+                     "the range of its loss ratio (model/baseline; below 1 = model better) and the largest one-sided "
+                     "DM p over the seeds (below 0.05 in the 'better' column = better whatever the seed).</p>"
+                     + _html_table(header, rows))
+    return "\n".join(parts)
 
 
 # ============================================================================= backtest: plots
@@ -307,7 +517,8 @@ def plot_cumulative_loss(result: BacktestResult, symbol: str, path: str | Path, 
             axes[i, j].grid(alpha=0.3)
             axes[i, j].tick_params(axis="x", labelrotation=30, labelsize=7)
             axes[i, j].tick_params(axis="y", labelsize=7)
-    axes[0, 0].legend(fontsize=7)
+    if axes[0, 0].get_legend_handles_labels()[0]:  # no lines when the benchmark is not in the backtest
+        axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{symbol}: cumulative loss difference vs {benchmark} (below 0 = better)", fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, path)
@@ -423,7 +634,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _dm_table(result: BacktestResult, symbol: str) -> str:
-    dm = result.dm
+    dm = _ref_dm(result.dm, result.config.reference)
     if dm is None or dm.empty:
         return "<p class='note'>No DM tests (no reference forecaster).</p>"
     d = dm[dm["symbol"] == symbol]
@@ -438,7 +649,7 @@ def _verdict_table(result: BacktestResult, symbol: str, alpha: float = 0.05) -> 
     """Reference vs each other forecaster, per horizon and loss: better / worse (one-sided DM at alpha) or n.s."""
     import html
 
-    dm = result.dm
+    dm = _ref_dm(result.dm, result.config.reference)
     if dm is None or dm.empty:
         return ""
     d = dm[dm["symbol"] == symbol]
@@ -514,6 +725,13 @@ def write_backtest_report(result: BacktestResult, directory: str | Path, title: 
         ]
     if len(result.symbols) > 1:
         plots["ALL"] = [("calibration (pooled)", plot_calibration(result, "ALL", out / "ALL_calibration.png"))]
+    desk_plots: list[tuple[str, Path]] = []
+    if result.tables.get("reliability") is not None and result.tables.get("pit") is not None:
+        scope = _desk_scope(result)[0]
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in scope)
+        desk_plots = [("reliability of P(S_T > K)", plot_reliability(result, scope, out / f"{safe}_reliability.png")),
+                      ("PIT histograms", plot_pit_histograms(result, scope, out / f"{safe}_pit.png"))]
+        plots.setdefault("desk", []).extend(desk_plots)
     for key, items in plots.items():
         for label, p in items:
             paths[f"{key}:{label}"] = p
@@ -545,6 +763,7 @@ def write_backtest_report(result: BacktestResult, directory: str | Path, title: 
                     "random walk; a loss ratio near 1 with a large p-value means no demonstrated skill. h-day "
                     "returns from consecutive origins overlap, so the binomial direction test is anti-conservative "
                     "for h &gt; 1; the DM test accounts for the overlap (h-1 autocovariance lags, HLN correction).</p>")
+    sections.append(desk_sections(result, desk_plots))
     for scope in scopes:
         name = "Pooled over " + ", ".join(result.symbols) if scope == "ALL" else scope
         sections.append(f"<h2>{html.escape(name)}</h2>")

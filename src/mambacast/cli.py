@@ -28,6 +28,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default 32)")
     p.add_argument("--days", type=int, default=2000, help="trading days of history to use (default 2000)")
     p.add_argument("--parallel", type=int, default=1, help="symbols trained at once in worker processes")
+    p.add_argument("--global", dest="global_model", action="store_true",
+                   help="train one model on the pooled windows of all the symbols, stored as _GLOBAL and served "
+                        "for any symbol without its own model")
+    p.add_argument("--loss", choices=["nll", "mse"], default="nll",
+                   help="training objective: nll, the Student-t likelihood of the whole distribution, with "
+                        "checkpoints and early stopping on validation CRPS (default); mse, the guide's")
     p.add_argument("--stack", action="store_true",
                    help="train every symbol's own model together as one batched computation on the CPU (same "
                         "results as one at a time; per-symbol time is then the whole stack's)")
@@ -66,8 +72,10 @@ class _TrainPrinter:
             if data.get("status") == "failed":
                 self._line(f"{tag} ✗ Failed: {data['error']}")
             elif data.get("status") == "ok":
+                crps = data.get("best_val_crps")
                 self._line(f"{tag} ✓ Training complete! Best Val Loss: {data['best_val_loss']:.4f}, "
-                           f"Time: {data['training_time']:.1f}s")
+                           + (f"Val CRPS: {crps:.4f}, " if crps is not None else "")
+                           + f"Time: {data['training_time']:.1f}s")
             return
         if self.quiet:
             return
@@ -93,17 +101,19 @@ class _TrainPrinter:
             self._bar_open = True
         elif event == "epoch":
             self._line(f"{tag} epoch {data['epoch'] + 1}/{data['epochs']}  loss {data['train_loss']:.4f}  "
-                       f"val_loss {data['val_loss']:.4f}  val_mae {data['val_mae']:.4f}  lr {data['lr']:.2g}  "
-                       f"{data['epoch_time']:.1f}s")
+                       f"val_loss {data['val_loss']:.4f}  val_mae {data['val_mae']:.4f}  "
+                       f"val_crps {data['val_crps']:.4f}  lr {data['lr']:.2g}  {data['epoch_time']:.1f}s")
 
 
 def _summary_table(results: list[dict[str, Any]]) -> str:
-    rows = [("symbol", "days", "samples", "best val loss", "best epoch", "epochs", "time", "status")]
+    rows = [("symbol", "days", "samples", "best val loss", "val crps", "best epoch", "epochs", "time", "status")]
     for r in results:
         ok = r["status"] != "failed"
         t = r.get("training_time")
+        crps = r.get("best_val_crps") if ok else None
         rows.append((r["symbol"], str(r.get("days", "-")) if ok else "-", str(r.get("num_samples", "-")) if ok else "-",
-                     f"{r['best_val_loss']:.4f}" if ok else "-", str(r["best_epoch"]) if ok else "-",
+                     f"{r['best_val_loss']:.4f}" if ok else "-", f"{crps:.4f}" if crps is not None else "-",
+                     str(r["best_epoch"]) if ok else "-",
                      str(r["total_epochs"]) if ok else "-", f"{t:.1f}s" if t else "-", r["status"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
@@ -118,7 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     symbols = list(TEST) if args.test else parse_symbols(args.symbols)
     model_config, train_config = preset(args.preset)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                   ("learning_rate", args.learning_rate), ("seed", args.seed)) if v is not None}
+                                   ("learning_rate", args.learning_rate), ("seed", args.seed),
+                                   ("loss", args.loss)) if v is not None}
     train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
     if args.days is not None and args.days < 1:
         raise CLIError(f"--days {args.days} is invalid: must be a positive number of trading days")
@@ -126,8 +137,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--source {args.source} needs --data PATH (a file, or a folder with one file per symbol)")
     if args.stack and args.parallel > 1:
         raise CLIError("--stack and --parallel are alternatives: --stack trains every symbol in one process")
+    if args.global_model and (args.stack or args.parallel > 1 or args.with_volume):
+        raise CLIError("--global trains one pooled model in one process: drop --stack, --parallel and --with-volume")
     printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack)
     t0 = time.perf_counter()
+    if args.global_model:
+        return _train_global(args, symbols, model_config, train_config, printer, t0)
     results = train_symbols(symbols, parallel=args.parallel, stack=args.stack, progress=printer,
                             model_config=model_config,
                             train_config=train_config, days=args.days, source=args.source, data_path=args.data,
@@ -142,6 +157,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"\n{len(results) - len(failed)}/{len(results)} symbols trained in {time.perf_counter() - t0:.1f}s; "
           f"models in {args.save_dir}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _train_global(args: argparse.Namespace, symbols: list[str], model_config: Any, train_config: TrainConfig,
+                  printer: _TrainPrinter, t0: float) -> int:
+    from .train.pooled import train_global
+
+    result = train_global(symbols, model_config=model_config, train_config=train_config, days=args.days,
+                          source=args.source, data_path=args.data, save_dir=args.save_dir, resume=args.resume,
+                          device=args.device, progress=printer)
+    print()
+    print(_summary_table([result]))
+    skipped = result["skipped"]
+    print(f"\nglobal model trained on {len(result['symbols'])}/{len(symbols)} symbols in "
+          f"{time.perf_counter() - t0:.1f}s; stored as _GLOBAL in {args.save_dir}"
+          + (f"; left out: {', '.join(sorted(skipped))}" if skipped else ""))
+    return 0
 
 
 # ---- data ----------------------------------------------------------------------------------------

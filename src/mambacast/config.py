@@ -130,7 +130,8 @@ class MambaConfig(_JsonConfig):
 
 @dataclass
 class TrainConfig(_JsonConfig):
-    """How a model is fitted: the guide's Adam / MSE loop and its Keras-style callbacks."""
+    """How a model is fitted: the guide's Adam loop and its Keras-style callbacks, on the Student-t
+    likelihood (`loss="nll"`) or the guide's MSE (`loss="mse"`)."""
 
     epochs: int = 50
     batch_size: int = 32
@@ -146,6 +147,8 @@ class TrainConfig(_JsonConfig):
     weight_decay: float = 0.0
     augmentation_rate: float = 0.0
     seed: int = 42
+    # "nll": the Student-t likelihood of the whole distribution (default); "mse": the guide's objective.
+    loss: str = "nll"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "sequence_length", "patience", "lr_patience"):
@@ -161,6 +164,13 @@ class TrainConfig(_JsonConfig):
                  "must be in [0, 1]")
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
                  "seed", self.seed, "must be a non-negative integer")
+        _require(self.loss in ("nll", "mse"), "loss", self.loss, "choose nll (the default) or mse")
+
+    @property
+    def monitor(self) -> str:
+        """What checkpoints, early stopping and learning-rate reduction watch: the validation CRPS of the
+        distribution, or with the guide's MSE objective its validation loss."""
+        return "val_crps" if self.loss == "nll" else "val_loss"
 
     @classmethod
     def default(cls, **overrides: Any) -> TrainConfig:

@@ -13,11 +13,12 @@ so in `PredictionResult.source` / `.reason`; `predict` also logs a warning.
 
 Serving path (see docs/prediction.md):
 
-- Only the last `keep_days = warm-up + sequence_length + EMA memory` closes are turned into
+- Only the last `keep_days = warm-up + sequence_length + memory` closes are turned into
   features (`trim_history=True`). Rolling features depend on their window only; the exponential
-  averages (EMA ratios, MACD, RSI) depend on the whole history, but the influence of rows before
-  the cut decays as `(1 - alpha)^n`: the memory is chosen so that it is below `EMA_TOLERANCE`
-  (1e-9) of the starting gap, under float32 resolution (`ema_memory_days`).
+  averages (EMA ratios, MACD, RSI) and the GARCH filter depend on the whole history, but the
+  influence of rows before the cut decays as `(1 - alpha)^n` (`beta^n` for the GARCH filter, after
+  its two-year long-run window): the memory is chosen so that it is below `EMA_TOLERANCE` (1e-9) of
+  the starting gap, under float32 resolution (`ema_memory_days`, `volatility_memory_days`).
 - Inference runs in the predictor's own thread pool whose threads use `inference_threads` torch
   threads each (1 by default): one 60-day window is far too small for intra-op parallelism, and
   on a busy machine OpenMP threads waiting for a descheduled sibling make a 1 ms forward take
@@ -51,7 +52,14 @@ import torch
 from scipy import special, stats
 
 from .config import MambaConfig
-from .data.features import MACD_FAST, MACD_SIGNAL, MACD_SLOW, RSI_PERIOD, TimeSeriesFeatureEngineer
+from .data.features import (
+    MACD_FAST,
+    MACD_SIGNAL,
+    MACD_SLOW,
+    RSI_PERIOD,
+    TimeSeriesFeatureEngineer,
+    volatility_memory_days,
+)
 from .data.sequences import FeatureScaler, TargetScaler
 from .data.sources import as_close_array, as_price_frame
 from .evaluate.baselines import Momentum
@@ -306,7 +314,7 @@ class MambaPredictor:
                                                [1.0] * len(model.horizons)), dtype=np.float64),
                         lock=threading.Lock(),
                         keep_days=int(fc["warmup"]) + int(meta["sequence_length"])
-                        + ema_memory_days(engineer.windows))
+                        + max(ema_memory_days(engineer.windows), volatility_memory_days(EMA_TOLERANCE)))
                 except StoreError as exc:
                     log.warning("%s: model unavailable: %s", symbol, exc)
                     self._models[symbol] = exc

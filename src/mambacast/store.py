@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 from .config import MambaConfig
 from .nn.mamba import MambaModel
 
-__all__ = ["ModelStore", "StoreError", "FORMAT_VERSION", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["ModelStore", "StoreError", "FORMAT_VERSION", "GLOBAL_MODEL", "atomic_write_bytes", "atomic_write_json"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _TMP_MARK = ".tmp-"
 _SYMBOL_RE = re.compile(r"^[A-Za-z0-9^._=-]{1,32}$")
+#: the store name of the global model (`mambacast train --global`); no ticker starts with "_".
+GLOBAL_MODEL = "_GLOBAL"
 
 
 class StoreError(ValueError):

@@ -23,14 +23,58 @@ def _col(engineer: TimeSeriesFeatureEngineer, features: np.ndarray, name: str) -
 
 def test_feature_names_cover_the_guide_list() -> None:
     names = TimeSeriesFeatureEngineer().feature_names_
-    assert len(names) == 26 and len(set(names)) == 26
+    assert len(names) == 31 and len(set(names)) == 31
+    # The guide's 26, then the volatility block the distribution head's baseline reads.
+    assert names[26:] == ["log_rv_1", "log_rv_5", "log_rv_22", "garch_logvar", "longrun_logvar"]
     for expected in ["norm_price", "return", "log_return", "sma_ratio_5", "sma_ratio_60", "ema_ratio_5",
                      "ema_ratio_60", "volatility_20", "momentum_10", "roc_12", "rsi_14", "bollinger_position",
                      "macd", "macd_signal", "macd_hist", "range_position"]:
         assert expected in names
     with_volume = TimeSeriesFeatureEngineer(include_volume=True).feature_names_
-    assert with_volume[26:] == ["volume_change", "volume_ratio_5", "volume_ratio_10", "volume_ratio_20",
+    assert with_volume[31:] == ["volume_change", "volume_ratio_5", "volume_ratio_10", "volume_ratio_20",
                                 "volume_ratio_60"]
+
+
+def test_volatility_features_equal_a_loop_reference() -> None:
+    from mambacast.data.features import GARCH_ALPHA, GARCH_BETA, LONG_RUN_WINDOW
+
+    rng = np.random.default_rng(3)
+    close = 50 * np.exp(np.cumsum(0.02 * rng.standard_t(4, 700)))
+    engineer = TimeSeriesFeatureEngineer()
+    f = engineer.extract_features(close)
+    r = np.diff(np.log(close))
+    t = 300                                   # row t: returns r[0..t-1] (r[t-1] ends at row t)
+    for w in (1, 5, 22):
+        want = 0.5 * math.log(np.mean(r[t - w:t] ** 2) + 1e-8)
+        assert _col(engineer, f, f"log_rv_{w}")[t] == pytest.approx(want, rel=1e-5)
+    # long-run variance: mean squared return of the last LONG_RUN_WINDOW days (fewer at the start)
+    vbar = np.full(len(close), np.nan)
+    for row in range(22, len(close)):
+        vbar[row] = np.mean(r[max(0, row - LONG_RUN_WINDOW):row] ** 2) + 1e-8
+    np.testing.assert_allclose(np.exp(_col(engineer, f, "longrun_logvar")[22:]), vbar[22:], rtol=1e-5)
+    # GARCH(1,1) filter started at the long-run variance on its first defined row
+    s2 = np.full(len(close), np.nan)
+    prev = vbar[22]
+    for row in range(22, len(close)):
+        s2[row] = (1 - GARCH_ALPHA - GARCH_BETA) * vbar[row] + GARCH_ALPHA * r[row - 1] ** 2 + GARCH_BETA * prev
+        prev = s2[row]
+    np.testing.assert_allclose(np.exp(_col(engineer, f, "garch_logvar")[22:]), s2[22:] + 1e-8, rtol=1e-5)
+    assert engineer.warmup_ == 60   # volatility_60 is still the longest look-back
+
+
+def test_range_volatility_is_parkinson_and_needs_highs_and_lows() -> None:
+    rng = np.random.default_rng(4)
+    close = 20 * np.exp(np.cumsum(0.01 * rng.standard_normal(120)))
+    high, low = close * np.exp(np.abs(rng.normal(0, 0.01, 120))), close * np.exp(-np.abs(rng.normal(0, 0.01, 120)))
+    frame = pd.DataFrame({"close": close, "high": high, "low": low})
+    engineer = TimeSeriesFeatureEngineer(include_range=True)
+    f = engineer.extract_features(frame)
+    park = np.log(high / low) ** 2 / (4 * math.log(2))
+    for w in (1, 5, 22):
+        assert _col(engineer, f, f"log_range_vol_{w}")[100] == pytest.approx(
+            0.5 * math.log(park[100 - w + 1:101].mean() + 1e-8), rel=1e-5)
+    with pytest.raises(DataError, match="high/low"):
+        engineer.extract_features(close)
 
 
 def test_hand_checked_values_on_a_tiny_series() -> None:
@@ -153,7 +197,7 @@ def test_volume_from_the_frame_or_explicit(walk_frame: pd.DataFrame) -> None:
     from_frame = engineer.extract_features(walk_frame)
     explicit = engineer.extract_features(walk_frame["close"].to_numpy(), walk_frame["volume"].to_numpy())
     np.testing.assert_array_equal(from_frame, explicit)
-    assert from_frame.shape == (500, 31)
+    assert from_frame.shape == (500, 36)
 
 
 def test_include_volume_without_volume_names_the_symbol() -> None:

@@ -55,8 +55,9 @@ def test_saved_model_reproduces_its_validation_loss(tmp_path, capsys):
     data = prepare_data("MSFT", load_prices("MSFT", days=meta["data_stats"]["days"]),
                         MambaConfig.from_dict(meta["model_config"]), cfg)
     assert data.data_hash == meta["data_hash"]
-    loss, _ = Trainer(model, cfg, device="cpu").evaluate(data.X[data.val_idx], data.y_scaled[data.val_idx])
+    loss, _, crps = Trainer(model, cfg, device="cpu").evaluate(data.X[data.val_idx], data.y_scaled[data.val_idx])
     assert loss == pytest.approx(meta["performance_metrics"]["best_val_loss"], rel=1e-5)
+    assert crps == pytest.approx(meta["performance_metrics"]["best_val_crps"], rel=1e-5)
 
 
 def test_one_bad_symbol_does_not_stop_the_others(tmp_path, capsys):

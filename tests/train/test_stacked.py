@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from mambacast import MambaConfig, MambaModel, TrainConfig
-from mambacast.nn.stacked import stack_parameters, stacked_forward, stacked_forward_distribution, unstack_parameters
+from mambacast.nn.stacked import (
+    stack_buffers,
+    stack_parameters,
+    stacked_forward,
+    stacked_forward_distribution,
+    unstack_parameters,
+)
 from mambacast.store import ModelStore
 from mambacast.train.callbacks import Callback, TrainingCallbacks, TrainingStateCheckpoint
 from mambacast.train.stacked import StackedTrainer
@@ -55,17 +61,24 @@ def test_stacked_forward_and_gradients_equal_each_model(monkeypatch, path):
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
-        models.append(MambaModel(CFG, 3).double())
+        model = MambaModel(CFG, 3).double()
+        # Heads away from their zero start (so gradients reach the trunk) and a distinct baseline per model.
+        for p in (model.head.proj.weight, model.head.proj.bias, model.dist_head.scale_proj.weight):
+            torch.nn.init.normal_(p, std=0.3)
+        model.baseline.configure([0, 2], [-9.0 + seed, -9.5], [0.5, 0.2 + seed / 10], [0.01, 0.02 * (seed + 1)],
+                                 0.9 + seed / 50)
+        models.append(model)
     params = stack_parameters(models)
+    buffers = stack_buffers(models)
     x = torch.randn(3, 5, 12, 3, dtype=torch.float64)
-    loc, scale, df = stacked_forward_distribution(params, models[0], x)
-    torch.testing.assert_close(stacked_forward(params, models[0], x), loc)
+    loc, scale, df = stacked_forward_distribution(params, models[0], x, buffers)
+    torch.testing.assert_close(stacked_forward(params, models[0], x, buffers), loc)
     (loc.sin().sum() + scale.pow(2).sum() + df.sum()).backward()
     for m, model in enumerate(models):
         l_m, s_m, d_m = model.forward_distribution(x[m])
         torch.testing.assert_close(loc[m], l_m, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(scale[m], s_m, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(df[m], d_m)
+        torch.testing.assert_close(df[m, 0], d_m)
         (l_m.sin().sum() + s_m.pow(2).sum() + d_m.sum()).backward()
         for name, p in model.named_parameters():
             torch.testing.assert_close(params[name].grad[m], p.grad, rtol=1e-10, atol=1e-12, msg=name)
@@ -208,9 +221,10 @@ def test_stacked_validation_equals_trainer_evaluate(tmp_path, monkeypatch):
         Xv, yv, _, _ = data(n_val, n_val + 1)
         members.append(stacked_module._Member(t, *(torch.as_tensor(a) for a in (Xt, yt, Xv, yv))))
     got = stacked_module._Stack(members).evaluate()
-    for (loss, mae), m in zip(got, members, strict=True):
-        want_loss, want_mae = m.trainer.evaluate(m.Xv, m.yv)
+    for (loss, mae, crps), m in zip(got, members, strict=True):
+        want_loss, want_mae, want_crps = m.trainer.evaluate(m.Xv, m.yv)
         assert loss == pytest.approx(want_loss, rel=1e-5) and mae == pytest.approx(want_mae, rel=1e-5)
+        assert crps == pytest.approx(want_crps, rel=1e-5)
 
 
 def test_diverging_member_leaves_the_stack_and_the_others_finish(tmp_path):

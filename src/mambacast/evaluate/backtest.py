@@ -184,19 +184,39 @@ def check_seeds(seeds: Sequence[int] | None) -> list[int]:
 def default_forecasters(model_config: Any = None, train_config: Any = None, baselines: Sequence[str] | None = None,
                         include_model: bool = True, device: str = "cpu",
                         on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None,
-                        panel: Panel | None = None, seeds: Sequence[int] | None = None) -> ForecasterFactory:
-    """Factory `symbol -> [MambaForecaster per seed, *baselines]`, fresh instances per symbol.
+                        panel: Panel | None = None, seeds: Sequence[int] | None = None,
+                        model: str = "global") -> ForecasterFactory:
+    """Factory `symbol -> [model per seed, *baselines]`, fresh instances per symbol.
 
     `on_epoch(symbol, epoch, epochs, logs)` is forwarded to the model's training loop (progress display).
     panel: every symbol's dated prices, for the pooled `har_t` (one regression per refit date, shared by the
-    symbols through one `HarPool`); None = per-symbol HAR. seeds: one model per seed, trained with
-    `dataclasses.replace(train_config, seed=s)` and named by `model_names(seeds)` ("mamba" for one seed);
-    None = one model with the train config's seed.
+    symbols through one `HarPool`) and the global model; None = per-symbol HAR and per-symbol models.
+    seeds: one model per seed, trained with `dataclasses.replace(train_config, seed=s)` and named by
+    `model_names(seeds)` ("mamba" for one seed); None = one model with the train config's seed.
+    model: "global" (one network per refit date trained on every panel symbol, `GlobalMambaForecaster`) or
+    "symbol" (one network per symbol and refit, `MambaForecaster`, the guide's per-symbol models).
     """
+    if model not in ("global", "symbol"):
+        raise ValueError(f"model={model!r} is invalid: choose global or symbol")
     seeds = check_seeds(seeds)
     chosen = list(BASELINES) if baselines is None else list(baselines)
     make_baselines(chosen)  # fail early on an unknown name
     pool = HarPool(panel) if panel is not None and "har_t" in chosen else None
+    names = model_names(seeds)
+    configs = []
+    for seed in seeds or [None]:
+        tc = train_config
+        if seed is not None:
+            from ..config import TrainConfig
+
+            tc = replace(train_config or TrainConfig.small(), seed=seed)
+        configs.append(tc)
+    pooled = []
+    if include_model and model == "global" and panel is not None:
+        from .model import global_model_factory
+
+        hook = None if on_epoch is None else (lambda e, n, logs: on_epoch("GLOBAL", e, n, logs))
+        pooled = [global_model_factory(panel, model_config, tc, device=device, on_epoch=hook) for tc in configs]
 
     def factory(symbol: str) -> list[Forecaster]:
         out: list[Forecaster] = []
@@ -204,15 +224,11 @@ def default_forecasters(model_config: Any = None, train_config: Any = None, base
             from .model import MambaForecaster
 
             hook = None if on_epoch is None else (lambda e, n, logs: on_epoch(symbol, e, n, logs))
-            for name, seed in zip(model_names(seeds), seeds or [None], strict=True):
-                tc = train_config
-                if seed is not None:
-                    from ..config import TrainConfig
-
-                    tc = replace(train_config or TrainConfig.small(), seed=seed)
-                model = MambaForecaster(model_config, tc, symbol=symbol, device=device, on_epoch=hook)
-                model.name = name  # type: ignore[misc]  # instance attribute: one name per seed
-                out.append(model)
+            for k, (name, tc) in enumerate(zip(names, configs, strict=True)):
+                f = pooled[k](symbol) if pooled else MambaForecaster(model_config, tc, symbol=symbol, device=device,
+                                                                     on_epoch=hook)
+                f.name = name  # type: ignore[misc]  # instance attribute: one name per seed
+                out.append(f)
         return out + make_baselines(chosen, pool, symbol)
 
     return factory

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..config import MambaConfig, TrainConfig
@@ -32,11 +33,13 @@ from ..data.features import TimeSeriesFeatureEngineer
 from ..data.sequences import FeatureScaler, TargetScaler
 from ..nn.mamba import MambaModel
 from ..train.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
-from ..train.pipeline import DEFAULT_WINDOWS, calibrate_distribution, prepare_data
+from ..train.pipeline import DEFAULT_WINDOWS, calibrate_distribution, configure_baseline, prepare_data
+from ..train.pooled import PooledData, prepare_pooled
 from ..train.trainer import Trainer
 from .baselines import DEFAULT_QUANTILES, BaseForecaster, Forecast, _check_horizons, _check_origins, _check_prices
+from .panel import CutoffCache, Panel
 
-__all__ = ["MambaForecaster"]
+__all__ = ["MambaForecaster", "GlobalMambaForecaster", "global_model_factory"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,35 +106,50 @@ class MambaForecaster(BaseForecaster):
         closes = _check_prices(prices, min_len=3)
         mc, tc = self.model_config, self.train_config
         data = prepare_data(self.symbol, closes, mc, tc, windows=self.windows)
+        self._train(data.feature_names, data.feature_scaler, data.target_scaler, data.warmup,
+                    data.X[data.train_idx], data.y_scaled[data.train_idx], data.X[data.val_idx],
+                    data.y_scaled[data.val_idx])
+        self.fit_info_ = {"days": int(closes.size), "samples": int(len(data.X)), **self.fit_info_,
+                          "seconds": time.perf_counter() - t0}
+        logger.info("%s: fitted on %d days (%d windows) in %d epochs, best %s %.4f, %.1fs", self.symbol, closes.size,
+                    len(data.X), self.fit_info_["epochs"], tc.monitor, self.fit_info_["best_monitored"],
+                    self.fit_info_["seconds"])
+        return self
+
+    def _train(self, feature_names: list[str], feature_scaler: FeatureScaler, target_scaler: TargetScaler,
+               warmup: int, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
+        """Train a fresh model with the guide's callbacks on `train_config.monitor`; set the fitted attributes."""
+        mc, tc = self.model_config, self.train_config
         torch.manual_seed(tc.seed)
-        model = MambaModel(mc, len(data.feature_names))
-        early = EarlyStopping(patience=tc.patience, min_delta=tc.min_delta, restore_best_weights=True)
+        model = MambaModel(mc, len(feature_names))
+        configure_baseline(model, feature_names, feature_scaler, target_scaler)
+        early = EarlyStopping(monitor=tc.monitor, patience=tc.patience, min_delta=tc.min_delta,
+                              restore_best_weights=True)
         callbacks: list[Callback] = [
             early,
-            ReduceLROnPlateau(factor=tc.lr_factor, patience=tc.lr_patience, min_delta=tc.min_delta, min_lr=tc.min_lr),
+            ReduceLROnPlateau(monitor=tc.monitor, factor=tc.lr_factor, patience=tc.lr_patience,
+                              min_delta=tc.min_delta, min_lr=tc.min_lr),
         ]
         if self.on_epoch is not None:
             callbacks.append(_EpochHook(self.on_epoch, tc.epochs))
         trainer = Trainer(model, tc, callbacks, device=self.device)
-        X_val, y_val = data.X[data.val_idx], data.y_scaled[data.val_idx]
-        history = trainer.fit(data.X[data.train_idx], data.y_scaled[data.train_idx], X_val, y_val)
+        history = trainer.fit(X_train, y_train, X_val, y_val)
         model = trainer.model.cpu().eval()
         if self.calibrate:
             calibration = np.asarray(calibrate_distribution(model, X_val, y_val)["scale_factor"], dtype=np.float64)
         else:
             calibration = np.ones(len(mc.prediction_horizons))
         self.model_, self.calibration_ = model, calibration
-        self.feature_scaler_, self.target_scaler_ = data.feature_scaler, data.target_scaler
-        self.warmup_ = data.warmup
+        self.feature_scaler_, self.target_scaler_, self.warmup_ = feature_scaler, target_scaler, warmup
+        # early.best_epoch is -1 when no epoch beat the untrained model (the baseline's weights were kept).
+        best = trainer.baseline_logs if early.best_epoch < 0 else history[early.best_epoch - history[0]["epoch"]]
         self.fit_info_ = {
-            "days": int(closes.size), "samples": int(len(data.X)), "train_samples": int(len(data.train_idx)),
-            "val_samples": int(len(data.val_idx)), "epochs": len(history), "best_epoch": early.best_epoch + 1,
-            "best_val_loss": float(early.best), "calibration": [float(c) for c in calibration],
-            "seconds": time.perf_counter() - t0,
+            "seed": tc.seed, "train_samples": int(len(X_train)), "val_samples": int(len(X_val)), "epochs": len(history),
+            "best_epoch": early.best_epoch + 1, "monitor": tc.monitor, "best_monitored": float(early.best),
+            "best_val_loss": float(best.get("val_loss", np.nan)), "best_val_crps": float(best.get("val_crps", np.nan)),
+            "df": [float(d) for d in (2.0 + torch.nn.functional.softplus(model.dist_head.df_raw.detach()))],
+            "calibration": [float(c) for c in calibration],
         }
-        logger.info("%s: fitted on %d days (%d windows) in %d epochs, best val loss %.4f, %.1fs", self.symbol,
-                    closes.size, len(data.X), len(history), early.best, self.fit_info_["seconds"])
-        return self
 
     def predict(self, prices: np.ndarray, horizons: Sequence[int]) -> Forecast:
         p = _check_prices(prices)
@@ -173,3 +191,56 @@ class MambaForecaster(BaseForecaster):
         loc = (mean_ + std_ * np.concatenate(locs))[:, cols]
         scale = (std_ * np.concatenate(scales) * self.calibration_)[:, cols]
         return Forecast.from_location_scale(hs, loc, scale, df=np.asarray(df)[cols], levels=DEFAULT_QUANTILES)
+
+
+class GlobalMambaForecaster(MambaForecaster):
+    """One Mamba model trained on the pooled windows of every symbol of a `Panel` (`train.pooled`).
+
+    `fit_dated(closes, dates)` (the backtest's hook for pooled forecasters) fetches the model trained on
+    every panel symbol's rows dated on or before `dates[-1]` from a shared `CutoffCache`, so the symbols
+    of one refit share one training run; `predict_many` is `MambaForecaster`'s, on this symbol's closes.
+    A plain `fit(closes)` (no dates) trains on this symbol alone, as `MambaForecaster` does.
+    """
+
+    name = "mamba_global"
+
+    def __init__(self, cache: CutoffCache[GlobalMambaForecaster], model_config: MambaConfig | None = None,
+                 train_config: TrainConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(model_config, train_config, **kwargs)
+        self.cache = cache
+
+    def fit_dated(self, prices: np.ndarray, dates: pd.DatetimeIndex) -> GlobalMambaForecaster:
+        fitted = self.cache.get(dates[-1])
+        self.model_, self.calibration_ = fitted.model_, fitted.calibration_
+        self.feature_scaler_, self.target_scaler_, self.warmup_ = (fitted.feature_scaler_, fitted.target_scaler_,
+                                                                   fitted.warmup_)
+        self.fit_info_ = dict(fitted.fit_info_)
+        return self
+
+    def fit_pooled(self, data: PooledData) -> GlobalMambaForecaster:
+        t0 = time.perf_counter()
+        self._train(data.feature_names, data.feature_scaler, data.target_scaler, data.warmup, data.X_train,
+                    data.y_train, data.X_val, data.y_val)
+        self.fit_info_.update(symbols=len(data.counts), skipped=dict(data.skipped), seconds=time.perf_counter() - t0)
+        logger.info("global model: %d symbols, %d windows, %d epochs, best %s %.4f, %.1fs", len(data.counts),
+                    len(data.X_train), self.fit_info_["epochs"], self.train_config.monitor,
+                    self.fit_info_["best_monitored"], self.fit_info_["seconds"])
+        return self
+
+
+def global_model_factory(panel: Panel, model_config: MambaConfig | None = None,
+                         train_config: TrainConfig | None = None, *, max_days: int | None = None,
+                         train_stride: int = 1, calibrate: bool = True, device: str = "cpu",
+                         on_epoch: EpochFn | None = None) -> Callable[[str], GlobalMambaForecaster]:
+    """`symbol -> GlobalMambaForecaster` sharing one pooled fit per refit date over every panel symbol."""
+    mc, tc = model_config or MambaConfig.small(), train_config or TrainConfig.small()
+
+    def build(cutoff: pd.Timestamp) -> GlobalMambaForecaster:
+        frames = panel.until(cutoff)
+        data = prepare_pooled(frames, mc, tc, max_days=max_days, train_stride=train_stride)
+        trained = GlobalMambaForecaster(cache, mc, tc, symbol="GLOBAL", calibrate=calibrate, device=device,
+                                        on_epoch=on_epoch)
+        return trained.fit_pooled(data)
+
+    cache: CutoffCache[GlobalMambaForecaster] = CutoffCache(build)
+    return lambda symbol: GlobalMambaForecaster(cache, mc, tc, symbol=symbol, device=device)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..config import MambaConfig
 from .fused import fused_ops, mamba_inner
-from .heads import PointHead, StudentTHead
+from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_params
 
 __all__ = ["MambaBlock", "MambaModel", "LayerState"]
 
@@ -235,6 +235,7 @@ class MambaModel(nn.Module):
         self.norm_f = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.head = PointHead(config.d_model, config.prediction_horizons)
         self.dist_head = StudentTHead(config.d_model, config.prediction_horizons)
+        self.baseline = VolatilityBaseline(config.prediction_horizons)
         # GPT-2 / mamba_simple: scale residual-branch outputs by 1/sqrt(num_layers) at init.
         for layer in self.layers:
             nn.init.kaiming_uniform_(layer.out_proj.weight, a=math.sqrt(5))
@@ -337,13 +338,15 @@ class MambaModel(nn.Module):
         return (out, state) if return_state else out
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.encode(x)[:, -1])
+        """The point forecast: the Student-t location (batch, n_horizons)."""
+        return self.forward_distribution(x)[0]
 
     def forward_distribution(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Student-t per horizon: loc (batch, n_horizons) = forward(x), scale (batch, n_horizons), df (n_horizons,)."""
+        """Student-t per horizon of the standardised log-return (`nn.heads`): loc, scale (batch, n_horizons),
+        df (n_horizons,)."""
         h = self.encode(x)[:, -1]
-        scale, df = self.dist_head(h)
-        return self.head(h), scale, df
+        log_scale_corr, df_raw = self.dist_head(h)
+        return student_t_params(self.head(h), log_scale_corr, df_raw, self.baseline(x[:, -1]))
 
     def init_state(self, batch_size: int) -> list[LayerState]:
         p = self.embed.weight

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fused import mamba_inner
-from .heads import _MIN_SCALE
+from .heads import baseline_log_sigma, student_t_params
 from .mamba import MambaModel
 
-__all__ = ["stack_parameters", "unstack_parameters", "stacked_forward_distribution", "stacked_forward"]
+__all__ = ["stack_parameters", "stack_buffers", "unstack_parameters", "stacked_forward_distribution",
+           "stacked_forward"]
 
 
 def stack_parameters(models: Sequence[MambaModel]) -> dict[str, Tensor]:
@@ -39,9 +40,13 @@ def stack_parameters(models: Sequence[MambaModel]) -> dict[str, Tensor]:
             raise ValueError("stacked models must share one MambaConfig and n_features; got "
                              f"{m.config} / {m.n_features} vs {first.config} / {first.n_features}")
     names = [n for n, _ in first.named_parameters()]
-    if len(names) != len(first.state_dict()):
-        raise ValueError("MambaModel has buffers; stacking supports parameters only")
     return {n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_() for n in names}
+
+
+def stack_buffers(models: Sequence[MambaModel]) -> dict[str, Tensor]:
+    """The baselines' buffers of the models, name -> (M, *shape) (constants: no grad)."""
+    return {n: torch.stack([dict(m.baseline.named_buffers())[n] for m in models])
+            for n, _ in models[0].baseline.named_buffers()}
 
 
 def unstack_parameters(params: dict[str, Tensor], index: int) -> dict[str, Tensor]:
@@ -83,20 +88,18 @@ def _last_hidden(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Ten
     return _layer_norm(last, params["norm_f.weight"], params["norm_f.bias"], cfg.norm_eps)
 
 
-def stacked_forward(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Tensor:
-    """`MambaModel.forward` of every stacked model: x (M, batch, seq_len, n_features) -> (M, batch, n_horizons).
-
-    `model` is any one of the stacked models (only its configuration is read).
-    """
+def stacked_forward_distribution(params: dict[str, Tensor], model: MambaModel, x: Tensor,
+                                 buffers: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """`MambaModel.forward_distribution` of every stacked model: x (M, batch, seq_len, n_features) -> loc and
+    scale (M, batch, n_horizons), df (M, 1, n_horizons). `buffers` from `stack_buffers`; `model` is any one of
+    the stacked models (only its configuration is read)."""
     h = _last_hidden(params, model, x)
-    return _linear(h, params["head.proj.weight"], params["head.proj.bias"])
+    delta = _linear(h, params["head.proj.weight"], params["head.proj.bias"])
+    corr = _linear(h, params["dist_head.scale_proj.weight"], params["dist_head.scale_proj.bias"])
+    base = baseline_log_sigma(x[:, :, -1], buffers)
+    return student_t_params(delta, corr, params["dist_head.df_raw"].unsqueeze(1), base)
 
 
-def stacked_forward_distribution(params: dict[str, Tensor], model: MambaModel,
-                                 x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """`MambaModel.forward_distribution` of every stacked model: loc and scale (M, batch, n_horizons),
-    df (M, n_horizons)."""
-    h = _last_hidden(params, model, x)
-    loc = _linear(h, params["head.proj.weight"], params["head.proj.bias"])
-    scale = F.softplus(_linear(h, params["dist_head.scale_proj.weight"], params["dist_head.scale_proj.bias"]))
-    return loc, scale + _MIN_SCALE, 2.0 + F.softplus(params["dist_head.df_raw"])
+def stacked_forward(params: dict[str, Tensor], model: MambaModel, x: Tensor, buffers: dict[str, Tensor]) -> Tensor:
+    """`MambaModel.forward` (the location) of every stacked model: (M, batch, n_horizons)."""
+    return stacked_forward_distribution(params, model, x, buffers)[0]

@@ -31,9 +31,14 @@ log = logging.getLogger(__name__)
 
 
 class Callback:
-    """Hooks called by `Trainer.fit`; `logs` holds train_loss, val_loss, train_mae, val_mae, lr, epoch_time."""
+    """Hooks called by `Trainer.fit`; `logs` holds train_loss, val_loss, train_mae, val_mae, val_crps, lr,
+    epoch_time."""
 
     def on_train_begin(self, trainer: Trainer) -> None: ...
+
+    def on_baseline(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        """The untrained model's validation logs (val_loss, val_mae, val_crps), before a fresh run's first
+        epoch: the distribution head starts at the classical baseline, which training must beat."""
 
     def on_batch_end(self, trainer: Trainer, batch: int, n_batches: int, loss: float) -> None: ...
 
@@ -70,6 +75,12 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.stopped_epoch: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_baseline(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        # The untrained model is "epoch -1": if no epoch beats it, its weights are restored.
+        self.best, self.best_epoch = logs[self.monitor], -1
+        if self.restore_best_weights:
+            self.best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         current = logs[self.monitor]
@@ -113,6 +124,9 @@ class ReduceLROnPlateau(Callback):
         self.wait = 0
         self.cooldown_counter = 0
 
+    def on_baseline(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self.best = logs[self.monitor]
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         current = logs[self.monitor]
         if self.cooldown_counter > 0:
@@ -142,6 +156,9 @@ class ModelCheckpoint(Callback):
         self.best = math.inf
         self.best_epoch = -1
         self._store = ModelStore(self.path.parent)
+
+    def on_baseline(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self.on_epoch_end(trainer, -1, logs)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         current = logs[self.monitor]
@@ -173,34 +190,46 @@ class TrainingStateCheckpoint(Callback):
 class MetricsTracker(Callback):
     """Per-epoch metrics, saved to `metrics/<SYMBOL>_metrics.json` (the guide's API).
 
-    Losses are MSE and MAE of per-horizon standardised log-return targets, averaged over horizons:
-    1.0 is the error of always predicting the training mean; lower is better. Epochs in the file
-    and the summary count from 1 (`best_epoch` 38 of `total_epochs` 50, as in the guide).
+    Losses are the training objective on per-horizon standardised log-return targets (the Student-t
+    negative log-likelihood by default, the guide's MSE with `loss="mse"`), the MAE of the location
+    and the Student-t CRPS, in target standard deviations, averaged over horizons; lower is better.
+    The best epoch is the one with the lowest `monitor`. Epochs in the file and the summary count
+    from 1 (`best_epoch` 38 of `total_epochs` 50, as in the guide).
     """
 
-    def __init__(self, save_dir: str | Path, symbol: str):
+    def __init__(self, save_dir: str | Path, symbol: str, monitor: str = "val_loss", loss: str = "mse"):
         self.store = ModelStore(save_dir)
-        self.symbol = symbol
+        self.symbol, self.monitor, self.loss = symbol, monitor, loss
         self.path = self.store.metrics_path(symbol)
         self.history: list[dict[str, float]] = []
+        self.baseline: dict[str, float] | None = None
         self.extra: dict[str, Any] = {}
 
+    def on_baseline(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        self.baseline = {k: float(logs[k]) for k in ("val_loss", "val_mae", "val_crps")}
+
     def update(self, epoch: int, train_loss: float, val_loss: float, train_mae: float, val_mae: float,
-               lr: float, epoch_time: float) -> None:
+               lr: float, epoch_time: float, val_crps: float = math.nan) -> None:
         # `epoch` is the 0-based loop index (as Keras passes it); files and summaries count from 1.
         self.history = [h for h in self.history if h["epoch"] <= epoch]  # a resumed epoch replaces its old row
         self.history.append({"epoch": int(epoch) + 1, "train_loss": float(train_loss), "val_loss": float(val_loss),
-                             "train_mae": float(train_mae), "val_mae": float(val_mae), "lr": float(lr),
+                             "train_mae": float(train_mae), "val_mae": float(val_mae),
+                             "val_crps": None if math.isnan(val_crps) else float(val_crps), "lr": float(lr),
                              "epoch_time": float(epoch_time)})
 
     def get_summary(self) -> dict[str, Any]:
         if not self.history:
             return {"symbol": self.symbol, "total_epochs": 0}
-        best = min(self.history, key=lambda h: h["val_loss"])
+        best = min(self.history, key=lambda h: h[self.monitor])
+        if self.baseline is not None and self.baseline[self.monitor] <= best[self.monitor]:
+            best = {**self.baseline, "epoch": 0}   # no epoch beat the untrained model (the baseline)
         return {
             "symbol": self.symbol,
+            "monitor": self.monitor,
             "best_val_loss": best["val_loss"],
+            "best_val_crps": best["val_crps"],
             "best_epoch": best["epoch"],
+            "baseline": self.baseline,
             "total_epochs": len(self.history),
             "final_train_loss": self.history[-1]["train_loss"],
             "final_val_loss": self.history[-1]["val_loss"],
@@ -210,35 +239,38 @@ class MetricsTracker(Callback):
         }
 
     def save(self) -> Path:
-        atomic_write_json(self.path, {"symbol": self.symbol, "loss": "mse_standardised_log_return",
+        loss = "student_t_nll" if self.loss == "nll" else "mse"
+        atomic_write_json(self.path, {"symbol": self.symbol, "loss": f"{loss}_standardised_log_return",
                                       "summary": self.get_summary(), "history": self.history, **self.extra})
         return self.path
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         self.update(epoch, logs["train_loss"], logs["val_loss"], logs["train_mae"], logs["val_mae"],
-                    logs["lr"], logs["epoch_time"])
+                    logs["lr"], logs["epoch_time"], logs.get("val_crps", math.nan))
         self.save()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "baseline": self.baseline}
 
 
 class TrainingCallbacks:
     """The guide's callback bundle: best-weights checkpoint, early stopping, LR reduction on plateau."""
 
     def __init__(self, save_dir: str | Path, symbol: str, patience: int = 5, min_delta: float = 1e-4,
-                 lr_factor: float = 0.5, lr_patience: int = 3, min_lr: float = 1e-6):
+                 lr_factor: float = 0.5, lr_patience: int = 3, min_lr: float = 1e-6, monitor: str = "val_loss"):
         self.store = ModelStore(save_dir)
+        self.monitor = monitor
         self.symbol = symbol
         self.patience, self.min_delta = patience, min_delta
         self.lr_factor, self.lr_patience, self.min_lr = lr_factor, lr_patience, min_lr
 
     def get_callbacks(self) -> list[Callback]:
         return [
-            ModelCheckpoint(self.store.best_checkpoint_path(self.symbol)),
-            EarlyStopping(patience=self.patience, min_delta=self.min_delta, restore_best_weights=True),
-            ReduceLROnPlateau(factor=self.lr_factor, patience=self.lr_patience, min_delta=self.min_delta,
-                              min_lr=self.min_lr),
+            ModelCheckpoint(self.store.best_checkpoint_path(self.symbol), monitor=self.monitor),
+            EarlyStopping(monitor=self.monitor, patience=self.patience, min_delta=self.min_delta,
+                          restore_best_weights=True),
+            ReduceLROnPlateau(monitor=self.monitor, factor=self.lr_factor, patience=self.lr_patience,
+                              min_delta=self.min_delta, min_lr=self.min_lr),
         ]
 
     # The guide's name for the same list.

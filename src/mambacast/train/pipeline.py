@@ -29,7 +29,7 @@ from .. import __version__
 from ..config import MambaConfig, TrainConfig
 from ..data.augment import DataAugmentor
 from ..data.errors import DataError
-from ..data.features import TimeSeriesFeatureEngineer
+from ..data.features import BASELINE_FEATURES, GARCH_ALPHA, GARCH_BETA, TimeSeriesFeatureEngineer
 from ..data.quality import check_data_quality
 from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, temporal_split
 from ..data.sources import as_price_frame, load_prices
@@ -39,8 +39,8 @@ from .callbacks import Callback, MetricsTracker, TrainingCallbacks, TrainingStat
 from .stacked import StackedTrainer
 from .trainer import NonFiniteLossError, Trainer, resolve_device
 
-__all__ = ["PreparedData", "prepare_data", "calibrate_distribution", "train_symbol", "train_single_symbol",
-           "train_symbols", "DEFAULT_WINDOWS", "ProgressFn"]
+__all__ = ["PreparedData", "prepare_data", "configure_baseline", "calibrate_distribution", "train_symbol",
+           "train_single_symbol", "train_symbols", "DEFAULT_WINDOWS", "ProgressFn"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,14 @@ def prepare_data(symbol: str, prices: Any, model_config: MambaConfig, train_conf
         train_idx=train_idx, val_idx=val_idx, feature_scaler=feature_scaler, target_scaler=target_scaler,
         data_hash=data_fingerprint(frame),
     )
+
+
+def configure_baseline(model: MambaModel, feature_names: Sequence[str], feature_scaler: FeatureScaler,
+                       target_scaler: TargetScaler) -> None:
+    """Point the model's volatility baseline at its GARCH feature columns and the fitted scalers."""
+    cols = [list(feature_names).index(name) for name in BASELINE_FEATURES]
+    model.baseline.configure(cols, feature_scaler.mean_[cols], feature_scaler.scale_[cols],  # type: ignore[index]
+                             target_scaler.std_, GARCH_ALPHA + GARCH_BETA)
 
 
 class _ProgressCallback(Callback):
@@ -275,13 +283,14 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
         X_train, y_aug = augmentor.augment(X_train, {0: y_train})
         y_train = y_aug[0]
 
-    tracker = MetricsTracker(save_dir, symbol)
+    configure_baseline(model, data.feature_names, data.feature_scaler, data.target_scaler)
+    tracker = MetricsTracker(save_dir, symbol, monitor=train_config.monitor, loss=train_config.loss)
     run_info = {"data_hash": data.data_hash, "model_config": model_config.to_dict(),
                 "train_config": train_config.to_dict(), "n_features": len(data.feature_names)}
     callbacks = [
         *TrainingCallbacks(save_dir, symbol, patience=train_config.patience, min_delta=train_config.min_delta,
                            lr_factor=train_config.lr_factor, lr_patience=train_config.lr_patience,
-                           min_lr=train_config.min_lr).get_callbacks(),
+                           min_lr=train_config.min_lr, monitor=train_config.monitor).get_callbacks(),
         tracker,
         TrainingStateCheckpoint(store.state_path(symbol), info=run_info),
         _ProgressCallback(symbol, train_config.epochs, progress),
@@ -313,7 +322,10 @@ def _finish_run(run: _Run) -> dict[str, Any]:
         "model_config": model_config.to_dict(),
         "performance_metrics": {
             "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
-            "total_epochs": summary["total_epochs"], "loss": "mse of per-horizon standardised log-returns",
+            "best_val_crps": summary["best_val_crps"], "monitor": summary["monitor"],
+            "total_epochs": summary["total_epochs"],
+            "loss": ("Student-t negative log-likelihood" if train_config.loss == "nll" else "mse")
+                    + " of per-horizon standardised log-returns",
             "validation": validation,
         },
         "data_stats": {
@@ -371,7 +383,8 @@ def _resumable_state(store: ModelStore, symbol: str, run_info: dict[str, Any]):
 def _result_from_metadata(symbol: str, meta: dict[str, Any], store: ModelStore) -> dict[str, Any]:
     perf, stats = meta["performance_metrics"], meta["data_stats"]
     return {
-        "symbol": symbol, "best_val_loss": perf["best_val_loss"], "best_epoch": perf["best_epoch"],
+        "symbol": symbol, "best_val_loss": perf["best_val_loss"], "best_val_crps": perf.get("best_val_crps"),
+        "best_epoch": perf["best_epoch"],
         "total_epochs": perf["total_epochs"], "num_samples": stats["num_samples"], "days": stats["days"],
         "n_parameters": meta["n_parameters"], "training_time": None, "validation": perf.get("validation"),
         "weights": str(store.weights_path(symbol)), "metadata": str(store.metadata_path(symbol)),

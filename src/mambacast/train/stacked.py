@@ -8,8 +8,8 @@ vectorised over the stack. So a symbol trained in a stack follows, step for step
 trajectory as the symbol trained alone with the same seed (equal to float rounding: the
 batched matmuls sum in another order).
 
-Validation runs stacked too (each symbol's windows through its own model, the same MSE and MAE
-as `Trainer.evaluate`). Between epochs the stacked weights and Adam moments are copied into each
+Validation runs stacked too (each symbol's windows through its own model, the same objective,
+MAE and CRPS as `Trainer.evaluate`). Between epochs the stacked weights and Adam moments are copied into each
 symbol's own `Trainer`, which then runs its callbacks exactly as when training alone (early
 stopping, learning-rate schedule, checkpoints, resumable state in the same format, so an
 interrupted stacked run resumes alone or stacked). A symbol that stops early, or has fewer
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..nn.heads import student_t_nll
-from ..nn.stacked import stack_parameters, stacked_forward, stacked_forward_distribution
+from ..nn.stacked import stack_buffers, stack_parameters, stacked_forward_distribution
+from .objective import crps_student_t_np, objective
 from .trainer import _EVAL_BATCH, NonFiniteLossError, Trainer, _as_tensor
 
 __all__ = ["StackedTrainer"]
@@ -55,8 +55,8 @@ class StackedTrainer:
                 raise ValueError("stacked trainers must share one model configuration and feature count")
             if t.device.type != "cpu":
                 raise ValueError("stacked training runs on the CPU; train one symbol at a time on CUDA")
-            if t.config.batch_size != first.config.batch_size:
-                raise ValueError("stacked trainers must share one batch size")
+            if t.config.batch_size != first.config.batch_size or t.config.loss != first.config.loss:
+                raise ValueError("stacked trainers must share one batch size and loss")
         self.trainers = list(trainers)
         self.errors: list[Exception | None] = [None] * len(self.trainers)
 
@@ -83,6 +83,11 @@ class StackedTrainer:
         for m in members:
             for cb in m.trainer.callbacks:
                 cb.on_train_begin(m.trainer)
+        fresh = [m for m in members if m.epoch == 0]
+        if fresh:   # the untrained models' validation, as Trainer.fit reports it before a fresh run
+            for m, (val_loss, val_mae, val_crps) in zip(fresh, _Stack(fresh).evaluate(), strict=True):
+                for cb in m.trainer.callbacks:
+                    cb.on_baseline(m.trainer, {"val_loss": val_loss, "val_mae": val_mae, "val_crps": val_crps})
         active = [m for m in members if m.epoch < m.trainer.config.epochs]
         for m in members:
             if m not in active:
@@ -95,7 +100,7 @@ class StackedTrainer:
             stack.write_back()
             elapsed = time.perf_counter() - t0
             still = []
-            for m, (val_loss, val_mae) in zip(active, validation, strict=True):
+            for m, (val_loss, val_mae, val_crps) in zip(active, validation, strict=True):
                 if m.error is None and not math.isfinite(val_loss):
                     m.error = NonFiniteLossError(
                         f"validation loss is {val_loss} at epoch {m.epoch}; try a lower --learning-rate and "
@@ -103,7 +108,7 @@ class StackedTrainer:
                 if m.error is not None:   # diverged: leaves the stack, its last good checkpoint stays
                     self.errors[members.index(m)] = m.error
                     continue
-                self._end_epoch(m, elapsed / len(active), val_loss, val_mae)
+                self._end_epoch(m, elapsed / len(active), val_loss, val_mae, val_crps)
                 if m.trainer.stop_training or m.epoch >= m.trainer.config.epochs:
                     self._finish(m)
                 else:
@@ -113,10 +118,10 @@ class StackedTrainer:
 
     # ---- per member ---------------------------------------------------------------------------
     @staticmethod
-    def _end_epoch(m: _Member, epoch_time: float, val_loss: float, val_mae: float) -> None:
+    def _end_epoch(m: _Member, epoch_time: float, val_loss: float, val_mae: float, val_crps: float) -> None:
         t = m.trainer
-        logs = {"train_loss": m.sum_se / len(m.Xt), "val_loss": val_loss, "train_mae": m.sum_ae / len(m.Xt),
-                "val_mae": val_mae, "lr": t.lr, "epoch_time": epoch_time}
+        logs = {"train_loss": m.sum_loss / len(m.Xt), "val_loss": val_loss, "train_mae": m.sum_ae / len(m.Xt),
+                "val_mae": val_mae, "val_crps": val_crps, "lr": t.lr, "epoch_time": epoch_time}
         m.history.append({"epoch": m.epoch, **logs})
         for cb in t.callbacks:
             cb.on_epoch_end(t, m.epoch, logs)
@@ -136,7 +141,7 @@ class _Member:
         self.epoch = trainer.start_epoch
         self.history: list[dict[str, float]] = []
         self.error: NonFiniteLossError | None = None
-        self.sum_se = self.sum_ae = 0.0
+        self.sum_loss = self.sum_ae = 0.0
 
 
 class _Stack:
@@ -148,6 +153,8 @@ class _Stack:
         first = trainers[0]
         self.model = first.model
         self.params = stack_parameters([t.model for t in trainers])
+        self.buffers = stack_buffers([t.model for t in trainers])
+        self.loss = first.config.loss
         self.names = list(self.params)
         group = first.optimizer.param_groups[0]
         self.beta1, self.beta2 = group["betas"]
@@ -178,7 +185,7 @@ class _Stack:
         for m in members:
             m.trainer.model.train()
             orders.append(torch.randperm(len(m.Xt), generator=m.trainer.generator))
-            m.sum_se = m.sum_ae = 0.0
+            m.sum_loss = m.sum_ae = 0.0
         n_batches = [math.ceil(len(m.Xt) / bs) for m in members]
         for b in range(max(n_batches)):
             rows = [k for k, nb in enumerate(n_batches) if b < nb and members[k].error is None]
@@ -196,18 +203,15 @@ class _Stack:
         # rows left out of the loss (models see each row independently, so padding changes nothing).
         xb = torch.stack([_pad(m.Xt[i], width) for m, i in zip(members, idx, strict=True)])
         yb = torch.stack([_pad(m.yt[i], width) for m, i in zip(members, idx, strict=True)])
-        pred, scale, df = stacked_forward_distribution(params, self.model, xb)
+        buffers = self.buffers if everyone else {n: b.index_select(0, sel) for n, b in self.buffers.items()}
+        pred, scale, df = stacked_forward_distribution(params, self.model, xb, buffers)
         err = pred - yb
+        # Trainer's objective per model; their sum gives every model its own gradient.
         if all(s == width for s in sizes):
-            se = err.pow(2).mean(dim=(1, 2))                                          # (M,)
-            nll = student_t_nll(yb, pred.detach(), scale, df.unsqueeze(1), dim=(1, 2))
+            losses, _ = objective(self.loss, yb, pred, scale, df, dim=(1, 2))          # (M,)
         else:
-            se = torch.stack([err[k, :s].pow(2).mean() for k, s in enumerate(sizes)])
-            nll = torch.stack([student_t_nll(yb[k, :s], pred[k, :s].detach(), scale[k, :s], df[k])
-                               for k, s in enumerate(sizes)])
-        # Trainer's loss per model (MSE + Student-t NLL with the location detached); their sum gives
-        # every model its own gradient.
-        losses = se + nll
+            losses = torch.stack([objective(self.loss, yb[k, :s], pred[k, :s], scale[k, :s], df[k])[0]
+                                  for k, s in enumerate(sizes)])
         finite = torch.isfinite(losses.detach())
         for k in torch.nonzero(~finite).flatten().tolist():
             members[k].error = NonFiniteLossError(
@@ -220,7 +224,7 @@ class _Stack:
         self._adam(sel)
         abs_err = err.detach().abs()
         for k, (m, s) in enumerate(zip(members, sizes, strict=True)):
-            m.sum_se += se[k].item() * s
+            m.sum_loss += losses[k].item() * s
             m.sum_ae += abs_err[k, :s].mean().item() * s
             for cb in m.trainer.callbacks:
                 cb.on_batch_end(m.trainer, b, n_batches[rows[k]], losses[k].item())
@@ -262,13 +266,13 @@ class _Stack:
                 self.exp_avg_sq[n].index_copy_(0, sel, m2)
 
     @torch.no_grad()
-    def evaluate(self) -> list[tuple[float, float]]:
-        """(val_loss, val_mae) per member: MSE and MAE over its validation windows and horizons,
-        as `Trainer.evaluate`, with the stacked models (validation sets padded to one length)."""
+    def evaluate(self) -> list[tuple[float, float, float]]:
+        """(val_loss, val_mae, val_crps) per member, as `Trainer.evaluate`, with the stacked models
+        (validation sets padded to one length)."""
         members = self.members
         longest = max(len(m.Xv) for m in members)
-        se = torch.zeros(len(members), dtype=torch.float64)
-        ae = torch.zeros(len(members), dtype=torch.float64)
+        outs: list[list[tuple[Tensor, Tensor]]] = [[] for _ in members]
+        df = None
         for m in members:
             m.trainer.model.eval()
         # Rows per model per chunk: about _EVAL_BATCH * 4 windows in all, so memory does not grow with M.
@@ -276,14 +280,17 @@ class _Stack:
         for i in range(0, longest, rows):
             width = min(rows, longest - i)
             xb = torch.stack([_pad(m.Xv[i:i + rows], width) for m in members])
-            yb = torch.stack([_pad(m.yv[i:i + rows], width) for m in members])
-            err = stacked_forward(self.params, self.model, xb) - yb
+            loc, scale, df = stacked_forward_distribution(self.params, self.model, xb, self.buffers)
             for k, m in enumerate(members):
-                real = max(0, min(len(m.Xv) - i, err.shape[1]))   # rows of member k in this chunk
-                se[k] += err[k, :real].double().pow(2).sum()
-                ae[k] += err[k, :real].double().abs().sum()
-        n = torch.tensor([len(m.Xv) * m.yv.shape[1] for m in members], dtype=torch.float64)
-        return [(float(a), float(b)) for a, b in zip(se / n, ae / n, strict=True)]
+                real = max(0, min(len(m.Xv) - i, loc.shape[1]))   # rows of member k in this chunk
+                outs[k].append((loc[k, :real], scale[k, :real]))
+        result = []
+        for k, m in enumerate(members):
+            loc, scale = (torch.cat([o[c] for o in outs[k]]) for c in (0, 1))
+            loss, _ = objective(self.loss, m.yv, loc, scale, df[k])
+            crps = crps_student_t_np(m.yv.numpy(), loc.numpy(), scale.numpy(), df[k].numpy())
+            result.append((loss.item(), (loc - m.yv).abs().mean().item(), float(crps.mean())))
+        return result
 
     def write_back(self) -> None:
         """Copy each member's weights and Adam state into its own Trainer (for validation, callbacks,

@@ -1,11 +1,12 @@
 """The fit loop the guide describes, in PyTorch.
 
-Adam (lr 1e-3), MSE over all horizons with MAE as a metric, gradient clipping by global norm
-(clipnorm 1.0), training windows shuffled within the training split every epoch by a seeded
-generator, validation after every epoch, Keras-style callbacks. Targets are expected already
-standardised per horizon (see `TargetScaler`), so the loss is comparable across horizons.
-A model with `forward_distribution` (Student-t heads) is trained on MSE + the Student-t negative
-log-likelihood with the location detached; the losses reported (and monitored) are the MSE.
+Adam (lr 1e-3), gradient clipping by global norm (clipnorm 1.0), training windows shuffled within
+the training split every epoch by a seeded generator, validation after every epoch, Keras-style
+callbacks. Targets are expected already standardised per horizon (see `TargetScaler`), so the loss
+is comparable across horizons. The objective is `TrainConfig.loss` (`train.objective`): the
+Student-t negative log-likelihood of the model's `forward_distribution` by default, or the guide's
+MSE; validation reports the objective, the MAE of the location and the Student-t CRPS. A model
+without `forward_distribution` is trained on the MSE.
 
 Everything the loop needs to continue after a crash — weights, Adam moments, learning rate,
 shuffle-generator state, callback counters — is exposed by `training_state()` and restored by
@@ -27,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TrainConfig
-from ..nn.heads import student_t_nll
 from .callbacks import Callback
+from .objective import crps_student_t_np, objective
 
 __all__ = ["Trainer", "NonFiniteLossError", "resolve_device"]
 
@@ -72,6 +73,7 @@ class Trainer:
         self._has_distribution = hasattr(model, "forward_distribution")
         self.stop_training = False
         self.start_epoch = 0
+        self.baseline_logs: dict[str, float] = {}   # the untrained model's validation (set by a fresh fit)
 
     @property
     def lr(self) -> float:
@@ -108,15 +110,17 @@ class Trainer:
         self.stop_training = False
         for cb in self.callbacks:
             cb.on_train_begin(self)
+        if self.start_epoch == 0 and self._has_distribution:
+            self._report_baseline(Xv, yv)
         for epoch in range(self.start_epoch, self.config.epochs):
             t0 = time.perf_counter()
             train_loss, train_mae = self._train_epoch(Xt, yt, epoch)
-            val_loss, val_mae = self.evaluate(Xv, yv)
+            val_loss, val_mae, val_crps = self.evaluate(Xv, yv)
             if not math.isfinite(val_loss):
                 raise NonFiniteLossError(f"validation loss is {val_loss} at epoch {epoch}; "
                                          "try a lower --learning-rate and check the data for extreme values")
             logs = {"train_loss": train_loss, "val_loss": val_loss, "train_mae": train_mae, "val_mae": val_mae,
-                    "lr": self.lr, "epoch_time": time.perf_counter() - t0}
+                    "val_crps": val_crps, "lr": self.lr, "epoch_time": time.perf_counter() - t0}
             history.append({"epoch": epoch, **logs})
             log.debug("epoch %d: %s", epoch, logs)
             for cb in self.callbacks:
@@ -127,13 +131,21 @@ class Trainer:
             cb.on_train_end(self)
         return history
 
+    def _report_baseline(self, Xv: Tensor, yv: Tensor) -> None:
+        val_loss, val_mae, val_crps = self.evaluate(Xv, yv)
+        logs = {"val_loss": val_loss, "val_mae": val_mae, "val_crps": val_crps}
+        self.baseline_logs = logs
+        log.debug("untrained model (the baseline): %s", logs)
+        for cb in self.callbacks:
+            cb.on_baseline(self, logs)
+
     def _train_epoch(self, X: Tensor, y: Tensor, epoch: int) -> tuple[float, float]:
         self.model.train()
         n = len(X)
         order = torch.randperm(n, generator=self.generator).to(self.device)
         bs = self.config.batch_size
         n_batches = math.ceil(n / bs)
-        sum_se = sum_ae = 0.0
+        sum_loss = sum_ae = 0.0
         for b in range(n_batches):
             idx = order[b * bs:(b + 1) * bs]
             xb, yb = X[idx], y[idx]
@@ -143,12 +155,11 @@ class Trainer:
                 else:
                     pred = self.model(xb).float()
             err = pred - yb
-            mse = err.pow(2).mean()
-            loss = mse
             if self._has_distribution:
-                # The point forecast stays the guide's MSE model: the likelihood only shapes the scale
-                # and df heads (and the shared trunk through them), never pulls the location.
-                loss = mse + student_t_nll(yb, pred.detach(), scale, df)
+                loss, mse = objective(self.config.loss, yb, pred, scale, df)
+            else:
+                mse = err.pow(2).mean()
+                loss = mse
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, batch {b}; "
                                          "the best checkpoint so far is kept. Try a lower --learning-rate "
@@ -157,27 +168,45 @@ class Trainer:
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clipnorm)
             self.optimizer.step()
-            sum_se += mse.item() * len(idx)
+            sum_loss += loss.item() * len(idx)
             sum_ae += err.detach().abs().mean().item() * len(idx)
             for cb in self.callbacks:
                 cb.on_batch_end(self, b, n_batches, loss.item())
-        return sum_se / n, sum_ae / n
+        return sum_loss / n, sum_ae / n
 
     @torch.no_grad()
     def predict(self, X: np.ndarray | Tensor) -> Tensor:
-        """(n, seq_len, n_features) -> (n, n_horizons) on CPU, in eval mode, batched."""
+        """(n, seq_len, n_features) -> (n, n_horizons) point forecasts on CPU, in eval mode, batched."""
+        return self._batched(X, lambda xb: (self.model(xb),))[0]
+
+    @torch.no_grad()
+    def predict_distribution(self, X: np.ndarray | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(n, seq_len, n_features) -> loc, scale (n, n_horizons), df (n_horizons,) on CPU, float32."""
+        loc, scale, df = self._batched(X, self.model.forward_distribution)
+        return loc, scale, df
+
+    def _batched(self, X: np.ndarray | Tensor, fn: Any) -> list[Tensor]:
         self.model.eval()
         X = _as_tensor(X, self.device)
-        outs = []
+        outs: list[tuple[Tensor, ...]] = []
         for i in range(0, len(X), _EVAL_BATCH):
             with self._autocast():
-                outs.append(self.model(X[i:i + _EVAL_BATCH]).float().cpu())
-        return torch.cat(outs) if outs else torch.empty(0)
+                outs.append(tuple(t.float().cpu() for t in fn(X[i:i + _EVAL_BATCH])))
+        if not outs:
+            return [torch.empty(0)]
+        return [torch.cat([o[k] for o in outs]) if outs[0][k].dim() > 1 else outs[0][k] for k in range(len(outs[0]))]
 
-    def evaluate(self, X: np.ndarray | Tensor, y: np.ndarray | Tensor) -> tuple[float, float]:
-        """Mean squared and absolute error over all samples and horizons."""
-        err = self.predict(X) - _as_tensor(y, torch.device("cpu"))
-        return err.pow(2).mean().item(), err.abs().mean().item()
+    def evaluate(self, X: np.ndarray | Tensor, y: np.ndarray | Tensor) -> tuple[float, float, float]:
+        """(val_loss, val_mae, val_crps) over all samples and horizons: the objective, the location's mean
+        absolute error and the Student-t CRPS (NaN for a model without a distribution)."""
+        yt = _as_tensor(y, torch.device("cpu"))
+        if not self._has_distribution:
+            err = self.predict(X) - yt
+            return err.pow(2).mean().item(), err.abs().mean().item(), math.nan
+        loc, scale, df = self.predict_distribution(X)
+        loss, _ = objective(self.config.loss, yt, loc, scale, df)
+        crps = crps_student_t_np(yt.numpy(), loc.numpy(), scale.numpy(), df.numpy())
+        return loss.item(), (loc - yt).abs().mean().item(), float(crps.mean())
 
     # ---- resumable state ---------------------------------------------------------------------
     def training_state(self, epoch: int) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -127,7 +127,7 @@ def test_cli_backtest_with_the_model(tmp_path, capsys):
     threads = torch.get_num_threads()
     code = main(["backtest", "--symbols", "MSFT", "--start", "2022-06-01", "--window", "rolling", "--train-days",
                  "600", "--epochs", "1", "--horizons", "1,5", "--baselines", "random_walk", "--threads", "1",
-                 "--report", str(out)])
+                 "--model", "symbol", "--report", str(out)])
     assert code == 0
     assert torch.get_num_threads() == threads  # --threads is set for the run only
     text = capsys.readouterr().out

@@ -317,13 +317,17 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
                    help="model/training preset for every refit (default small: d_model 32, 2 layers, 20 epochs)")
     p.add_argument("--epochs", type=int, help="maximum epochs per refit (default from the preset; early stopping "
                                               "on the last 20%% of each training window may end sooner)")
-    p.add_argument("--batch-size", type=int, help="batch size (default from the preset)")
+    p.add_argument("--batch-size", type=int, help="batch size (default from the preset; 256 for --model global, "
+                                                  "whose pooled training set is many times larger)")
     p.add_argument("--seed", type=int, default=42, help="random seed of every refit (default 42)")
     p.add_argument("--seeds", help="comma list of seeds (e.g. 42,7,123): the model is refitted once per seed "
                                    "(named mamba_s42, ...), the baselines once, and every comparison is reported "
                                    "per seed and as the spread over seeds (default: one model, --seed)")
     p.add_argument("--baselines", help="comma list of baselines (default all: random_walk,drift,momentum,"
                                        "hist_vol,garch_t,har_t)")
+    p.add_argument("--model", choices=["global", "symbol"], default="global",
+                   help="global: one network per refit trained on every backtested symbol's history (default); "
+                        "symbol: one network per symbol and refit (the guide's per-symbol models)")
     p.add_argument("--no-model", action="store_true", help="baselines only (no Mamba refits)")
     p.add_argument("--strict", action="store_true",
                    help="predict one origin at a time from the prices up to it (slower; same numbers)")
@@ -336,6 +340,11 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
                         "and on a busy machine extra threads wait on each other)")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the tables")
     p.set_defaults(func=_cmd_backtest)
+
+
+# The global model's pooled training set is ~20x a symbol's: larger batches keep an epoch's step count,
+# and so a refit's time, close to a per-symbol refit's.
+_GLOBAL_BATCH = 256
 
 
 class _BacktestPrinter:
@@ -438,7 +447,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             raise CLIError("--seeds needs the model: drop --no-model")
     model_config, train_config = preset(args.preset)
     model_config = type(model_config).from_dict({**model_config.to_dict(), "prediction_horizons": list(horizons)})
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed))
+    batch_size = args.batch_size or (_GLOBAL_BATCH if args.model == "global" else None)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", batch_size), ("seed", args.seed))
                  if v is not None}
     train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
     if seeds is not None and len(seeds) == 1:
@@ -453,7 +463,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     prices = {s: load_prices(s, days=None, source=args.source, path=args.data) for s in symbols}
     factory = default_forecasters(model_config, train_config, baselines=baselines, include_model=not args.no_model,
                                   device=args.device, on_epoch=printer.epoch, panel=dated_panel(prices),
-                                  seeds=seeds if seeds is not None and len(seeds) > 1 else None)
+                                  seeds=seeds if seeds is not None and len(seeds) > 1 else None, model=args.model)
     import torch
 
     threads = torch.get_num_threads()
@@ -472,12 +482,13 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             h.removeFilter(once)
     command = "mambacast backtest " + ("--test" if args.test else f"--symbols {args.symbols}") + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k in ("start", "end", "refit_every", "window", "train_days", "preset", "epochs", "batch_size", "seed",
-                 "seeds", "baselines", "horizons", "source", "data", "threads", "report") and v is not None) + \
+        if k in ("start", "end", "refit_every", "window", "train_days", "model", "preset", "epochs", "batch_size",
+                 "seed", "seeds", "baselines", "horizons", "source", "data", "threads", "report") and v is not None) + \
         "".join(f" --{k.replace('_', '-')}" for k in ("no_model", "strict") if getattr(args, k))
     result.info.update({"source": args.source})
     if not args.no_model:
-        result.info.update({"preset": args.preset, "epochs": train_config.epochs, "batch_size": train_config.batch_size,
+        result.info.update({"model_kind": args.model, "preset": args.preset, "epochs": train_config.epochs,
+                            "batch_size": train_config.batch_size,
                             "model": {k: v for k, v in model_config.to_dict().items()
                                       if k in ("d_model", "d_state", "num_layers", "prediction_horizons")},
                             "seed": train_config.seed if seeds is None or len(seeds) == 1 else seeds,

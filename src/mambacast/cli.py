@@ -213,6 +213,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--symbols", required=True, help="comma list or a universe name (TEST, TIER_1, SAMPLE)")
     p.add_argument("--as-of", help="forecast from this date (YYYY-MM-DD): history after it is ignored")
     p.add_argument("--strike", type=float, help="also print P(price above STRIKE) at each horizon")
+    p.add_argument("--model", choices=["auto", "symbol", "global"], default="auto",
+                   help="auto: a symbol's own model, else the global model (train --global) when stored (default); "
+                        "symbol: per-symbol models only; global: the global model for every symbol")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="PNG", help="save a fan chart of history and forecast quantiles")
     p.add_argument("--save-dir", default="models/mamba", help="model store folder (default models/mamba)")
@@ -246,7 +249,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if frame.empty:
                 raise CLIError(f"{symbol}: no prices on or before --as-of {args.as_of}")
         histories[symbol] = frame.iloc[-1000:]
-    predictor = MambaPredictor(symbols, model_dir=args.save_dir)
+    predictor = MambaPredictor(symbols, model_dir=args.save_dir, model=args.model)
 
     async def run() -> list:
         return await asyncio.gather(*(predictor.predict_detailed(s, h, float(h["close"].iloc[-1]))

@@ -64,7 +64,7 @@ from .data.sequences import FeatureScaler, TargetScaler
 from .data.sources import as_close_array, as_price_frame
 from .evaluate.baselines import Momentum
 from .nn.mamba import MambaModel
-from .store import ModelStore, StoreError
+from .store import GLOBAL_MODEL, ModelStore, StoreError
 
 __all__ = ["MambaPredictor", "PredictionResult", "OriginForecasts", "DEFAULT_QUANTILES", "EMA_TOLERANCE",
            "CALIBRATIONS", "ema_memory_days", "rolling_scale_factors"]
@@ -79,6 +79,7 @@ _GROUP_CHUNK = 128      # requests of one symbol per worker task in predict_many
 _ROLLING_LEVEL = 0.8    # the rolling factor makes this central interval cover its share (as the validation one)
 _FACTOR_CACHE = 256     # rolling factors kept per symbol, keyed by the history they were fitted on
 CALIBRATIONS = ("validation", "rolling")
+MODELS = ("auto", "symbol", "global")
 
 
 def ema_memory_days(windows: Sequence[int], tol: float = EMA_TOLERANCE) -> int:
@@ -192,7 +193,8 @@ class _LoadedModel:
 
     @property
     def version(self) -> str:
-        return f"{self.meta['training_date']}/{self.meta['weights_sha256'][:12]}"
+        kind = "global/" if self.meta.get("kind") == "global" else ""
+        return f"{kind}{self.meta['training_date']}/{self.meta['weights_sha256'][:12]}"
 
 
 @dataclass
@@ -269,12 +271,18 @@ class MambaPredictor:
     `calibration_window + max(horizons) - 1` more days of history (horizons without enough keep the
     validation factor) and one forward pass over those windows per new history; the factor is cached
     per symbol and history, so repeated calls on the same history cost what a "validation" call does.
+
+    `model` chooses which stored model answers: "auto" (default) a symbol's own model when it has one,
+    else the global model (`mambacast train --global`, stored as `_GLOBAL`) when there is one; "symbol"
+    only per-symbol models (the guide's behaviour); "global" the global model for every symbol.
     """
 
     def __init__(self, symbols: Sequence[str], config: MambaConfig | None = None,
                  model_dir: str | Path = "models/mamba", device: str = "cpu", *, trim_history: bool = True,
                  inference_threads: int | None = 1, max_workers: int | None = None,
-                 calibration: str = "validation", calibration_window: int = 250):
+                 calibration: str = "validation", calibration_window: int = 250, model: str = "auto"):
+        if model not in MODELS:
+            raise ValueError(f"model={model!r} is invalid: use one of {', '.join(MODELS)}")
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration={calibration!r} is invalid: use one of {', '.join(CALIBRATIONS)}")
         if not isinstance(calibration_window, int) or calibration_window < 10:
@@ -293,6 +301,7 @@ class MambaPredictor:
         self.max_workers = max_workers or os.cpu_count() or 1
         self.calibration = calibration
         self.calibration_window = calibration_window
+        self.model = model
         self._models: dict[str, _LoadedModel | StoreError] = {}
         self._load_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -323,8 +332,13 @@ class MambaPredictor:
             return self._models[symbol]
 
     def _lookup(self, symbol: str) -> _LoadedModel | StoreError:
-        if symbol in self.symbols or self.store.metadata_path(symbol).exists():
+        own = self.model != "global" and (symbol in self.symbols or self.store.metadata_path(symbol).exists())
+        if own and (self.model == "symbol" or self.store.metadata_path(symbol).exists()):
             return self._load(symbol)
+        if self.model != "symbol" and self.store.metadata_path(GLOBAL_MODEL).exists():
+            return self._load(GLOBAL_MODEL)   # one pooled model serves every symbol without its own
+        if self.model == "global":
+            return StoreError(f"no global model in {self.store.root} (train one: mambacast train --global)")
         return StoreError(f"no model for {symbol} in {self.store.root}")
 
     # ---- worker threads -----------------------------------------------------------------------

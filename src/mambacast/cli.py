@@ -40,6 +40,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"],
                    help="price source (default: sample, real prices bundled with the install)")
     p.add_argument("--data", help="file or folder for --source csv/parquet")
+    p.add_argument("--with-range", action="store_true",
+                   help="add range-based (Parkinson) volatility features: needs highs and lows (the sample source "
+                        "then reads its OHLCV files: AAPL, MSFT, GOOGL, IBM, FB)")
     p.add_argument("--with-volume", action="store_true",
                    help="add volume features (needs a source with volume, e.g. AAPL, MSFT, GOOGL from bokeh)")
     p.add_argument("--save-dir", default="models/mamba", help="model store folder (default models/mamba)")
@@ -137,8 +140,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--source {args.source} needs --data PATH (a file, or a folder with one file per symbol)")
     if args.stack and args.parallel > 1:
         raise CLIError("--stack and --parallel are alternatives: --stack trains every symbol in one process")
-    if args.global_model and (args.stack or args.parallel > 1 or args.with_volume):
-        raise CLIError("--global trains one pooled model in one process: drop --stack, --parallel and --with-volume")
+    if args.global_model and (args.stack or args.parallel > 1 or args.with_volume or args.with_range):
+        raise CLIError("--global trains one pooled model of the closes in one process: drop --stack, --parallel, "
+                       "--with-volume and --with-range")
     printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack)
     t0 = time.perf_counter()
     if args.global_model:
@@ -147,7 +151,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                             model_config=model_config,
                             train_config=train_config, days=args.days, source=args.source, data_path=args.data,
                             save_dir=args.save_dir, resume=args.resume, device=args.device,
-                            include_volume=args.with_volume)
+                            include_volume=args.with_volume, include_range=args.with_range)
     for r in results:
         if r["status"] == "skipped":
             print(f"[{r['symbol']}] already trained in {args.save_dir} (--resume); skipped")
@@ -206,6 +210,15 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 # ---- predict -------------------------------------------------------------------------------------
+def _reads_ohlcv(store: Any, symbol: str) -> bool:
+    """Whether the symbol's stored model reads volumes or highs and lows (the sample's OHLCV files have both)."""
+    try:
+        fc = store.load_metadata(symbol)["feature_config"]
+    except (ValueError, KeyError, TypeError):   # no model or unreadable metadata: the predictor reports it
+        return False
+    return bool(fc.get("include_volume") or fc.get("include_range"))
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="forecast prices with stored models (momentum fallback otherwise)",
                        description="Forecast each symbol's price 1, 5, 10 and 30 trading days after the last "
@@ -233,13 +246,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .data.sources import load_prices
     from .data.universe import parse_symbols
     from .predict import MambaPredictor
+    from .store import ModelStore
 
     if args.strike is not None and not args.strike > 0:
         raise CLIError(f"--strike {args.strike} is invalid: must be a positive price")
     symbols = parse_symbols(args.symbols)
     histories = {}
+    store = ModelStore(args.save_dir)
     for symbol in symbols:
-        frame = load_prices(symbol, days=None, source=args.source, path=args.data)
+        frame = load_prices(symbol, days=None, source=args.source, path=args.data,
+                            with_volume=_reads_ohlcv(store, symbol))
         if args.as_of:
             try:
                 cutoff = pd.Timestamp(args.as_of)

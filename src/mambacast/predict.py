@@ -314,7 +314,8 @@ class MambaPredictor:
                 try:
                     model, meta = self.store.load_model(symbol, device=self.device)
                     fc = meta["feature_config"]
-                    engineer = TimeSeriesFeatureEngineer(windows=fc["windows"], include_volume=fc["include_volume"])
+                    engineer = TimeSeriesFeatureEngineer(windows=fc["windows"], include_volume=fc["include_volume"],
+                                                         include_range=fc.get("include_range", False))
                     self._models[symbol] = _LoadedModel(
                         model=model, meta=meta, engineer=engineer,
                         feature_scaler=FeatureScaler.from_dict(meta["feature_scaler"]),
@@ -393,7 +394,7 @@ class MambaPredictor:
         # the current window, and before it (rolling, not cached) the windows of the residual origins
         n_windows = 1 if factor is not None or not rolling else \
             min(lookback, keep - loaded.needed_days) + 1
-        if loaded.engineer.include_volume:
+        if loaded.engineer.include_volume or loaded.engineer.include_range:
             part = price_history.iloc[-keep:] if isinstance(price_history, (pd.DataFrame, pd.Series)) else tail
             features = loaded.engineer.extract_features(as_price_frame(part))
         else:
@@ -550,7 +551,8 @@ class MambaPredictor:
                              int(rows.max()) + 1)
         else:
             span = rows
-        frame = as_price_frame(price_history) if loaded.engineer.include_volume else closes
+        frame = as_price_frame(price_history) if loaded.engineer.include_volume or loaded.engineer.include_range \
+            else closes
         scaled = loaded.feature_scaler.transform(loaded.engineer.extract_features(frame))
         windows = np.lib.stride_tricks.sliding_window_view(scaled, loaded.sequence_length, axis=0)
         windows = windows.transpose(0, 2, 1)[span - loaded.sequence_length + 1]   # (n, seq_len, n_features)

@@ -136,3 +136,15 @@ def test_sigkill_then_resume_completes_with_valid_files(tmp_path):
         for symbol, weights in _final_weights(root).items():
             for key, value in weights.items():
                 assert torch.equal(value, expected[symbol][key]), (i, symbol, key)
+
+
+def test_with_range_trains_on_highs_and_lows_and_predicts(tmp_path, capsys):
+    assert main(["train", "--symbols", "IBM", "--with-range", "--save-dir", str(tmp_path), *FAST]) == 0
+    meta = ModelStore(tmp_path).load_metadata("IBM")
+    assert meta["feature_config"]["include_range"] is True
+    assert meta["feature_names"][-3:] == ["log_range_vol_1", "log_range_vol_5", "log_range_vol_22"]
+    capsys.readouterr()
+    # predict reads the OHLCV file the model needs (the sample's AAPL/MSFT default files are close-only)
+    assert main(["predict", "--symbols", "IBM", "--save-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["source"] == "mamba"

@@ -86,12 +86,17 @@ def data_fingerprint(prices: pd.DataFrame) -> str:
 
 
 def prepare_data(symbol: str, prices: Any, model_config: MambaConfig, train_config: TrainConfig,
-                 windows: Sequence[int] = DEFAULT_WINDOWS, include_volume: bool = False) -> PreparedData:
-    """Quality-check prices, extract causal features, cut windows, split with embargo, fit scalers."""
+                 windows: Sequence[int] = DEFAULT_WINDOWS, include_volume: bool = False,
+                 include_range: bool = False) -> PreparedData:
+    """Quality-check prices, extract causal features, cut windows, split with embargo, fit scalers.
+
+    include_volume / include_range: add the volume features / the range-based (Parkinson) volatility, which
+    need `volume` / `high` and `low` columns."""
     frame = as_price_frame(prices)
     frame.attrs.setdefault("symbol", symbol)  # so data errors name the symbol, also for plain arrays
     check_data_quality(frame, symbol)
-    engineer = TimeSeriesFeatureEngineer(windows=list(windows), include_volume=include_volume)
+    engineer = TimeSeriesFeatureEngineer(windows=list(windows), include_volume=include_volume,
+                                         include_range=include_range)
     features = engineer.extract_features(frame)
     gen = SequenceGenerator(train_config.sequence_length, model_config.prediction_horizons, stride=1)
     _, y_dict = gen.generate_sequences(features, frame, start=engineer.warmup_)
@@ -212,7 +217,7 @@ def _plot_curves(history: list[dict[str, float]], path: Path, symbol: str) -> Pa
 def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,
                  days: int | None = 2000, source: str = "sample", data_path: str | Path | None = None,
                  prices: Any = None, save_dir: str | Path = "models/mamba", resume: bool = False,
-                 device: str | None = None, include_volume: bool = False,
+                 device: str | None = None, include_volume: bool = False, include_range: bool = False,
                  progress: ProgressFn | None = None) -> dict[str, Any]:
     """Train one symbol end to end and store it; returns the result summary.
 
@@ -222,7 +227,7 @@ def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_
     """
     run = _prepare_run(symbol, model_config=model_config, train_config=train_config, days=days, source=source,
                        data_path=data_path, prices=prices, save_dir=save_dir, resume=resume, device=device,
-                       include_volume=include_volume, progress=progress)
+                       include_volume=include_volume, include_range=include_range, progress=progress)
     if isinstance(run, dict):
         return run
     run.trainer.fit(*run.fit_data, resume_from=run.resume_from)
@@ -245,6 +250,7 @@ class _Run:
     n_params: int
     source: str
     include_volume: bool
+    include_range: bool
     emit: ProgressFn
     t0: float
 
@@ -252,7 +258,7 @@ class _Run:
 def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,
                  days: int | None = 2000, source: str = "sample", data_path: str | Path | None = None,
                  prices: Any = None, save_dir: str | Path = "models/mamba", resume: bool = False,
-                 device: str | None = None, include_volume: bool = False,
+                 device: str | None = None, include_volume: bool = False, include_range: bool = False,
                  progress: ProgressFn | None = None) -> _Run | dict[str, Any]:
     """Load, check and window the data and build the model and its Trainer; a complete stored model
     under `resume` returns its result (status "skipped") instead."""
@@ -268,10 +274,13 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
         log.info("%s: a complete model exists in %s; skipping", symbol, store.root)
         return {**_result_from_metadata(symbol, meta, store), "status": "skipped"}
 
-    frame = load_prices(symbol, days=days, source=source, path=data_path, with_volume=include_volume) \
+    # The sample files with volume are the ones with highs and lows too (OHLCV).
+    ohlc = include_volume or (include_range and source == "sample")
+    frame = load_prices(symbol, days=days, source=source, path=data_path, with_volume=ohlc) \
         if prices is None else as_price_frame(prices)
     emit("loaded", symbol, {"days": len(frame)})
-    data = prepare_data(symbol, frame, model_config, train_config, include_volume=include_volume)
+    data = prepare_data(symbol, frame, model_config, train_config, include_volume=include_volume,
+                        include_range=include_range)
     emit("samples", symbol, {"samples": len(data.X), "train": len(data.train_idx), "val": len(data.val_idx)})
 
     torch.manual_seed(train_config.seed)
@@ -301,13 +310,14 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
                            "resumed_epoch": None if resume_from is None else resume_from[1]["epoch"] + 1})
     return _Run(symbol, store, data, model_config, train_config, trainer, tracker,
                 (X_train, y_train, data.X[data.val_idx], data.y_scaled[data.val_idx]), resume_from, n_params,
-                source, include_volume, emit, t0)
+                source, include_volume, include_range, emit, t0)
 
 
 def _finish_run(run: _Run) -> dict[str, Any]:
     """After training: validation report, distribution calibration, plots, metadata, final weights."""
     symbol, store, data, trainer, tracker = run.symbol, run.store, run.data, run.trainer, run.tracker
     model_config, train_config, include_volume = run.model_config, run.train_config, run.include_volume
+    include_range = run.include_range
     summary = tracker.get_summary()
     validation = _validation_report(trainer, data, model_config.prediction_horizons)
     calibration = calibrate_distribution(trainer.model, data.X[data.val_idx], data.y_scaled[data.val_idx])
@@ -341,6 +351,7 @@ def _finish_run(run: _Run) -> dict[str, Any]:
         "n_features": len(data.feature_names),
         "feature_names": data.feature_names,
         "feature_config": {"windows": list(DEFAULT_WINDOWS), "include_volume": include_volume,
+                           "include_range": include_range,
                            "warmup": data.warmup},
         "sequence_length": train_config.sequence_length,
         "calibration": calibration,

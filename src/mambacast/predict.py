@@ -333,13 +333,14 @@ class MambaPredictor:
             return self._models[symbol]
 
     def _lookup(self, symbol: str) -> _LoadedModel | StoreError:
-        own = self.model != "global" and (symbol in self.symbols or self.store.metadata_path(symbol).exists())
-        if own and (self.model == "symbol" or self.store.metadata_path(symbol).exists()):
+        if self.model != "global" and self.store.metadata_path(symbol).exists():
             return self._load(symbol)
         if self.model != "symbol" and self.store.metadata_path(GLOBAL_MODEL).exists():
             return self._load(GLOBAL_MODEL)   # one pooled model serves every symbol without its own
         if self.model == "global":
             return StoreError(f"no global model in {self.store.root} (train one: mambacast train --global)")
+        if symbol in self.symbols:
+            return self._load(symbol)         # the load error names the missing or damaged file
         return StoreError(f"no model for {symbol} in {self.store.root}")
 
     # ---- worker threads -----------------------------------------------------------------------

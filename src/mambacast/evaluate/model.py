@@ -33,7 +33,13 @@ from ..data.features import TimeSeriesFeatureEngineer
 from ..data.sequences import FeatureScaler, TargetScaler
 from ..nn.mamba import MambaModel
 from ..train.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
-from ..train.pipeline import DEFAULT_WINDOWS, calibrate_distribution, configure_baseline, prepare_data
+from ..train.pipeline import (
+    DEFAULT_WINDOWS,
+    calibrate_distribution,
+    configure_baseline,
+    fit_baseline_tail,
+    prepare_data,
+)
 from ..train.pooled import PooledData, prepare_pooled
 from ..train.trainer import Trainer
 from .baselines import DEFAULT_QUANTILES, BaseForecaster, Forecast, _check_horizons, _check_origins, _check_prices
@@ -126,6 +132,7 @@ class MambaForecaster(BaseForecaster):
         torch.manual_seed(tc.seed)
         model = MambaModel(mc, len(feature_names))
         configure_baseline(model, feature_names, feature_scaler, target_scaler)
+        fit_baseline_tail(model, X_train, y_train)
         early = EarlyStopping(monitor=tc.monitor, patience=tc.patience, min_delta=tc.min_delta,
                               restore_best_weights=True)
         callbacks: list[Callback] = [

@@ -39,8 +39,8 @@ from .callbacks import Callback, MetricsTracker, TrainingCallbacks, TrainingStat
 from .stacked import StackedTrainer
 from .trainer import NonFiniteLossError, Trainer, resolve_device
 
-__all__ = ["PreparedData", "prepare_data", "configure_baseline", "calibrate_distribution", "train_symbol",
-           "train_single_symbol", "train_symbols", "DEFAULT_WINDOWS", "ProgressFn"]
+__all__ = ["PreparedData", "prepare_data", "configure_baseline", "fit_baseline_tail", "calibrate_distribution",
+           "train_symbol", "train_single_symbol", "train_symbols", "DEFAULT_WINDOWS", "ProgressFn"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,30 @@ def configure_baseline(model: MambaModel, feature_names: Sequence[str], feature_
     cols = [list(feature_names).index(name) for name in BASELINE_FEATURES]
     model.baseline.configure(cols, feature_scaler.mean_[cols], feature_scaler.scale_[cols],  # type: ignore[index]
                              target_scaler.std_, GARCH_ALPHA + GARCH_BETA)
+
+
+@torch.no_grad()
+def fit_baseline_tail(model: MambaModel, X_train: np.ndarray, y_train: np.ndarray) -> np.ndarray:
+    """Set the model's Student-t degrees of freedom per horizon to their maximum-likelihood value under the
+    baseline (location 0, standard deviation sigma0), on the training windows; returns them (n_horizons,).
+
+    The baseline's tail is then fitted as GARCH(1,1)-t fits its nu, so the untrained model is a complete
+    classical forecaster; training continues from there. A grid of nu in [2.5, 100] (log-spaced) is
+    searched; the likelihood is flat enough near its maximum that a finer search changes nothing visible.
+    """
+    from scipy import special
+
+    x_last = torch.from_numpy(np.ascontiguousarray(X_train[:, -1], dtype=np.float32))
+    sigma0 = model.baseline(x_last).exp().double().numpy()                 # (n, n_horizons)
+    z = np.asarray(y_train, dtype=np.float64) / sigma0                      # standardised by the baseline
+    grid = np.geomspace(2.5, 100.0, 120)[:, None, None]
+    scale = np.sqrt((grid - 2) / grid)                                      # t scale with unit std
+    u = z[None] / scale
+    loglik = (special.gammaln((grid + 1) / 2) - special.gammaln(grid / 2) - 0.5 * np.log(grid * np.pi)
+              - np.log(scale) - (grid + 1) / 2 * np.log1p(u * u / grid)).mean(axis=1)   # (n_grid, n_horizons)
+    nu = grid[np.argmax(loglik, axis=0), 0, 0]
+    model.dist_head.df_raw.copy_(torch.from_numpy(np.log(np.expm1(nu - 2.0))).to(model.dist_head.df_raw))
+    return nu
 
 
 class _ProgressCallback(Callback):
@@ -293,6 +317,7 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
         y_train = y_aug[0]
 
     configure_baseline(model, data.feature_names, data.feature_scaler, data.target_scaler)
+    fit_baseline_tail(model, X_train, y_train)
     tracker = MetricsTracker(save_dir, symbol, monitor=train_config.monitor, loss=train_config.loss)
     run_info = {"data_hash": data.data_hash, "model_config": model_config.to_dict(),
                 "train_config": train_config.to_dict(), "n_features": len(data.feature_names)}

@@ -45,6 +45,7 @@ from .pipeline import (
     calibrate_distribution,
     configure_baseline,
     data_fingerprint,
+    fit_baseline_tail,
 )
 from .trainer import Trainer
 
@@ -158,6 +159,7 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
     torch.manual_seed(train_config.seed)
     model = MambaModel(model_config, len(data.feature_names))
     configure_baseline(model, data.feature_names, data.feature_scaler, data.target_scaler)
+    fit_baseline_tail(model, data.X_train, data.y_train)
     data_hash = hashlib.sha256("".join(data_fingerprint(as_price_frame(frames[s])) for s in data.counts).encode()
                                ).hexdigest()
     tracker = MetricsTracker(save_dir, name, monitor=train_config.monitor, loss=train_config.loss)

@@ -13,14 +13,11 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..store import ModelStore, atomic_write_json
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 __all__ = [
     "Callback", "EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "TrainingStateCheckpoint",
@@ -28,6 +25,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class Trainer(Protocol):
+    """What a callback may use of the loop that calls it (`train.trainer.Trainer` is one). Declared here so
+    callbacks do not import the trainer that imports them."""
+
+    model: torch.nn.Module
+    lr: float
+    stop_training: bool
+
+    def training_state(self, epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
 
 
 class Callback:

@@ -94,6 +94,9 @@ class _TrainPrinter:
             resumed = data.get("resumed_epoch")
             extra = f" (resuming at epoch {resumed + 1})" if resumed is not None else ""
             self._line(f"{tag} Training for {data['epochs']} epochs...{extra}")
+        elif event == "baseline":
+            self._line(f"{tag} untrained (the volatility baseline)  val_loss {data['val_loss']:.4f}  "
+                       f"val_mae {data['val_mae']:.4f}  val_crps {data['val_crps']:.4f}")
         elif event == "batch" and self.bar:
             done = data["batch"] + 1
             width = 24

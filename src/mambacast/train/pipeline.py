@@ -45,7 +45,8 @@ __all__ = ["PreparedData", "prepare_data", "configure_baseline", "fit_baseline_t
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS = (5, 10, 20, 60)
-# progress(event, symbol, data): events are "start", "loaded", "samples", "model", "batch", "epoch", "done".
+# progress(event, symbol, data): events are "start", "loaded", "samples", "model", "baseline", "batch", "epoch",
+# "done".
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -154,6 +155,10 @@ class _ProgressCallback(Callback):
     def on_batch_end(self, trainer: Trainer, batch: int, n_batches: int, loss: float) -> None:
         if self.progress:
             self.progress("batch", self.symbol, {"batch": batch, "n_batches": n_batches, "loss": loss})
+
+    def on_baseline(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.progress:
+            self.progress("baseline", self.symbol, dict(logs))
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:
         if self.progress:

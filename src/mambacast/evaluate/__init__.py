@@ -1,6 +1,7 @@
-"""Evaluation: forecast metrics and tests (`metrics`), baseline forecasters (`baselines`), the Mamba model behind
-the same interface (`model.MambaForecaster`, imported lazily: it needs torch) and the walk-forward backtest
-(`backtest`)."""
+"""Evaluation: forecast metrics and tests (`metrics`), baseline forecasters (`baselines`, the pooled HAR-t in
+`har`), the Mamba models behind the same interface (`model.MambaForecaster` and `model.GlobalMambaForecaster`,
+imported lazily: they need torch), the walk-forward backtest (`backtest`, pooled fits through `panel`) and what
+an options desk reads (`desk`)."""
 
 from .backtest import (
     BASELINES,
@@ -26,6 +27,7 @@ from .baselines import (
     RandomWalk,
     momentum_log_returns,
 )
+from .har import HarPool, HarT
 from .metrics import (
     INTERVALS,
     calibration_curve,
@@ -44,6 +46,7 @@ from .metrics import (
     pit_values,
     rmse,
 )
+from .panel import Panel
 
 __all__ = [
     "BASELINES",
@@ -57,6 +60,10 @@ __all__ = [
     "score_symbols",
     "walk_forward",
     "MambaForecaster",
+    "GlobalMambaForecaster",
+    "HarPool",
+    "HarT",
+    "Panel",
     "DEFAULT_QUANTILES",
     "INTERVALS",
     "BaseForecaster",
@@ -87,8 +94,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "MambaForecaster":  # torch is imported only when the model is asked for
-        from .model import MambaForecaster
+    if name in ("MambaForecaster", "GlobalMambaForecaster"):  # torch is imported only when a model is asked for
+        from . import model
 
-        return MambaForecaster
+        return getattr(model, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -99,3 +99,15 @@ def test_unknown_horizon_and_short_history_are_errors(fitted):
         model.predict_many(closes, [model.min_origin() - 1], HORIZONS)
     with pytest.raises(RuntimeError, match="not fitted"):
         tiny_model().predict(closes, HORIZONS)
+
+
+def test_a_stale_price_stretch_is_left_out_of_training():
+    # 300 days of an unchanging quote (fails the data checks: stale runs), then a real-looking walk:
+    # the model trains on the closes after the stretch, as GarchT fits, instead of failing the refit.
+    walk = random_walk_prices(1200, seed=3)
+    closes = np.concatenate([np.full(300, walk[0]), walk])
+    model = tiny_model(epochs=1).fit(closes)
+    assert model.fit_info_["stale_days_dropped"] >= 300
+    assert model.fit_info_["days"] == closes.size - model.fit_info_["stale_days_dropped"]
+    forecast = model.predict_many(closes, [closes.size - 1], HORIZONS)
+    assert np.all(np.isfinite(forecast.scale)) and np.all(forecast.scale > 0)

@@ -42,7 +42,15 @@ from ..train.pipeline import (
 )
 from ..train.pooled import PooledData, prepare_pooled
 from ..train.trainer import Trainer
-from .baselines import DEFAULT_QUANTILES, BaseForecaster, Forecast, _check_horizons, _check_origins, _check_prices
+from .baselines import (
+    DEFAULT_QUANTILES,
+    BaseForecaster,
+    Forecast,
+    _check_horizons,
+    _check_origins,
+    _check_prices,
+    stale_sample_start,
+)
 from .panel import CutoffCache, Panel
 
 __all__ = ["MambaForecaster", "GlobalMambaForecaster", "global_model_factory"]
@@ -113,12 +121,19 @@ class MambaForecaster(BaseForecaster):
     def fit(self, prices: np.ndarray) -> MambaForecaster:
         t0 = time.perf_counter()
         closes = _check_prices(prices, min_len=3)
+        # A stale-price stretch (e.g. RRC's 1990-92 quotes) fails the data checks and says nothing about
+        # volatility: train on the closes after it, as GarchT fits (`stale_sample_start`).
+        start = stale_sample_start(np.log(closes))
+        if start:
+            logger.info("%s: training starts after a stale-price stretch, at close %d of %d", self.symbol, start,
+                        closes.size)
         mc, tc = self.model_config, self.train_config
-        data = prepare_data(self.symbol, closes, mc, tc, windows=self.windows)
+        data = prepare_data(self.symbol, closes[start:], mc, tc, windows=self.windows)
         self._train(data.feature_names, data.feature_scaler, data.target_scaler, data.warmup,
                     data.X[data.train_idx], data.y_scaled[data.train_idx], data.X[data.val_idx],
                     data.y_scaled[data.val_idx])
-        self.fit_info_ = {"days": int(closes.size), "samples": int(len(data.X)), **self.fit_info_,
+        self.fit_info_ = {"days": int(closes.size - start), "stale_days_dropped": int(start),
+                          "samples": int(len(data.X)), **self.fit_info_,
                           "seconds": time.perf_counter() - t0}
         logger.info("%s: fitted on %d days (%d windows) in %d epochs, best %s %.4f, %.1fs", self.symbol, closes.size,
                     len(data.X), self.fit_info_["epochs"], tc.monitor, self.fit_info_["best_monitored"],

@@ -303,15 +303,21 @@ def test_garch_t_skips_the_stale_stretch_and_recovers_the_truth():
 
 def test_garch_t_refuses_degenerate_estimates(monkeypatch, caplog):
     p = _prices(600, seed=4)
-    estimates = iter([({"mu": 0.0, "omega": 0.001, "alpha": 0.05, "beta": 0.95}, 7.0),  # alpha + beta = 1
-                      ({"mu": 0.0, "omega": 0.01, "alpha": 0.05, "beta": 0.90}, 500.0)])  # nu at its bound
+    estimates = iter([({"mu": 0.0, "omega": 0.001, "alpha": 0.06, "beta": 0.95}, 7.0),  # alpha + beta > 1
+                      ({"mu": 0.0, "omega": 0.01, "alpha": 0.05, "beta": 0.90}, 500.0),  # nu at its bound
+                      ({"mu": 0.0, "omega": 0.001, "alpha": 0.05, "beta": 0.95}, 7.0),  # integrated: kept
+                      ({"mu": 0.0, "omega": 0.01, "alpha": 0.05, "beta": 0.90}, 500.0)])
     monkeypatch.setattr(B.GarchT, "_fit_arch", lambda self, r: (next(estimates), None))
     g = B.GarchT()
     with caplog.at_level(logging.INFO, logger="mambacast.evaluate.baselines"):
         g.fit(p)
         assert not g.converged and g.fit_info_["status"] == "fallback"
-        assert "alpha + beta = 1.000000" in g.fit_info_["reason"]
+        assert "alpha + beta = 1.010000" in g.fit_info_["reason"]
         assert g.fit_info_["estimate"]["beta"] == 0.95
+        g.fit(p)
+        assert "nu = 500 at its bound" in g.fit_info_["reason"]
+        g.fit(p)   # an IGARCH(1,1)-t estimate is a usable forecaster: kept, and flagged
+        assert g.converged and g.fit_info_["status"] == "garch" and g.fit_info_["integrated"] is True
         g.fit(p)
         assert "nu = 500 at its bound" in g.fit_info_["reason"]
     warnings_ = [r for r in caplog.records if r.levelno == logging.WARNING]

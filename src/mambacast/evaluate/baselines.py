@@ -508,8 +508,8 @@ class GarchT(_VectorisedForecaster):
     a calm regime.
 
     Refused fits: if the fit fails, does not converge, or the sample has fewer than `min_obs` returns, or the
-    parameters are degenerate (alpha + beta >= `max_persistence`: an integrated or explosive variance; nu at
-    arch's bounds 2.05 / 500; omega <= 0 or at arch's bounds), the model falls back to a constant historical
+    parameters are degenerate (alpha + beta >= `max_persistence`, default just above 1: an explosive variance;
+    nu at arch's bounds 2.05 / 500; omega <= 0 or at arch's bounds), the model falls back to a constant historical
     volatility (Gaussian, sample mean and sd): omega = sample variance, alpha = beta = 0, nu = None. The first
     refusal of an instance is logged as a warning, later ones at INFO; every fit leaves `fit_info_` (status
     "garch" or "fallback", the reason, the estimated parameters, the sample start), which the backtest stores
@@ -520,7 +520,7 @@ class GarchT(_VectorisedForecaster):
     #: arch's bounds on nu for the Student-t (StudentsT.bounds) and the margin that counts as "at the bound".
     NU_BOUNDS: tuple[float, float] = (2.05, 500.0)
 
-    def __init__(self, min_obs: int = 250, max_persistence: float = 0.9999, stale_window: int = 60,
+    def __init__(self, min_obs: int = 250, max_persistence: float = 1.0 + 1e-6, stale_window: int = 60,
                  max_zero_share: float = 0.5) -> None:
         self.min_obs, self.max_persistence = min_obs, max_persistence
         self.stale_window, self.max_zero_share = stale_window, max_zero_share
@@ -576,7 +576,9 @@ class GarchT(_VectorisedForecaster):
         else:
             self.params_, self.nu_ = fitted
             self.init_var_ = float(np.var(r - self.params_["mu"]))
-            info.update(status="garch", persistence=self.persistence)
+            # An integrated fit (alpha + beta = 1, arch's constraint binding, typical of 20-30 year samples with
+            # volatility regimes) is IGARCH(1,1)-t: a valid forecaster (RiskMetrics is one), kept and flagged.
+            info.update(status="garch", persistence=self.persistence, integrated=self.persistence >= 0.9999)
         self.fit_info_ = info
         return self
 

@@ -230,7 +230,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--as-of", help="forecast from this date (YYYY-MM-DD): history after it is ignored")
     p.add_argument("--strike", type=float, help="also print P(price above STRIKE) at each horizon")
     p.add_argument("--model", choices=["auto", "symbol", "global"], default="auto",
-                   help="auto: a symbol's own model, else the global model (train --global) when stored (default); "
+                   help="auto: the global model (train --global) when stored, else the symbol's own (default); "
                         "symbol: per-symbol models only; global: the global model for every symbol")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="PNG", help="save a fan chart of history and forecast quantiles")

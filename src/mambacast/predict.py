@@ -272,9 +272,10 @@ class MambaPredictor:
     validation factor) and one forward pass over those windows per new history; the factor is cached
     per symbol and history, so repeated calls on the same history cost what a "validation" call does.
 
-    `model` chooses which stored model answers: "auto" (default) a symbol's own model when it has one,
-    else the global model (`mambacast train --global`, stored as `_GLOBAL`) when there is one; "symbol"
-    only per-symbol models (the guide's behaviour); "global" the global model for every symbol.
+    `model` chooses which stored model answers: "auto" (default) the global model (`mambacast train --global`,
+    stored as `_GLOBAL`) when the store has one, since the backtest found it better than per-symbol models
+    (docs/results.md), else the symbol's own model; "symbol" only per-symbol models (the guide's behaviour);
+    "global" the global model for every symbol.
     """
 
     def __init__(self, symbols: Sequence[str], config: MambaConfig | None = None,
@@ -333,14 +334,14 @@ class MambaPredictor:
             return self._models[symbol]
 
     def _lookup(self, symbol: str) -> _LoadedModel | StoreError:
-        if self.model != "global" and self.store.metadata_path(symbol).exists():
-            return self._load(symbol)
-        if self.model != "symbol" and self.store.metadata_path(GLOBAL_MODEL).exists():
-            return self._load(GLOBAL_MODEL)   # one pooled model serves every symbol without its own
+        has_global = self.store.metadata_path(GLOBAL_MODEL).exists()
+        if self.model != "symbol" and has_global:
+            return self._load(GLOBAL_MODEL)   # one pooled model serves every symbol (docs/results.md: it forecasts
+            #                                   better than per-symbol models in the backtest)
         if self.model == "global":
             return StoreError(f"no global model in {self.store.root} (train one: mambacast train --global)")
-        if symbol in self.symbols:
-            return self._load(symbol)         # the load error names the missing or damaged file
+        if symbol in self.symbols or self.store.metadata_path(symbol).exists():
+            return self._load(symbol)         # a load error names the missing or damaged file
         return StoreError(f"no model for {symbol} in {self.store.root}")
 
     # ---- worker threads -----------------------------------------------------------------------

@@ -68,6 +68,11 @@ def test_train_global_then_serve_any_symbol(tmp_path, capsys):
     assert forecast("global").quantiles == auto.quantiles
     only_own = forecast("symbol")
     assert only_own.source == "momentum" and "PG" in only_own.reason
+    # with both, auto serves the global model (the backtest's better one); symbol serves the symbol's own
+    assert main(["train", "--symbols", "PG", "--save-dir", str(tmp_path), *FAST]) == 0
+    assert forecast("auto").model_version.startswith("global/")
+    own = forecast("symbol")
+    assert own.source == "mamba" and not own.model_version.startswith("global/")
     with pytest.raises(ValueError, match="model='best'"):
         MambaPredictor(["PG"], model_dir=tmp_path, model="best")
 

@@ -323,24 +323,36 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
 
     configure_baseline(model, data.feature_names, data.feature_scaler, data.target_scaler)
     fit_baseline_tail(model, X_train, y_train)
-    tracker = MetricsTracker(save_dir, symbol, monitor=train_config.monitor, loss=train_config.loss)
-    run_info = {"data_hash": data.data_hash, "model_config": model_config.to_dict(),
-                "train_config": train_config.to_dict(), "n_features": len(data.feature_names)}
-    callbacks = [
-        *TrainingCallbacks(save_dir, symbol, patience=train_config.patience, min_delta=train_config.min_delta,
-                           lr_factor=train_config.lr_factor, lr_patience=train_config.lr_patience,
-                           min_lr=train_config.min_lr, monitor=train_config.monitor).get_callbacks(),
-        tracker,
-        TrainingStateCheckpoint(store.state_path(symbol), info=run_info),
-        _ProgressCallback(symbol, train_config.epochs, progress),
-    ]
-    trainer = Trainer(model, train_config, callbacks, device=device)
-    resume_from = _resumable_state(store, symbol, run_info) if resume else None
-    emit("model", symbol, {"parameters": n_params, "epochs": train_config.epochs,
-                           "resumed_epoch": None if resume_from is None else resume_from[1]["epoch"] + 1})
+    trainer, tracker, resume_from = stored_trainer(model, model_config, train_config, store, symbol,
+                                                   data.data_hash, len(data.feature_names), device, resume, progress)
     return _Run(symbol, store, data, model_config, train_config, trainer, tracker,
                 (X_train, y_train, data.X[data.val_idx], data.y_scaled[data.val_idx]), resume_from, n_params,
                 source, include_volume, include_range, emit, t0)
+
+
+def stored_trainer(model: MambaModel, model_config: MambaConfig, train_config: TrainConfig, store: ModelStore,
+                   name: str, data_hash: str, n_features: int, device: str | None, resume: bool,
+                   progress: ProgressFn | None) -> tuple[Trainer, MetricsTracker, Any]:
+    """A Trainer with the guide's callbacks writing `name`'s files in `store` (checkpoint, metrics, resumable
+    state, progress); returns it, its MetricsTracker and the state to resume from (None: a fresh run).
+    Emits the "model" progress event."""
+    tracker = MetricsTracker(store.root, name, monitor=train_config.monitor, loss=train_config.loss)
+    run_info = {"data_hash": data_hash, "model_config": model_config.to_dict(),
+                "train_config": train_config.to_dict(), "n_features": n_features}
+    callbacks = [
+        *TrainingCallbacks(store.root, name, patience=train_config.patience, min_delta=train_config.min_delta,
+                           lr_factor=train_config.lr_factor, lr_patience=train_config.lr_patience,
+                           min_lr=train_config.min_lr, monitor=train_config.monitor).get_callbacks(),
+        tracker,
+        TrainingStateCheckpoint(store.state_path(name), info=run_info),
+        _ProgressCallback(name, train_config.epochs, progress),
+    ]
+    trainer = Trainer(model, train_config, callbacks, device=device)
+    resume_from = _resumable_state(store, name, run_info) if resume else None
+    if progress:
+        progress("model", name, {"parameters": model.count_parameters(), "epochs": train_config.epochs,
+                                 "resumed_epoch": None if resume_from is None else resume_from[1]["epoch"] + 1})
+    return trainer, tracker, resume_from
 
 
 def _finish_run(run: _Run) -> dict[str, Any]:

@@ -35,19 +35,16 @@ from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, tem
 from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
 from ..store import GLOBAL_MODEL, ModelStore
-from .callbacks import MetricsTracker, TrainingCallbacks, TrainingStateCheckpoint
 from .pipeline import (
     DEFAULT_WINDOWS,
     ProgressFn,
     _plot_curves,
-    _ProgressCallback,
-    _resumable_state,
     calibrate_distribution,
     configure_baseline,
     data_fingerprint,
     fit_baseline_tail,
+    stored_trainer,
 )
-from .trainer import Trainer
 
 __all__ = ["PooledData", "prepare_pooled", "train_global"]
 
@@ -162,21 +159,8 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
     fit_baseline_tail(model, data.X_train, data.y_train)
     data_hash = hashlib.sha256("".join(data_fingerprint(as_price_frame(frames[s])) for s in data.counts).encode()
                                ).hexdigest()
-    tracker = MetricsTracker(save_dir, name, monitor=train_config.monitor, loss=train_config.loss)
-    run_info = {"data_hash": data_hash, "model_config": model_config.to_dict(),
-                "train_config": train_config.to_dict(), "n_features": len(data.feature_names)}
-    callbacks = [
-        *TrainingCallbacks(save_dir, name, patience=train_config.patience, min_delta=train_config.min_delta,
-                           lr_factor=train_config.lr_factor, lr_patience=train_config.lr_patience,
-                           min_lr=train_config.min_lr, monitor=train_config.monitor).get_callbacks(),
-        tracker,
-        TrainingStateCheckpoint(store.state_path(name), info=run_info),
-        _ProgressCallback(name, train_config.epochs, progress),
-    ]
-    trainer = Trainer(model, train_config, callbacks, device=device)
-    resume_from = _resumable_state(store, name, run_info) if resume else None
-    emit("model", name, {"parameters": model.count_parameters(), "epochs": train_config.epochs,
-                         "resumed_epoch": None if resume_from is None else resume_from[1]["epoch"] + 1})
+    trainer, tracker, resume_from = stored_trainer(model, model_config, train_config, store, name, data_hash,
+                                                   len(data.feature_names), device, resume, progress)
     trainer.fit(data.X_train, data.y_train, data.X_val, data.y_val, resume_from=resume_from)
     model = trainer.model.cpu().eval()
     summary = tracker.get_summary()

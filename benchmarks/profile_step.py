@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25]
 
-The step is the Trainer's: a batch of windows, `forward_distribution`, MSE + Student-t NLL (location
-detached), backward, clipping by global norm 1.0, Adam. Prints the median step time without the
+The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
+Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam. Prints the median step time without the
 profiler, then the profiler's operators by self CPU time, and the matmul rate (counted matmul FLOPs,
 as in bench_model.py, over the time in aten::mm/addmm/bmm) beside the measured matmul peak.
 """
@@ -19,8 +19,8 @@ from bench_model import matmul_peak_gflops, model_flops  # benchmarks/ is on sys
 from torch.profiler import ProfilerActivity, profile
 
 from mambacast.config import MambaConfig
-from mambacast.nn.heads import student_t_nll
 from mambacast.nn.mamba import MambaModel
+from mambacast.train.objective import objective
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         idx = torch.randperm(len(X))[:args.batch]
         x, y = X[idx], Y[idx]
         loc, scale, df = model.forward_distribution(x)
-        loss = (loc - y).pow(2).mean() + student_t_nll(y, loc.detach(), scale, df)
+        loss, _ = objective("nll", y, loc, scale, df)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -4,8 +4,9 @@ Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--ro
 
 The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
 Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam.
-Prints the median step time without the profiler, then the profiler's operators by self CPU time, and the matmul rate (counted matmul FLOPs,
-as in bench_model.py, over the time in aten::mm/addmm/bmm) beside the measured matmul peak.
+Prints the median step time without the profiler, then the profiler's operators by self CPU time,
+and the matmul rate (counted matmul FLOPs, as in bench_model.py, over the time in aten::mm/addmm/bmm)
+beside the measured matmul peak.
 """
 
 from __future__ import annotations

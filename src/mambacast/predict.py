@@ -1,7 +1,7 @@
 """Serve forecasts: the guide's async `MambaPredictor`, with price distributions and a momentum fallback.
 
 For each horizon h the model gives a Student-t distribution of the future log-return
-`r_h = log(p[t+h] / p_t)`: location `mu_h` (the MSE point forecast), scale `s_h` and degrees of
+`r_h = log(p[t+h] / p_t)`: location `mu_h` (the point forecast), scale `s_h` and degrees of
 freedom `nu_h`, mapped from the model's standardised space with the training target scaler and
 widened or narrowed by the calibration factor fitted on the validation split. Prices follow as
 `p_t * exp(r)`, so the point forecast `p_t * exp(mu_h)` is the median price, and

@@ -221,7 +221,8 @@ def _plot_curves(history: list[dict[str, float]], path: Path, symbol: str) -> Pa
         return None
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, title) in zip(axes, [("loss", "MSE (standardised)"), ("mae", "MAE (standardised)"),
+    # "loss" is the training objective: the Student-t NLL by default, the MSE with --loss mse.
+    for ax, (key, title) in zip(axes, [("loss", "loss (standardised)"), ("mae", "MAE (standardised)"),
                                        ("lr", "learning rate")], strict=True):
         if key == "lr":
             ax.plot(epochs, [h["lr"] for h in history], color="tab:green")

@@ -33,13 +33,8 @@ from ..data.features import TimeSeriesFeatureEngineer
 from ..data.sequences import FeatureScaler, TargetScaler
 from ..nn.mamba import MambaModel
 from ..train.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
-from ..train.pipeline import (
-    DEFAULT_WINDOWS,
-    calibrate_distribution,
-    configure_baseline,
-    fit_baseline_tail,
-    prepare_data,
-)
+from ..train.distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
+from ..train.pipeline import DEFAULT_WINDOWS, prepare_data
 from ..train.pooled import PooledData, prepare_pooled
 from ..train.trainer import Trainer
 from .baselines import (

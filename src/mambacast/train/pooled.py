@@ -35,14 +35,12 @@ from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, tem
 from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
 from ..store import GLOBAL_MODEL, ModelStore
+from .distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
 from .pipeline import (
     DEFAULT_WINDOWS,
     ProgressFn,
     _plot_curves,
-    calibrate_distribution,
-    configure_baseline,
     data_fingerprint,
-    fit_baseline_tail,
     stored_trainer,
 )
 

@@ -358,14 +358,10 @@ def plot_reliability(result: BacktestResult, symbol: str, path: str | Path) -> P
     fig, axes = plt.subplots(1, len(horizons), figsize=(3.4 * len(horizons), 3.4), squeeze=False)
     refs = set(result.config.reference_names)
     for ax, h in zip(axes[0], horizons, strict=True):
-        ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+        _diagonal_panel(ax, f"{h}d: observed vs predicted P(S_T>K)")
         for name, g in t[t["horizon"] == h].groupby("forecaster", sort=False):
             ax.plot(g["mean_predicted"], g["observed_frequency"], marker="o", ms=3,
                     lw=1.6 if name in refs else 0.9, label=name)
-        ax.set_title(f"{h}d: observed vs predicted P(S_T>K)", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{symbol}: reliability of the strike probabilities (K = S0 x 0.90 .. 1.10)", fontsize=10)
     fig.tight_layout()
@@ -567,7 +563,7 @@ def plot_calibration(result: BacktestResult, symbol: str, path: str | Path, fore
         ax.set_title(f"{h}d: PIT of {name} (n={u.size})", fontsize=9)
         ax.set_xlim(0, 1)
         ax = axes[1, j]
-        ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+        _diagonal_panel(ax, f"{h}d: observed P(y <= q_tau) vs tau")
         for n in names:
             row = m[(m["symbol"] == symbol) & (m["forecaster"] == n) & (m["horizon"] == h)]
             keys = sorted((float(c[len("calibration_q"):]), c) for c in row.columns
@@ -575,14 +571,19 @@ def plot_calibration(result: BacktestResult, symbol: str, path: str | Path, fore
             if keys:
                 ax.plot([k for k, _ in keys], [row[c].iloc[0] for _, c in keys], marker="o", ms=3,
                         lw=1.6 if n == result.config.reference else 0.9, label=n)
-        ax.set_title(f"{h}d: observed P(y <= q_tau) vs tau", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
     axes[1, 0].legend(fontsize=7)
     fig.suptitle(f"{symbol}: calibration", fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def _diagonal_panel(ax: Any, title: str) -> None:
+    """A unit-square panel with the diagonal (where a calibrated forecaster lies) and a grid."""
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:

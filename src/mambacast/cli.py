@@ -34,6 +34,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=["nll", "mse"], default="nll",
                    help="training objective: nll, the Student-t likelihood of the whole distribution, with "
                         "checkpoints and early stopping on validation CRPS (default); mse, the guide's")
+    p.add_argument("--garch-weight", type=float,
+                   help="weight of a per-stock GARCH(1,1)-t pooled into the served distribution (0: the "
+                        "network alone; default 0.5, see docs/model.md)")
     p.add_argument("--stack", action="store_true",
                    help="train every symbol's own model together as one batched computation on the CPU (same "
                         "results as one at a time; per-symbol time is then the whole stack's)")
@@ -135,7 +138,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model_config, train_config = preset(args.preset)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                    ("learning_rate", args.learning_rate), ("seed", args.seed),
-                                   ("loss", args.loss)) if v is not None}
+                                   ("loss", args.loss), ("garch_weight", args.garch_weight)) if v is not None}
     train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
     if args.days is not None and args.days < 1:
         raise CLIError(f"--days {args.days} is invalid: must be a positive number of trading days")
@@ -347,6 +350,9 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
                                    "per seed and as the spread over seeds (default: one model, --seed)")
     p.add_argument("--baselines", help="comma list of baselines (default all: random_walk,drift,momentum,"
                                        "hist_vol,garch_t,har_t)")
+    p.add_argument("--garch-weight", type=float,
+                   help="weight of a per-stock GARCH(1,1)-t pooled into the model's distribution (0: the "
+                        "network alone; default 0.5, as mambacast train stores it)")
     p.add_argument("--model", choices=["global", "symbol"], default="global",
                    help="global: one network per refit trained on every backtested symbol's history (default); "
                         "symbol: one network per symbol and refit (the guide's per-symbol models)")
@@ -470,8 +476,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     model_config, train_config = preset(args.preset)
     model_config = type(model_config).from_dict({**model_config.to_dict(), "prediction_horizons": list(horizons)})
     batch_size = args.batch_size or (_GLOBAL_BATCH if args.model == "global" else None)
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", batch_size), ("seed", args.seed))
-                 if v is not None}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", batch_size), ("seed", args.seed),
+                                   ("garch_weight", args.garch_weight)) if v is not None}
     train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
     if seeds is not None and len(seeds) == 1:
         train_config = TrainConfig.from_dict({**train_config.to_dict(), "seed": seeds[0]})
@@ -505,7 +511,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     command = "mambacast backtest " + ("--test" if args.test else f"--symbols {args.symbols}") + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k in ("start", "end", "refit_every", "window", "train_days", "model", "preset", "epochs", "batch_size",
-                 "seed", "seeds", "baselines", "horizons", "source", "data", "threads", "report") and v is not None) + \
+                 "seed", "seeds", "garch_weight", "baselines", "horizons", "source", "data", "threads", "report")
+        and v is not None) + \
         "".join(f" --{k.replace('_', '-')}" for k in ("no_model", "strict") if getattr(args, k))
     result.info.update({"source": args.source})
     if not args.no_model:
@@ -514,6 +521,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
                             "model": {k: v for k, v in model_config.to_dict().items()
                                       if k in ("d_model", "d_state", "num_layers", "prediction_horizons")},
                             "seed": train_config.seed if seeds is None or len(seeds) == 1 else seeds,
+                            "garch_weight": train_config.garch_weight,
                             "torch_threads": args.threads})
     paths = write_backtest_report(result, args.report, command=command, forecasts_csv=not args.no_forecasts_file)
     print()

@@ -149,6 +149,8 @@ class TrainConfig(_JsonConfig):
     seed: int = 42
     # "nll": the Student-t likelihood of the whole distribution (default); "mse": the guide's objective.
     loss: str = "nll"
+    # Weight of a per-stock GARCH(1,1)-t in the served distribution (`mambacast.blend`); 0 = the network alone.
+    garch_weight: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "sequence_length", "patience", "lr_patience"):
@@ -165,6 +167,9 @@ class TrainConfig(_JsonConfig):
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
                  "seed", self.seed, "must be a non-negative integer")
         _require(self.loss in ("nll", "mse"), "loss", self.loss, "choose nll (the default) or mse")
+        _require(isinstance(self.garch_weight, (int, float)) and not isinstance(self.garch_weight, bool)
+                 and 0.0 <= self.garch_weight <= 1.0, "garch_weight", self.garch_weight,
+                 "must be in [0, 1] (0: the network alone; default 0.5)")
 
     @property
     def monitor(self) -> str:

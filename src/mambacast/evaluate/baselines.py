@@ -615,6 +615,28 @@ class GarchT(_VectorisedForecaster):
                     f"GARCH fit did not converge (flag {res.convergence_flag}, params {params}, nu {nu})")
         return (params, nu), None
 
+    def to_dict(self) -> dict[str, object]:
+        """The fitted state as JSON-ready values (stored in a model's metadata); `from_dict` restores it."""
+        _check_fitted(self.params_, self.name)
+        return {"params": dict(self.params_), "nu": self.nu_, "init_var": self.init_var_,  # type: ignore[arg-type]
+                "status": self.fit_info_.get("status"), "reason": self.fit_info_.get("reason")}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, object]) -> GarchT:
+        """A fitted GarchT from `to_dict`'s output (no refit)."""
+        g = cls()
+        params = {k: float(v) for k, v in state["params"].items()}  # type: ignore[attr-defined]
+        if set(params) != {"mu", "omega", "alpha", "beta"}:
+            raise ValueError(f"GARCH parameters must be mu, omega, alpha, beta; got {sorted(params)}")
+        nu = state.get("nu")
+        g.params_, g.nu_ = params, None if nu is None else float(nu)  # type: ignore[arg-type]
+        g.init_var_ = float(state["init_var"])  # type: ignore[arg-type]
+        values = [*params.values(), g.init_var_] + ([] if g.nu_ is None else [g.nu_])
+        if not np.all(np.isfinite(values)) or g.init_var_ <= 0 or (g.nu_ is not None and g.nu_ <= 2):
+            raise ValueError(f"GARCH state is not a valid fit: {state}")
+        g.fit_info_ = {"status": state.get("status"), "reason": state.get("reason")}
+        return g
+
     def conditional_variance(self, prices: np.ndarray) -> np.ndarray:
         """One-step variances sigma^2_{t+1|t} (percent^2) at every origin t = 0..n_days-1 of prices, (n_days,)."""
         _check_fitted(self.params_, self.name)

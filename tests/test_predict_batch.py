@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from mambacast import MambaConfig, MambaPredictor, TrainConfig
+from mambacast.blend import GarchBlend, blend_student_t
 from mambacast.data.features import TimeSeriesFeatureEngineer
 from mambacast.data.sources import load_prices
 from mambacast.predict import EMA_TOLERANCE, ema_memory_days, rolling_scale_factors
@@ -16,6 +17,7 @@ from mambacast.store import StoreError
 from mambacast.train import train_symbol
 
 KEYS = ["1d", "5d", "10d", "30d"]
+KEYS_H = [1, 5, 10, 30]
 TINY = MambaConfig(d_model=16, d_state=4, num_layers=1)
 
 
@@ -178,6 +180,8 @@ def test_inference_threads_are_per_worker(model_dir):
 def test_rolling_calibration_refits_the_validation_estimator_on_recent_residuals(model_dir, long_history):
     plain = MambaPredictor(["AAPL"], model_dir=model_dir, trim_history=False)
     rolling = MambaPredictor(["AAPL"], model_dir=model_dir, calibration="rolling", calibration_window=250)
+    for p in (plain, rolling):   # the network's own factor: the GARCH-t pool is applied after it (test below)
+        p._load("AAPL").blend = GarchBlend(0.0)
     try:
         closes = long_history["close"].to_numpy()
         fc = plain.forecast_origins("AAPL", long_history)          # raw forecasts at every origin 119..1499
@@ -195,6 +199,32 @@ def test_rolling_calibration_refits_the_validation_estimator_on_recent_residuals
     finally:
         plain.close()
         rolling.close()
+
+
+def test_served_law_is_the_network_pooled_with_the_stored_garch_fit(model_dir, long_history):
+    """predict_detailed and forecast_origins serve blend_student_t(network, stored GARCH-t, 0.5) on real prices."""
+    served = MambaPredictor(["AAPL"], model_dir=model_dir)
+    net = MambaPredictor(["AAPL"], model_dir=model_dir)
+    try:
+        blend = served._load("AAPL").blend
+        assert blend.weight == 0.5 and set(blend.fits) == {"AAPL"}   # fitted at training, read from metadata
+        net._load("AAPL").blend = GarchBlend(0.0)
+        closes = long_history["close"].to_numpy()
+        origins = np.array([900, 1200, len(closes) - 1])
+        a = served.forecast_origins("AAPL", long_history, origins)
+        b = net.forecast_origins("AAPL", long_history, origins)
+        g = blend.fits["AAPL"].predict_many(closes, origins, KEYS_H)
+        loc, scale = blend_student_t(b.loc, b.scale, b.df, g.mean, g.scale, g.df, 0.5)
+        np.testing.assert_allclose(a.loc, loc, rtol=1e-12)
+        np.testing.assert_allclose(a.scale, scale, rtol=1e-12)
+        assert not np.allclose(a.scale, b.scale, rtol=1e-3)          # the pool moves the law
+        got = run(served.predict_detailed("AAPL", long_history, float(closes[-1])))
+        for j, k in enumerate(KEYS):
+            assert got._dist[k][0] == pytest.approx(loc[-1, j], abs=1e-7)
+            assert got._dist[k][1] == pytest.approx(scale[-1, j], rel=1e-5)
+    finally:
+        served.close()
+        net.close()
 
 
 def test_rolling_calibration_in_batches_origins_and_short_histories(model_dir, long_history):

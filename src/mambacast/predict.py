@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 from scipy import special, stats
 
+from .blend import GarchBlend
 from .config import MambaConfig
 from .data.features import (
     MACD_FAST,
@@ -143,8 +144,9 @@ class OriginForecasts:
 
     `origins` are row positions in the history (the forecast uses rows `0..origin`), `as_of` their
     dates (None for plain arrays); `loc`, `scale` (calibrated) and `raw_scale` (before the calibration
-    factor) are `(n_origins, n_horizons)` in log-return units; `calibration` is the factor applied at each
-    origin (`scale = raw_scale * calibration`, same shape); `df` is `(n_horizons,)`.
+    factor) are `(n_origins, n_horizons)` in log-return units, the served law (the network pooled with
+    GARCH(1,1)-t, `mambacast.blend`); `calibration` is `scale / raw_scale` at each origin (the network's
+    factor to the power 1 - garch_weight, same shape); `df` is `(n_horizons,)`.
     """
 
     symbol: str
@@ -180,6 +182,7 @@ class _LoadedModel:
     target_scaler: TargetScaler
     calibration: np.ndarray          # (n_horizons,) multiplier of the distribution scale
     lock: threading.Lock
+    blend: GarchBlend = field(default_factory=lambda: GarchBlend(0.0))   # the GARCH-t side of the served law
     keep_days: int = 0               # rows of history turned into features when trimming
     factors: dict[bytes, np.ndarray] = field(default_factory=dict)   # rolling factors by history digest
 
@@ -208,6 +211,7 @@ class _Prepared:
     loaded: _LoadedModel
     windows: np.ndarray
     as_of: str | None
+    history: np.ndarray              # the request's closes (the last is the origin): GARCH-t's filter reads them
     closes: np.ndarray | None = None
     key: bytes | None = None
     factor: np.ndarray | None = None
@@ -323,7 +327,7 @@ class MambaPredictor:
                         target_scaler=TargetScaler.from_dict(meta["target_scaler"]),
                         calibration=np.asarray(meta.get("calibration", {}).get("scale_factor",
                                                [1.0] * len(model.horizons)), dtype=np.float64),
-                        lock=threading.Lock(),
+                        lock=threading.Lock(), blend=GarchBlend.from_metadata(meta),
                         keep_days=int(fc["warmup"]) + int(meta["sequence_length"])
                         + max(ema_memory_days(engineer.windows), volatility_memory_days(EMA_TOLERANCE)))
                 except StoreError as exc:
@@ -403,7 +407,8 @@ class MambaPredictor:
             features = loaded.engineer.extract_features(tail)
         scaled = loaded.feature_scaler.transform(features[-(loaded.sequence_length + n_windows - 1):])
         windows = np.lib.stride_tricks.sliding_window_view(scaled, loaded.sequence_length, axis=0).transpose(0, 2, 1)
-        return _Prepared(loaded, windows, as_of, tail if rolling else None, key, factor)
+        # GARCH-t's filter reads the whole history: it is cheap, and its memory (beta^n) can outlast keep_days
+        return _Prepared(loaded, windows, as_of, closes, tail if rolling else None, key, factor)
 
     def _infer(self, loaded: _LoadedModel, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """windows (batch, seq_len, n_features) -> loc, raw_scale (batch, n_horizons) in log-returns, df (n_horizons,).
@@ -431,8 +436,11 @@ class MambaPredictor:
                 if len(loaded.factors) >= _FACTOR_CACHE:
                     loaded.factors.pop(next(iter(loaded.factors)))
                 loaded.factors[prep.key] = factor
-        return _result(symbol, current_price, loaded.model.horizons, loc[-1], raw[-1] * factor, df, quantiles,
-                       "mamba", None, loaded.version, prep.as_of)
+        horizons = loaded.model.horizons
+        mu, scale = loaded.blend.apply(symbol, prep.history, [len(prep.history) - 1], horizons, loc[-1:],
+                                       raw[-1:] * factor, df)
+        return _result(symbol, current_price, horizons, mu[0], scale[0], df, quantiles, "mamba", None,
+                       loaded.version, prep.as_of)
 
     def _forecast(self, symbol: str, price_history: Any, current_price: float,
                   quantiles: Sequence[float]) -> PredictionResult:
@@ -566,11 +574,14 @@ class MambaPredictor:
             loc, raw, factor = loc[pick], raw[pick], factor[pick]
         else:
             factor = np.broadcast_to(loaded.calibration, loc.shape).copy()
+        # The served law pools in GARCH(1,1)-t (`mambacast.blend`); raw_scale is the pool before calibration.
+        _, scale = loaded.blend.apply(symbol, closes, rows, horizons, loc, raw * factor, df)
+        loc, raw = loaded.blend.apply(symbol, closes, rows, horizons, loc, raw, df)
         index = price_history.index if isinstance(price_history, (pd.DataFrame, pd.Series)) else None
         as_of = [index[r].date().isoformat() if index is not None and isinstance(index[r], pd.Timestamp) else None
                  for r in rows]
         return OriginForecasts(symbol=symbol, horizons=horizons, origins=rows, as_of=as_of, loc=loc,
-                               scale=raw * factor, raw_scale=raw, df=df, calibration=factor,
+                               scale=scale, raw_scale=raw, df=df, calibration=scale / raw,
                                model_version=loaded.version)
 
     def train(self, training_data: dict[str, Any], epochs: int = 50, **kwargs: Any) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
+from ..blend import GarchBlend
 from ..config import MambaConfig, TrainConfig
 from ..data.augment import DataAugmentor
 from ..data.errors import DataError
@@ -341,6 +342,8 @@ def _finish_run(run: _Run) -> dict[str, Any]:
                            "warmup": data.warmup},
         "sequence_length": train_config.sequence_length,
         "calibration": calibration,
+        "blend": GarchBlend.fit({symbol: data.prices["close"].to_numpy(dtype=np.float64)},
+                                train_config.garch_weight).to_dict(),
         "feature_scaler": data.feature_scaler.to_dict(),
         "target_scaler": data.target_scaler.to_dict(),
         "data_source": data.prices.attrs.get("source", run.source),

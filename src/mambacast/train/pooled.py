@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..blend import GarchBlend
 from ..config import MambaConfig, TrainConfig
 from ..data.errors import DataError
 from ..data.features import TimeSeriesFeatureEngineer
@@ -185,6 +186,8 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
         "feature_config": {"windows": list(DEFAULT_WINDOWS), "include_volume": False, "warmup": data.warmup},
         "sequence_length": train_config.sequence_length,
         "calibration": calibration,
+        "blend": GarchBlend.fit({s: as_price_frame(frames[s])["close"].to_numpy(dtype=np.float64) for s in data.counts},
+                                train_config.garch_weight).to_dict(),
         "feature_scaler": data.feature_scaler.to_dict(), "target_scaler": data.target_scaler.to_dict(),
         "data_source": source, "data_hash": data_hash, "seed": train_config.seed,
         "n_parameters": model.count_parameters(), "device": str(trainer.device),

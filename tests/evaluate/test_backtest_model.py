@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mambacast.blend import blend_student_t
 from mambacast.config import MambaConfig, TrainConfig
-from mambacast.evaluate import BacktestConfig, RandomWalk, run_backtest
+from mambacast.evaluate import BacktestConfig, GarchT, RandomWalk, run_backtest
 from mambacast.evaluate.model import MambaForecaster
 
 from .test_backtest import AR1Oracle, ar1_prices, random_walk_prices
@@ -75,6 +76,24 @@ def test_predict_many_equals_predict_on_the_prefix(fitted):
         np.testing.assert_allclose(many.scale[i], one.scale, rtol=1e-5)
     assert many.df.shape == many.mean.shape and np.all(many.df > 2)
     assert model.fit_info_["days"] == 500 and model.fit_info_["epochs"] <= 2
+
+
+def test_forecasts_pool_the_network_with_garch_fitted_on_the_training_closes(fitted):
+    closes, model = fitted
+    assert model.garch_ is not None and model.fit_info_["garch_weight"] == 0.5
+    assert model.garch_.params_ == GarchT().fit(closes[:500]).params_     # the baseline's fit on the same closes
+    origins = np.arange(model.min_origin(), closes.size, 50)
+    served = model.predict_many(closes, origins, HORIZONS)
+    garch, model.garch_ = model.garch_, None                             # the network alone
+    try:
+        net = model.predict_many(closes, origins, HORIZONS)
+    finally:
+        model.garch_ = garch
+    g = garch.predict_many(closes, origins, HORIZONS)
+    loc, scale = blend_student_t(net.mean, net.scale, net.df[0], g.mean, g.scale, g.df, 0.5)
+    np.testing.assert_allclose(served.mean, loc, rtol=1e-12)
+    np.testing.assert_allclose(served.scale, scale, rtol=1e-12)
+    np.testing.assert_array_equal(served.df, net.df)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -5,7 +5,7 @@ fixed-parameter GARCH baseline plus learned corrections over pooled stocks, GARC
 maximum-likelihood fit per stock). Their errors are far from perfectly correlated, so an equal-weight
 combination beats either alone (the forecast-combination result of Bates & Granger 1969; Timmermann 2006
 reviews why equal weights are hard to beat). On the tuning period (2004-2009, docs/results.md) the
-network alone tied GARCH-t while the combination's CRPS was 0.2-0.6% lower at every horizon.
+network alone tied GARCH-t while the combination's CRPS was 0.1-0.6% lower at every horizon.
 
 The pool is log-linear in the standard deviation and linear in the location, with the network's tail:
 

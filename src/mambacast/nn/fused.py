@@ -24,16 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .scan import fused_chunk, fused_enabled, selective_scan
+from ..ops.amp import autocast_backward, float32_forward
+from .scan import compute_dtype, fused_chunk, fused_enabled, selective_scan
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "mamba_inner", "mamba_inner_ref", "fused_ops"]
 
 
 def fused_ops(*tensors: Tensor, d_state: int = 1):
     """The kernel's ops if the fused path applies to these tensors (CPU, one float32/float64
-    dtype, kernel built, `MAMBACAST_SCAN` auto or fused), else None."""
+    dtype, kernel built, `MAMBACAST_SCAN` auto or fused), else None. Under autocast the fused Functions
+    compute in float32 (`ops.amp`), so autocast's bfloat16 counts as float32 (`compute_dtype`)."""
     t = tensors[0]
-    if any(x.dtype != t.dtype or x.device != t.device for x in tensors) or not fused_enabled(t, d_state):
+    dtype = compute_dtype(t)
+    if any(compute_dtype(x) != dtype or x.device != t.device for x in tensors) or not fused_enabled(t, d_state):
         return None
     from ..ops import load
 
@@ -64,6 +67,7 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Te
 
 class _CausalConv1d(torch.autograd.Function):
     @staticmethod
+    @float32_forward
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor | None,  # type: ignore[override]
                 silu: bool) -> Tensor:
         ops = fused_ops(x)
@@ -74,6 +78,7 @@ class _CausalConv1d(torch.autograd.Function):
         return out
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, dout: Tensor):  # type: ignore[override]
         from ..ops import load
 
@@ -152,6 +157,7 @@ def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x
 
 class _MambaInner(torch.autograd.Function):
     @staticmethod
+    @float32_forward
     def forward(ctx, xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,  # type: ignore[override]
                 x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor,
                 D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -182,6 +188,7 @@ class _MambaInner(torch.autograd.Function):
         return y, h_last.transpose(1, 2)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):  # type: ignore[override]
         from ..ops import load
 

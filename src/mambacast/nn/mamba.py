@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MambaConfig
+from ..ops.amp import same_autocast_backward, same_autocast_forward
 from .fused import fused_ops, mamba_inner
 from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_params
 
@@ -99,9 +100,13 @@ class MambaBlock(nn.Module):
         """
         xz = self.in_proj(self.norm(hidden))                               # (b, l, 2 * d_inner)
         conv_prev = None if state is None else state.conv[:, :, 1:].transpose(1, 2)   # (b, d_conv-1, d_inner)
-        A = self.A.to(xz.dtype)
+        if torch.is_autocast_enabled(xz.device.type):
+            # xz is in autocast's dtype; A and D stay in the parameters' (the scan runs in float32: ops.amp).
+            A, D = self.A, self.D
+        else:
+            A, D = self.A.to(xz.dtype), self.D.to(xz.dtype)
         y, ssm = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
-                             self.dt_proj.weight, self.dt_proj.bias, A, self.D.to(xz.dtype), conv_prev,
+                             self.dt_proj.weight, self.dt_proj.bias, A, D, conv_prev,
                              None if state is None else state.ssm)
         out = hidden + self.out_proj(y)
         if not need_state:
@@ -180,6 +185,7 @@ class _PieceCheckpoint(torch.autograd.Function):
     """
 
     @staticmethod
+    @same_autocast_forward
     def forward(ctx, model: MambaModel, n_params: int, store: list[Tensor], x: Tensor,  # type: ignore[override]
                 *rest: Tensor):
         flat = rest[n_params:]
@@ -198,6 +204,7 @@ class _PieceCheckpoint(torch.autograd.Function):
         return (hidden, *views)
 
     @staticmethod
+    @same_autocast_backward
     def backward(ctx, *grads: Tensor | None):  # type: ignore[override]
         x, *flat = ctx.saved_tensors
         model, n_params = ctx.model, ctx.n_params

@@ -21,6 +21,9 @@ Keyword-only extras, shared by every implementation (mamba-ssm's `selective_scan
 Gradients flow to every tensor input, `initial_state` included, and from `h_last`, so a long
 sequence can be scanned piece by piece with the state carried between pieces.
 
+Under autocast the scans compute in float32 (`mambacast.ops.amp`): the chunked and fused scans receive
+their inputs cast to float32.
+
 Implementations:
 `selective_scan_ref`     the readable sequential loop and the oracle for every fast path.
 `selective_scan_chunked` pure PyTorch; a chunked scan with a hand-written backward that keeps
@@ -46,8 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.amp import autocast_backward, float32_forward
+
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_fused",
-           "scan_impl", "fused_enabled", "DEFAULT_CHUNK", "fused_chunk"]
+           "scan_impl", "fused_enabled", "compute_dtype", "DEFAULT_CHUNK", "fused_chunk"]
 
 # Steps per chunk of the chunked scan. 64 keeps a (64, 32, 128, 16) fp32 block at 16 MiB for the
 # guide's config while leaving the Python loop (one fused multiply-add per step) the only per-step cost.
@@ -86,6 +91,20 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
                          f"got {tuple(initial_state.shape)}")
 
 
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype the float32-under-autocast Functions (`ops.amp.float32_forward`) compute `t` in: float32 under
+    autocast for `t`'s device (float64 excepted), else `t`'s own."""
+    if t.is_floating_point() and t.dtype != torch.float64 and torch.is_autocast_enabled(t.device.type):
+        return torch.float32
+    return t.dtype
+
+
+def _float32_under_autocast(*tensors: Tensor | None) -> list[Tensor | None]:
+    """The activations as the scans compute them: float32 under autocast (`compute_dtype`), else unchanged. For
+    the steps done in PyTorch ops around (ref: all of it) or outside (chunked: softplus and the z gate) a Function."""
+    return [t if t is None else t.to(compute_dtype(t)) for t in tensors]
+
+
 def _discretise_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
     if delta_bias is not None:
         delta = delta + delta_bias
@@ -108,6 +127,7 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     `delta*B*u`; it is meant to be read and to check the fast paths, not to be fast.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    u, delta, B, C, z = _float32_under_autocast(u, delta, B, C, z)
     batch, seq_len, d_inner = u.shape
     delta = _discretise_delta(delta, delta_bias, delta_softplus)
     deltaA = torch.exp(delta.unsqueeze(-1) * A)                         # (b, l, d, n)
@@ -151,6 +171,7 @@ def _contract_c(hs: Tensor, Ct: Tensor) -> Tensor:
 
 class _ChunkedScan(torch.autograd.Function):
     @staticmethod
+    @float32_forward
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,  # type: ignore[override]
                 D: Tensor | None, chunk: int, h0: Tensor | None) -> tuple[Tensor, Tensor]:
         batch, seq_len, d_inner = u.shape
@@ -181,6 +202,7 @@ class _ChunkedScan(torch.autograd.Function):
         return y, h.clone()
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):  # type: ignore[override]
         u, delta, A, B, C, D, h0s, *saved = ctx.saved_tensors
         batch, seq_len, d_inner = u.shape
@@ -248,6 +270,7 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive integer")
+    u, delta, B, C, z = _float32_under_autocast(u, delta, B, C, z)
     delta = _discretise_delta(delta, delta_bias, delta_softplus)
     y, h_last = _ChunkedScan.apply(u, delta, A, B, C, D, chunk, initial_state)
     return _finish(y, z, h_last, return_final_state)
@@ -259,6 +282,7 @@ def _unit_last(t: Tensor) -> Tensor:
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
+    @float32_forward
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,  # type: ignore[override]
                 D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, h0: Tensor | None,
                 softplus: bool, chunk: int) -> tuple[Tensor, Tensor]:
@@ -276,6 +300,7 @@ class _FusedScan(torch.autograd.Function):
         return y, h_last.transpose(1, 2)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, dy: Tensor | None, dh_last: Tensor | None):  # type: ignore[override]
         from ..ops import load
 
@@ -312,7 +337,8 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
     Memory: the inputs, y, and one `(batch, d_inner, d_state)` state per `chunk` steps saved for
     the backward (none without autograd). Raises `mambacast.ops.ExtensionUnavailable` if the
-    kernel cannot be built. Inputs of mixed floating dtypes are computed in their promoted dtype.
+    kernel cannot be built. Inputs of mixed floating dtypes are computed in their promoted dtype
+    (float32 under autocast).
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if u.device.type != "cpu":
@@ -323,7 +349,7 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive integer")
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
-    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    dtype = functools.reduce(torch.promote_types, (compute_dtype(t) for t in tensors))
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"selective_scan_fused supports float32 and float64; got {dtype}")
 
@@ -346,9 +372,10 @@ def _choice() -> str:
 
 
 def fused_enabled(t: Tensor, d_state: int = 1) -> bool:
-    """Whether the fused CPU kernels serve tensors like `t` now: CPU, float32/float64, d_state
-    within range, `MAMBACAST_SCAN` auto or fused, and the kernel built (built on first call)."""
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or d_state > MAX_FUSED_STATE:
+    """Whether the fused CPU kernels serve tensors like `t` now: CPU, float32/float64 (autocast's dtypes count as
+    float32: `compute_dtype`), d_state within range, `MAMBACAST_SCAN` auto or fused, and the kernel built (built
+    on first call)."""
+    if t.device.type != "cpu" or compute_dtype(t) not in (torch.float32, torch.float64) or d_state > MAX_FUSED_STATE:
         return False
     if _choice() not in ("auto", "fused"):
         return False

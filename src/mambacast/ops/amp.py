@@ -1,0 +1,67 @@
+"""How the package's custom autograd Functions behave under autocast (CPU and CUDA).
+
+A custom Function's forward runs inside whatever autocast region its caller opened, while its backward
+runs later with autocast as the autograd engine leaves it (off, normally): a forward that mixes an
+autocast-cast bfloat16 input with a float32 parameter then meets dtypes in the backward it never saw in
+the forward (issue 13: `expected scalar type BFloat16 but found Float` in the chunked scan's backward).
+`torch.amp.custom_fwd` / `custom_bwd` fix this, one device type per decorator; the scans and the fused
+block run on the CPU and on CUDA, so the decorators here apply them for both device types.
+
+`float32_forward` / `autocast_backward`: under autocast the Function's floating inputs (except float64)
+    arrive as float32 and forward and backward run with autocast off. The recurrence accumulates over
+    the whole sequence: it stays in float32, as mamba-ssm's scan does, whatever the autocast dtype.
+`same_autocast_forward` / `same_autocast_backward`: no cast; the backward runs under the autocast state
+    (per device type) the forward ran under, for Functions whose backward recomputes the forward
+    (activation checkpointing) and must recompute it exactly, and for kernels that read any input
+    dtype and compute in float32 themselves (the Triton scan).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["float32_forward", "autocast_backward", "same_autocast_forward", "same_autocast_backward"]
+
+_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def float32_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.amp.custom_fwd(cast_inputs=torch.float32)` for the CPU and for CUDA (pair with `autocast_backward`)."""
+    for device_type in _DEVICE_TYPES:
+        forward = torch.amp.custom_fwd(forward, device_type=device_type, cast_inputs=torch.float32)
+    return forward
+
+
+def autocast_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.amp.custom_bwd` for the CPU and for CUDA: the backward of a `float32_forward` runs with autocast off."""
+    for device_type in _DEVICE_TYPES:
+        backward = torch.amp.custom_bwd(backward, device_type=device_type)
+    return backward
+
+
+def same_autocast_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Record the autocast state of every device type on `ctx` (`torch.amp.custom_fwd` without a cast keeps
+    one device type's state only)."""
+    @functools.wraps(forward)
+    def wrapper(ctx: Any, *args: Any, **kwargs: Any) -> Any:
+        ctx.autocast_state = [(d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in _DEVICE_TYPES]
+        return forward(ctx, *args, **kwargs)
+
+    return wrapper
+
+
+def same_autocast_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the backward of a `same_autocast_forward` under the autocast state its forward ran under."""
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            for device_type, enabled, dtype in ctx.autocast_state:
+                stack.enter_context(torch.autocast(device_type, enabled=enabled, dtype=dtype))
+            return backward(ctx, *grads)
+
+    return wrapper

@@ -85,3 +85,22 @@ def test_shape_errors_are_explicit(bad, match):
                 B=torch.zeros(2, 5, 2), C=torch.zeros(2, 5, 2), D=torch.zeros(3)) | bad
     with pytest.raises(ValueError, match=match):
         selective_scan(**args)
+
+
+@pytest.mark.parametrize("impl", ["ref", "chunked"])
+def test_stacked_models_equal_each_model_alone(impl, monkeypatch):
+    """A (n_models, d_inner, d_state), D and delta_bias (n_models, d_inner): row r belongs to model r // rows."""
+    monkeypatch.setenv("MAMBACAST_SCAN", impl)
+    g = torch.Generator().manual_seed(3)
+    M, rows, L, d, n = 3, 2, 9, 4, 3
+    u, delta, z = (torch.randn(M * rows, L, d, dtype=torch.float64, generator=g) for _ in range(3))
+    B, C = (torch.randn(M * rows, L, n, dtype=torch.float64, generator=g) for _ in range(2))
+    A = -torch.rand(M, d, n, dtype=torch.float64, generator=g) - 0.1
+    D, bias = (torch.randn(M, d, dtype=torch.float64, generator=g) for _ in range(2))
+    y, h = selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True, return_final_state=True)
+    for m in range(M):
+        r = slice(m * rows, (m + 1) * rows)
+        y_m, h_m = selective_scan_ref(u[r], delta[r], A[m], B[r], C[r], D[m], z=z[r], delta_bias=bias[m],
+                                      delta_softplus=True, return_final_state=True)
+        torch.testing.assert_close(y[r], y_m)
+        torch.testing.assert_close(h[r], h_m)

@@ -56,7 +56,21 @@ def _unit_last(t: Tensor) -> Tensor:
 
 def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor | None = None,
                       silu: bool = True) -> Tensor:
-    """x (batch, seq_len, d), weight (d, K), bias (d,), x_prev (batch, K-1, d) -> (batch, seq_len, d)."""
+    """x (batch, seq_len, d), weight (d, K), bias (d,), x_prev (batch, K-1, d) -> (batch, seq_len, d).
+
+    Stacked models: weight (n_models, d, K), bias (n_models, d); model m's rows are folded into channels
+    m*d .. (m+1)*d - 1 of one depthwise conv (its channels are independent), so all models run as one.
+    """
+    if weight.dim() == 3:
+        M, d, K = weight.shape
+        rows, seq_len = x.shape[0] // M, x.shape[1]
+
+        def fold(t: Tensor) -> Tensor:   # (M * rows, T, d) -> (rows, T, M * d)
+            return t.reshape(M, rows, t.shape[1], d).permute(1, 2, 0, 3).reshape(rows, t.shape[1], M * d)
+
+        out = causal_conv1d_ref(fold(x), weight.reshape(M * d, K), None if bias is None else bias.reshape(M * d),
+                                None if x_prev is None else fold(x_prev), silu)
+        return out.view(rows, seq_len, M, d).permute(2, 0, 1, 3).reshape(M * rows, seq_len, d)
     d, K = weight.shape
     if x_prev is None:
         x_prev = x.new_zeros(x.shape[0], K - 1, d)
@@ -133,25 +147,16 @@ def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x
 
     conv_weight (d_inner, d_conv); conv_state (batch, d_conv-1, d_inner): the inputs before xz;
     ssm_state (batch, d_inner, d_state): the state before xz. The scan is `selective_scan`
-    (whose implementation MAMBACAST_SCAN picks). Stacked weights (leading n_models dimension):
-    each model's rows run through this function in turn.
+    (whose implementation MAMBACAST_SCAN picks). Stacked weights (leading n_models dimension): every
+    step runs all models at once (conv with the models folded into channels, batched matmuls, the scan
+    with per-model A, D and dt bias).
     """
-    if A.dim() == 3:
-        M, rows = A.shape[0], xz.shape[0] // A.shape[0]
-        outs = [mamba_inner_ref(xz[m * rows:(m + 1) * rows],
-                                conv_weight[m], None if conv_bias is None else conv_bias[m], x_proj_weight[m],
-                                dt_proj_weight[m], None if dt_proj_bias is None else dt_proj_bias[m], A[m],
-                                None if D is None else D[m],
-                                None if conv_state is None else conv_state[m * rows:(m + 1) * rows],
-                                None if ssm_state is None else ssm_state[m * rows:(m + 1) * rows])
-                for m in range(M)]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
     d_inner = xz.shape[-1] // 2
     R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
     x, z = xz.split(d_inner, dim=-1)
     x = causal_conv1d_ref(x, conv_weight, conv_bias, conv_state)
-    dt, B, C = torch.split(F.linear(x, x_proj_weight), [R, N, N], dim=-1)
-    return selective_scan(x, F.linear(dt, dt_proj_weight), A, B, C, D, z=z, delta_bias=dt_proj_bias,
+    dt, B, C = torch.split(_linear(x, x_proj_weight), [R, N, N], dim=-1)
+    return selective_scan(x, _linear(dt, dt_proj_weight), A, B, C, D, z=z, delta_bias=dt_proj_bias,
                           delta_softplus=True, initial_state=ssm_state, return_final_state=True)
 
 

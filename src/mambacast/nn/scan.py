@@ -11,6 +11,8 @@ Shapes (names used across the package):
     B, C:     (batch, seq_len, d_state)     input-dependent ("selective")
     D:        (d_inner,) or None
     returns y: (batch, seq_len, d_inner)
+Stacked models (`nn.stacked`): A (n_models, d_inner, d_state), D and delta_bias (n_models, d_inner), the
+batch holding each model's rows in turn (row r belongs to model r // (batch / n_models)).
 
 Keyword-only extras, shared by every implementation (mamba-ssm's `selective_scan_fn` names):
     z:                  (batch, seq_len, d_inner) or None; if given the output is `y * silu(z)`
@@ -20,9 +22,6 @@ Keyword-only extras, shared by every implementation (mamba-ssm's `selective_scan
     return_final_state: if True return (y, h_last) with h_last (batch, d_inner, d_state)
 Gradients flow to every tensor input, `initial_state` included, and from `h_last`, so a long
 sequence can be scanned piece by piece with the state carried between pieces.
-
-Under autocast the scans compute in float32 (`mambacast.ops.amp`): the chunked and fused scans receive
-their inputs cast to float32.
 
 Implementations:
 `selective_scan_ref`     the readable sequential loop and the oracle for every fast path.
@@ -35,15 +34,23 @@ Implementations:
                          fused in one pass per (batch row, block of channels) with the state in
                          registers; no `(batch, seq_len, d_inner, d_state)` tensor is ever made.
                          The backward recomputes each chunk from its saved boundary state.
-`selective_scan`         the entry point: `fused` on CPU for float32/float64 when the kernel
-                         builds, `chunked` otherwise. `MAMBACAST_SCAN=ref|chunked|fused` forces one
-                         (`fused` then raises if the kernel is unavailable instead of falling back).
+`selective_scan_triton`  the same fusion as a Triton GPU kernel (`mambacast/ops/triton/`), stacked
+                         models native; long sequences split over time as well. Optional: needs Triton.
+`selective_scan`         the entry point: on CUDA `triton` when Triton imports, else `chunked`; on the
+                         CPU `fused` when the kernel builds, else `chunked`. `MAMBACAST_SCAN=ref|chunked|
+                         fused|triton` forces one (`fused` / `triton` then raise where they cannot run
+                         instead of falling back; `triton` runs CPU tensors under TRITON_INTERPRET=1).
+
+Under autocast the scans compute in float32 (`mambacast.ops.amp`): the reference, chunked and fused scans
+receive their inputs cast to float32, the Triton kernel reads bfloat16/float16 inputs and computes in float32.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +59,14 @@ from torch import Tensor
 from ..ops.amp import autocast_backward, float32_forward
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_fused",
-           "scan_impl", "fused_enabled", "compute_dtype", "DEFAULT_CHUNK", "fused_chunk"]
+           "selective_scan_triton", "scan_impl", "fused_enabled", "compute_dtype", "DEFAULT_CHUNK", "fused_chunk"]
+
+log = logging.getLogger(__name__)
 
 # Steps per chunk of the chunked scan. 64 keeps a (64, 32, 128, 16) fp32 block at 16 MiB for the
 # guide's config while leaving the Python loop (one fused multiply-add per step) the only per-step cost.
 DEFAULT_CHUNK = 64
-IMPLS = ("ref", "chunked", "fused")
+IMPLS = ("ref", "chunked", "fused", "triton")
 MAX_FUSED_STATE = 1024
 
 
@@ -74,20 +83,22 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
         raise ValueError(f"u and delta must both be (batch, seq_len, d_inner); got {tuple(u.shape)} "
                          f"and {tuple(delta.shape)}")
     batch, seq_len, d_inner = u.shape
-    if A.dim() != 2 or A.shape[0] != d_inner:
-        raise ValueError(f"A must be (d_inner={d_inner}, d_state); got {tuple(A.shape)}")
-    expected = (batch, seq_len, A.shape[1])
+    if A.dim() not in (2, 3) or A.shape[-2] != d_inner or (A.dim() == 3 and (A.shape[0] < 1 or batch % A.shape[0])):
+        raise ValueError(f"A must be (d_inner={d_inner}, d_state), or (n_models, d_inner, d_state) with n_models "
+                         f"dividing batch={batch}; got {tuple(A.shape)}")
+    expected = (batch, seq_len, A.shape[-1])
     for name, t in (("B", B), ("C", C)):
         if tuple(t.shape) != expected:
             raise ValueError(f"{name} must be (batch, seq_len, d_state)={expected}; got {tuple(t.shape)}")
-    if D is not None and tuple(D.shape) != (d_inner,):
-        raise ValueError(f"D must be (d_inner,)=({d_inner},); got {tuple(D.shape)}")
+    per_channel = tuple(A.shape[:-1])        # (d_inner,) or (n_models, d_inner)
+    if D is not None and tuple(D.shape) != per_channel:
+        raise ValueError(f"D must be {per_channel}; got {tuple(D.shape)}")
     if z is not None and z.shape != u.shape:
         raise ValueError(f"z must be (batch, seq_len, d_inner)={tuple(u.shape)}; got {tuple(z.shape)}")
-    if delta_bias is not None and tuple(delta_bias.shape) != (d_inner,):
-        raise ValueError(f"delta_bias must be (d_inner,)=({d_inner},); got {tuple(delta_bias.shape)}")
-    if initial_state is not None and tuple(initial_state.shape) != (batch, d_inner, A.shape[1]):
-        raise ValueError(f"initial_state must be (batch, d_inner, d_state)={(batch, d_inner, A.shape[1])}; "
+    if delta_bias is not None and tuple(delta_bias.shape) != per_channel:
+        raise ValueError(f"delta_bias must be {per_channel}; got {tuple(delta_bias.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, d_inner, A.shape[-1]):
+        raise ValueError(f"initial_state must be (batch, d_inner, d_state)={(batch, d_inner, A.shape[-1])}; "
                          f"got {tuple(initial_state.shape)}")
 
 
@@ -97,6 +108,26 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     if t.is_floating_point() and t.dtype != torch.float64 and torch.is_autocast_enabled(t.device.type):
         return torch.float32
     return t.dtype
+
+
+def _per_model(fn: Callable[..., Tensor | tuple[Tensor, Tensor]], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+               C: Tensor, D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, initial_state: Tensor | None,
+               return_final_state: bool, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
+    """Stacked models (A with a leading n_models dimension) through an implementation for one model: model m's
+    rows with its own A[m], D[m] and delta_bias[m], one model after another."""
+    n_models = A.shape[0]
+    rows = u.shape[0] // n_models
+    ys, hs = [], []
+    for m in range(n_models):
+        r = slice(m * rows, (m + 1) * rows)
+        y, h = fn(u[r], delta[r], A[m], B[r], C[r], None if D is None else D[m], z=None if z is None else z[r],
+                  delta_bias=None if delta_bias is None else delta_bias[m],
+                  initial_state=None if initial_state is None else initial_state[r], return_final_state=True,
+                  **kwargs)
+        ys.append(y)
+        hs.append(h)
+    y, h = torch.cat(ys), torch.cat(hs)
+    return (y, h) if return_final_state else y
 
 
 def _float32_under_autocast(*tensors: Tensor | None) -> list[Tensor | None]:
@@ -127,6 +158,9 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     `delta*B*u`; it is meant to be read and to check the fast paths, not to be fast.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if A.dim() == 3:
+        return _per_model(selective_scan_ref, u, delta, A, B, C, D, z, delta_bias, initial_state, return_final_state,
+                          delta_softplus=delta_softplus)
     u, delta, B, C, z = _float32_under_autocast(u, delta, B, C, z)
     batch, seq_len, d_inner = u.shape
     delta = _discretise_delta(delta, delta_bias, delta_softplus)
@@ -270,6 +304,9 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive integer")
+    if A.dim() == 3:
+        return _per_model(selective_scan_chunked, u, delta, A, B, C, D, z, delta_bias, initial_state,
+                          return_final_state, delta_softplus=delta_softplus, chunk=chunk)
     u, delta, B, C, z = _float32_under_autocast(u, delta, B, C, z)
     delta = _discretise_delta(delta, delta_bias, delta_softplus)
     y, h_last = _ChunkedScan.apply(u, delta, A, B, C, D, chunk, initial_state)
@@ -333,7 +370,7 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
                          delta_bias: Tensor | None = None, delta_softplus: bool = False,
                          initial_state: Tensor | None = None,
                          return_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """The compiled CPU kernel (float32/float64, d_state <= 256); same maths as `selective_scan_ref`.
+    """The compiled CPU kernel (float32/float64, d_state <= 1024); same maths as `selective_scan_ref`.
 
     Memory: the inputs, y, and one `(batch, d_inner, d_state)` state per `chunk` steps saved for
     the backward (none without autograd). Raises `mambacast.ops.ExtensionUnavailable` if the
@@ -343,11 +380,14 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if u.device.type != "cpu":
         raise ValueError(f"selective_scan_fused runs on the CPU only; got tensors on {u.device}")
-    if A.shape[1] > MAX_FUSED_STATE:
-        raise ValueError(f"selective_scan_fused supports d_state <= {MAX_FUSED_STATE}; got {A.shape[1]}")
-    chunk = fused_chunk(A.shape[1]) if chunk is None else int(chunk)
+    if A.shape[-1] > MAX_FUSED_STATE:
+        raise ValueError(f"selective_scan_fused supports d_state <= {MAX_FUSED_STATE}; got {A.shape[-1]}")
+    chunk = fused_chunk(A.shape[-1]) if chunk is None else int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be a positive integer")
+    if A.dim() == 3:
+        return _per_model(selective_scan_fused, u, delta, A, B, C, D, z, delta_bias, initial_state,
+                          return_final_state, delta_softplus=delta_softplus, chunk=chunk)
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None]
     dtype = functools.reduce(torch.promote_types, (compute_dtype(t) for t in tensors))
     if dtype not in (torch.float32, torch.float64):
@@ -361,6 +401,30 @@ def selective_scan_fused(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 
     y, h_last = _fused_apply(prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D, True), prep(z),
                              prep(delta_bias, True), prep(initial_state), bool(delta_softplus), chunk)
+    return (y, h_last) if return_final_state else y
+
+
+def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          D: Tensor | None = None, chunk_len: int | None = None, *, z: Tensor | None = None,
+                          delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                          initial_state: Tensor | None = None,
+                          return_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """The fused Triton kernel (`mambacast.ops.triton.scan`); same maths as `selective_scan_ref`, stacked models
+    included. Runs CUDA tensors, or CPU tensors under `TRITON_INTERPRET=1`; raises ValueError elsewhere.
+
+    Memory: the inputs, y, and one `(batch, d_inner, d_state)` state per 16 steps saved for the backward (none
+    without autograd). `chunk_len`: time steps per forward program (default: chosen from the shape).
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    from ..ops import triton as triton_ops
+
+    if not triton_ops.runs_on(u.device):
+        why = "Triton is not installed" if not triton_ops.available() else f"the tensors are on {u.device}"
+        raise ValueError(f"selective_scan_triton cannot run here: {why} (it needs CUDA tensors, or "
+                         "TRITON_INTERPRET=1 for CPU tensors); use MAMBACAST_SCAN=auto")
+    from ..ops.triton.scan import triton_selective_scan
+
+    y, h_last = triton_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_len)
     return (y, h_last) if return_final_state else y
 
 
@@ -384,19 +448,34 @@ def fused_enabled(t: Tensor, d_state: int = 1) -> bool:
     return available()
 
 
-def scan_impl(u: Tensor, A: Tensor) -> str:
-    """The implementation `selective_scan` uses for these inputs: 'ref', 'chunked' or 'fused'.
+@functools.lru_cache(maxsize=1)
+def _warn_no_triton() -> None:
+    log.warning("Triton is not installed: the selective scan on CUDA runs as the pure-PyTorch chunked scan (much "
+                "slower). Triton ships with PyTorch's CUDA wheels; set MAMBACAST_SCAN=chunked to silence this.")
 
-    `MAMBACAST_SCAN` (ref|chunked|fused|auto, default auto) forces one; auto picks `fused` on
-    CPU for float32/float64 when the kernel builds (a build failure is logged once), else `chunked`.
+
+def scan_impl(u: Tensor, A: Tensor) -> str:
+    """The implementation `selective_scan` uses for these inputs: 'ref', 'chunked', 'fused' or 'triton'.
+
+    `MAMBACAST_SCAN` (ref|chunked|fused|triton|auto, default auto) forces one; auto picks `triton` on CUDA
+    when Triton imports, `fused` on CPU for float32/float64 when the kernel builds (a build failure is logged
+    once), else `chunked`.
     """
     choice = _choice()
-    if choice == "auto":
-        return "fused" if fused_enabled(u, A.shape[1]) else "chunked"
-    return choice
+    if choice != "auto":
+        return choice
+    if u.device.type == "cuda":
+        from ..ops import triton as triton_ops
+
+        if triton_ops.available():
+            return "triton"
+        _warn_no_triton()
+        return "chunked"
+    return "fused" if fused_enabled(u, A.shape[-1]) else "chunked"
 
 
-_IMPL_FNS = {"ref": selective_scan_ref, "chunked": selective_scan_chunked, "fused": selective_scan_fused}
+_IMPL_FNS = {"ref": selective_scan_ref, "chunked": selective_scan_chunked, "fused": selective_scan_fused,
+             "triton": selective_scan_triton}
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,

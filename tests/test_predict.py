@@ -14,6 +14,10 @@ from mambacast.data.sources import load_prices
 from mambacast.store import ModelStore
 from mambacast.train import train_symbol
 
+from .samples import needs_sample, needs_skfolio
+
+pytestmark = needs_sample("AAPL")   # the models here are trained on AAPL
+
 KEYS = ["1d", "5d", "10d", "30d"]
 
 
@@ -34,6 +38,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@needs_skfolio   # AAPL's history to 2022
 def test_predict_returns_the_guides_dict(model_dir, history):
     predictor = MambaPredictor(["AAPL"], model_dir=model_dir)
     current = float(history["close"].iloc[-1])
@@ -150,6 +155,7 @@ def test_many_concurrent_calls_match_sequential_and_keep_the_loop_responsive(mod
     assert len(gaps) > 10 and max(gaps) < 1.0, max(gaps)
 
 
+@needs_skfolio   # AAPL's history to 2022
 def test_predict_command(model_dir, tmp_path, capsys):
     png = tmp_path / "fan.png"
     assert main(["predict", "--symbols", "AAPL,MSFT", "--save-dir", str(model_dir), "--strike", "130",

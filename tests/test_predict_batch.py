@@ -16,6 +16,10 @@ from mambacast.predict import EMA_TOLERANCE, ema_memory_days, rolling_scale_fact
 from mambacast.store import StoreError
 from mambacast.train import train_symbol
 
+from .samples import needs_sample
+
+pytestmark = [needs_sample("AAPL"), needs_sample("MSFT")]   # the models here are trained on AAPL and MSFT
+
 KEYS = ["1d", "5d", "10d", "30d"]
 KEYS_H = [1, 5, 10, 30]
 TINY = MambaConfig(d_model=16, d_state=4, num_layers=1)

@@ -25,6 +25,7 @@ from mambacast.report import (
 )
 
 from .evaluate.test_backtest import Constant
+from .samples import needs_skfolio
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,7 @@ def test_html_report_is_self_contained(result, tmp_path):
     assert json.loads(paths["json"].read_text())["config"]["reference"] == "model"
 
 
+@needs_skfolio   # AAPL / MSFT in 2021-2022
 def test_cli_backtest_baselines_only(tmp_path, capsys):
     out = tmp_path / "rep"
     code = main(["backtest", "--symbols", "AAPL", "--no-model", "--start", "2021-01-04", "--end", "2022-06-30",
@@ -122,6 +124,7 @@ def test_cli_backtest_baselines_only(tmp_path, capsys):
     assert (out / "report.html").exists() and (out / "metrics.csv").exists()
 
 
+@needs_skfolio   # AAPL / MSFT in 2021-2022
 def test_cli_backtest_with_the_model(tmp_path, capsys):
     out = tmp_path / "rep"
     threads = torch.get_num_threads()
@@ -191,6 +194,7 @@ def test_desk_tables_in_the_console_and_the_report(result, tmp_path):
     assert len(pd.read_csv(paths["pit_csv"])) == len(result.tables["pit"])
 
 
+@needs_skfolio   # AAPL / MSFT in 2021-2022
 def test_cli_backtest_with_several_seeds(tmp_path, capsys):
     out = tmp_path / "rep"
     code = main(["backtest", "--symbols", "MSFT", "--start", "2022-06-01", "--window", "rolling", "--train-days",

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pandas as pd
 import pytest
-
-HAS_SKFOLIO = importlib.util.find_spec("skfolio") is not None
-needs_skfolio = pytest.mark.skipif(not HAS_SKFOLIO, reason="skfolio (extra mambacast[sample]) is not installed")
 
 
 def random_walk(n: int, seed: int = 0, start: float = 100.0, vol: float = 0.02) -> np.ndarray:

@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from mambacast.data import DataError, DataQualityError, MissingVolumeError, TimeSeriesFeatureEngineer, load_prices
 
+from ..samples import needs_bokeh
 from .conftest import random_walk
 
 
@@ -200,6 +201,7 @@ def test_volume_from_the_frame_or_explicit(walk_frame: pd.DataFrame) -> None:
     assert from_frame.shape == (500, 36)
 
 
+@needs_bokeh
 def test_include_volume_without_volume_names_the_symbol() -> None:
     prices = load_prices("IBM", days=300)[["close"]]
     prices.attrs["symbol"] = "IBM"

@@ -8,7 +8,8 @@ import pytest
 
 from mambacast.data import DataQualityError, check_data_quality, load_prices, validate_data_quality
 
-from .conftest import needs_skfolio, random_walk
+from ..samples import needs_skfolio
+from .conftest import random_walk
 
 
 def _series(values: np.ndarray, start: str = "2020-01-01") -> pd.Series:

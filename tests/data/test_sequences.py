@@ -21,6 +21,7 @@ from mambacast.data import (
     temporal_split,
 )
 
+from ..samples import needs_bokeh
 from .conftest import random_walk
 
 
@@ -74,6 +75,7 @@ def test_windows_see_only_the_past_and_targets_only_the_future(n: int, seq_len: 
         np.testing.assert_allclose(y[h][:, 0], np.log(p[ends + h] / p[ends]), rtol=1e-5, atol=1e-6)
 
 
+@needs_bokeh
 def test_too_short_history_says_needed_and_available() -> None:
     gen = SequenceGenerator(60, [1, 5, 10, 30])
     prices = load_prices("GOOGL", days=149)

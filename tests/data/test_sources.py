@@ -23,11 +23,12 @@ from mambacast.data import (
     available_symbols,
     fetch_historical_prices,
     load_prices,
+    sample_install_hint,
     sample_symbols,
 )
 from mambacast.data import sources as sources_module
 
-from .conftest import HAS_SKFOLIO, needs_skfolio
+from ..samples import HAS_SKFOLIO, needs_bokeh, needs_sample, needs_skfolio
 
 # (rows, first date, last date, first close, last close) read from the packages' files.
 BOKEH = {
@@ -56,7 +57,7 @@ def _assert_schema(frame: pd.DataFrame) -> None:
 # ---------------------------------------------------------------------------------------- sample
 
 
-@pytest.mark.parametrize("symbol", sample_symbols())
+@pytest.mark.parametrize("symbol", [pytest.param(s, marks=needs_sample(s)) for s in sample_symbols()])
 def test_every_sample_symbol_loads_with_the_common_schema(symbol: str) -> None:
     frame = load_prices(symbol, days=None)
     _assert_schema(frame)
@@ -66,7 +67,7 @@ def test_every_sample_symbol_loads_with_the_common_schema(symbol: str) -> None:
         assert (frame["close"] <= frame["high"] * (1 + 1e-9)).all()
 
 
-@pytest.mark.parametrize("symbol", sorted(BOKEH) + sorted(ARCH))
+@pytest.mark.parametrize("symbol", [pytest.param(s, marks=needs_sample(s)) for s in sorted(BOKEH) + sorted(ARCH)])
 def test_bokeh_and_arch_content(symbol: str) -> None:
     rows, first, last, first_close, last_close = {**BOKEH, **ARCH}[symbol]
     frame = load_prices(symbol, days=None, with_volume=True)
@@ -102,6 +103,7 @@ def test_aapl_defaults_to_the_longest_history_and_volume_picks_bokeh() -> None:
     assert np.corrcoef(both.to_numpy().T)[0, 1] > 0.95
 
 
+@needs_bokeh
 def test_googl_is_goog_and_aliases_resolve() -> None:
     googl, goog = load_prices("GOOGL", days=None), load_prices("goog", days=None)
     pd.testing.assert_frame_equal(googl, goog, check_like=False)
@@ -110,6 +112,7 @@ def test_googl_is_goog_and_aliases_resolve() -> None:
     pd.testing.assert_frame_equal(load_prices("NASDAQ"), load_prices("^IXIC"))
 
 
+@needs_bokeh
 def test_days_keeps_the_last_rows_and_returns_a_copy() -> None:
     full = load_prices("IBM", days=None)
     tail = load_prices("IBM", days=250)
@@ -152,6 +155,7 @@ def without_skfolio(monkeypatch: pytest.MonkeyPatch):
     sources_module._sample_frames.cache_clear()
 
 
+@needs_bokeh
 def test_without_skfolio_the_other_packages_still_serve(without_skfolio: None) -> None:
     aapl = load_prices("AAPL", days=None)
     assert aapl.attrs["source"] == "sample:bokeh_sampledata" and len(aapl) == 3270
@@ -161,6 +165,7 @@ def test_without_skfolio_the_other_packages_still_serve(without_skfolio: None) -
     assert "JNJ" not in set(listed["symbol"]) and {"AAPL", "GOOGL", "^GSPC"} <= set(listed["symbol"])
 
 
+@needs_bokeh
 def test_available_symbols_sample() -> None:
     listed = available_symbols()
     assert list(listed.columns) == ["symbol", "source", "first_date", "last_date", "rows", "has_volume"]
@@ -171,6 +176,7 @@ def test_available_symbols_sample() -> None:
     assert list(aapl["rows"]) == sorted(aapl["rows"], reverse=True)  # default (longest) first
 
 
+@needs_bokeh
 def test_sample_files_are_parsed_once_per_process() -> None:
     sources_module._sample_frames.cache_clear()
     for symbol in ["IBM", "AAPL", "MSFT", "GOOGL", "FB"]:
@@ -179,6 +185,7 @@ def test_sample_files_are_parsed_once_per_process() -> None:
     assert bokeh_misses <= len(sources_module._SAMPLE_SETS)
 
 
+@needs_sample("AAPL")
 def test_guide_example_3_fetch_and_validate() -> None:
     """The guide's Example 3, steps 1 and 2, on the offline sample source."""
     from mambacast.data import validate_data_quality
@@ -192,6 +199,7 @@ def test_guide_example_3_fetch_and_validate() -> None:
     assert is_valid, msg
 
 
+@needs_bokeh
 def test_fetch_historical_prices_keeps_order_and_accepts_a_spec() -> None:
     prices = asyncio.run(fetch_historical_prices("msft, ibm,GOOGL", days=100))
     assert list(prices) == ["MSFT", "IBM", "GOOGL"]
@@ -388,3 +396,11 @@ def test_long_file_errors_give_the_line_in_the_file(tmp_path) -> None:
     _write_csv(file, "symbol,date,close\nAAA,2024-01-02,1\nBBB,2024-01-02,2\nBBB,2024-01-03,n/a?\n")
     with pytest.raises(DataFileError, match=r"all.csv: column 'close' has non-numeric value 'n/a\?' at line 4"):
         load_prices("BBB", source="csv", path=file)
+
+
+@needs_bokeh
+def test_sample_install_hint_names_the_package(without_skfolio: None) -> None:
+    assert sample_install_hint("MSFT") is None                     # bokeh-sampledata has it
+    assert sample_install_hint("JNJ") == "pip install 'mambacast[sample]'"
+    with pytest.raises(UnknownSymbolError):
+        sample_install_hint("NOPE")

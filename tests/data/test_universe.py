@@ -17,7 +17,7 @@ from mambacast.data import (
     sample_symbols,
 )
 
-from .conftest import HAS_SKFOLIO
+from ..samples import HAS_SKFOLIO, needs_bokeh
 
 
 def test_universes() -> None:
@@ -62,12 +62,14 @@ def test_bad_specs() -> None:
         parse_symbols(["AAPL", 3])  # type: ignore[list-item]
 
 
+@needs_bokeh
 def test_check_available_sample() -> None:
     available, missing = check_available("AAPL,NVDA,GOOGL")
     assert available == ["AAPL", "GOOGL"]
     assert set(missing) == {"NVDA"} and "--source yahoo" in missing["NVDA"]
 
 
+@needs_bokeh
 def test_check_available_csv_names_the_sample_source(tmp_path) -> None:
     (tmp_path / "NVDA.csv").write_text("date,close\n2024-01-02,1\n")
     available, missing = check_available(["NVDA", "IBM", "ZZZ"], source="csv", path=tmp_path)
@@ -76,6 +78,7 @@ def test_check_available_csv_names_the_sample_source(tmp_path) -> None:
     assert "--source yahoo" in missing["ZZZ"]
 
 
+@needs_bokeh
 def test_tier_1_in_the_sample_source() -> None:
     available, missing = check_available("TIER_1")
     expected = 19 if HAS_SKFOLIO else 4  # bokeh: AAPL, MSFT, GOOGL, IBM

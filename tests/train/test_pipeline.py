@@ -20,10 +20,13 @@ from mambacast.data.sources import load_prices
 from mambacast.store import ModelStore
 from mambacast.train import Trainer, prepare_data, train_single_symbol
 
+from ..samples import needs_bokeh, needs_sample
+
 FAST = ["--preset", "small", "--epochs", "2", "--days", "400", "--batch-size", "64", "--seed", "7"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@needs_bokeh
 def test_cli_trains_two_symbols_into_the_guides_layout(tmp_path, capsys):
     code = main(["train", "--symbols", "AAPL,GOOGL", "--save-dir", str(tmp_path), *FAST])
     out = capsys.readouterr().out
@@ -48,6 +51,7 @@ def test_cli_trains_two_symbols_into_the_guides_layout(tmp_path, capsys):
     assert "symbol" in out and "best val loss" in out  # the summary table
 
 
+@needs_sample("MSFT")
 def test_saved_model_reproduces_its_validation_loss(tmp_path, capsys):
     assert main(["train", "--symbols", "MSFT", "--save-dir", str(tmp_path), *FAST]) == 0
     model, meta = ModelStore(tmp_path).load_model("MSFT")
@@ -60,6 +64,7 @@ def test_saved_model_reproduces_its_validation_loss(tmp_path, capsys):
     assert crps == pytest.approx(meta["performance_metrics"]["best_val_crps"], rel=1e-5)
 
 
+@needs_sample("AAPL")
 def test_one_bad_symbol_does_not_stop_the_others(tmp_path, capsys):
     code = main(["train", "--symbols", "AAPL,NOPE", "--save-dir", str(tmp_path), *FAST])
     out = capsys.readouterr().out
@@ -78,6 +83,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
 
 
+@needs_sample("AAPL")
 def test_guide_example_2_runs(tmp_path):
     config = MambaConfig(d_model=16, d_state=8, num_layers=1, prediction_horizons=[1, 3, 7, 14, 30])
     symbol, result = asyncio.run(train_single_symbol(symbol="AAPL", epochs=1, batch_size=64, config=config,
@@ -104,6 +110,8 @@ KILL_ARGS = ["--symbols", "AAPL,MSFT", "--preset", "small", "--epochs", "4", "--
 
 
 @pytest.mark.slow
+@needs_sample("AAPL")
+@needs_sample("MSFT")
 def test_sigkill_then_resume_completes_with_valid_files(tmp_path):
     reference = tmp_path / "reference"
     proc = _run([*KILL_ARGS, "--save-dir", str(reference)])
@@ -138,6 +146,7 @@ def test_sigkill_then_resume_completes_with_valid_files(tmp_path):
                 assert torch.equal(value, expected[symbol][key]), (i, symbol, key)
 
 
+@needs_bokeh
 def test_with_range_trains_on_highs_and_lows_and_predicts(tmp_path, capsys):
     assert main(["train", "--symbols", "IBM", "--with-range", "--save-dir", str(tmp_path), *FAST]) == 0
     meta = ModelStore(tmp_path).load_metadata("IBM")

@@ -14,6 +14,8 @@ from mambacast.store import GLOBAL_MODEL, ModelStore
 from mambacast.train.pipeline import prepare_data
 from mambacast.train.pooled import prepare_pooled
 
+from ..samples import needs_skfolio
+
 FAST = ["--preset", "small", "--epochs", "2", "--days", "400", "--batch-size", "64", "--seed", "7"]
 MC = MambaConfig(d_model=8, d_state=4, num_layers=1, prediction_horizons=[1, 5])
 TC = TrainConfig(sequence_length=20, batch_size=32, epochs=1)
@@ -44,6 +46,7 @@ def test_pooled_windows_and_scalers_cover_every_symbol():
         prepare_pooled({"C": walk(50, 3)}, MC, TC)
 
 
+@needs_skfolio   # JPM and KO
 def test_train_global_then_serve_any_symbol(tmp_path, capsys):
     code = main(["train", "--global", "--symbols", "JPM,KO,NOPE", "--save-dir", str(tmp_path), *FAST])
     out = capsys.readouterr().out

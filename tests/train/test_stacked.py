@@ -17,6 +17,8 @@ from mambacast.train.callbacks import Callback, TrainingCallbacks, TrainingState
 from mambacast.train.stacked import StackedTrainer
 from mambacast.train.trainer import Trainer
 
+from ..samples import needs_sample
+
 CFG = MambaConfig(d_model=8, d_state=4, num_layers=2, prediction_horizons=[1, 5])
 
 
@@ -151,6 +153,8 @@ def test_stacked_trainer_validates_inputs(tmp_path):
         StackedTrainer([])
 
 
+@needs_sample("AAPL")
+@needs_sample("MSFT")
 def test_cli_stack_stores_what_training_alone_stores(tmp_path, capsys):
     from mambacast.cli import main
 
@@ -174,6 +178,8 @@ def test_cli_stack_stores_what_training_alone_stores(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@needs_sample("AAPL")
+@needs_sample("MSFT")
 def test_sigkill_during_stacked_training_then_resume(tmp_path):
     """Kill a --stack run once both symbols have saved a training state; --stack --resume finishes it,
     and the final weights equal an uninterrupted run of each symbol alone."""

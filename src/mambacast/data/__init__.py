@@ -36,6 +36,7 @@ from .sources import (
     available_symbols,
     fetch_historical_prices,
     load_prices,
+    sample_install_hint,
     sample_symbols,
 )
 from .universe import SAMPLE, TEST, TIER_1, UNIVERSES, check_available, parse_symbols
@@ -49,6 +50,7 @@ __all__ = [
     "check_data_quality", "validate_data_quality",
     "FeatureScaler", "SequenceGenerator", "TargetScaler", "temporal_split",
     "SOURCES", "as_close_array", "as_price_frame", "available_symbols", "fetch_historical_prices", "load_prices",
+    "sample_install_hint",
     "sample_symbols",
     "SAMPLE", "TEST", "TIER_1", "UNIVERSES", "check_available", "parse_symbols",
 ]  # fmt: skip

@@ -49,6 +49,7 @@ __all__ = [
     "available_symbols",
     "sample_symbols",
     "sample_hint",
+    "sample_install_hint",
     "as_close_array",
     "as_price_frame",
 ]
@@ -206,6 +207,27 @@ def _sample_candidates(symbol: str) -> list[tuple[_SampleSet, pd.DataFrame | Non
     return found
 
 
+def _install_command(ss: _SampleSet) -> str:
+    """How to install one sample set's package: the mambacast extra, or the core dependency itself."""
+    if ss.extra is not None:
+        return f"pip install 'mambacast[{ss.extra}]'"
+    return f"pip install {ss.package.replace('_', '-')}"
+
+
+def sample_install_hint(symbol: str) -> str | None:
+    """None if the sample source can serve `symbol` here (one of its packages is installed), else the command
+    that installs its data (a symbol not in the sample source at all raises UnknownSymbolError)."""
+    sym = _normalise_symbol(symbol)
+    canonical = _SAMPLE_ALIASES.get(sym, sym)
+    sets = [ss for ss in _SAMPLE_SETS if canonical in ss.symbols]
+    if not sets:
+        raise UnknownSymbolError(
+            f"unknown symbol {sym!r} in the sample source; {_close_matches(sym, sample_symbols())}")
+    if any(importlib.util.find_spec(ss.package) is not None for ss in sets):
+        return None
+    return _install_command(sets[0])
+
+
 def sample_hint(symbol: str) -> str:
     """Where the sample source has `symbol` (for messages of other sources), or '' if nowhere."""
     sym = _normalise_symbol(symbol)
@@ -216,7 +238,7 @@ def sample_hint(symbol: str) -> str:
     parts = []
     for ss in sets:
         installed = importlib.util.find_spec(ss.package) is not None
-        extra = "" if installed or ss.extra is None else f", needs pip install 'mambacast[{ss.extra}]'"
+        extra = "" if installed else f", needs {_install_command(ss)}"
         parts.append(f"sample:{ss.package}{extra}")
     return f"{sym} is in the sample source ({'; '.join(parts)}): use --source sample"
 
@@ -233,7 +255,7 @@ def _load_sample(symbol: str, path: str | Path | None, with_volume: bool) -> pd.
         ss = candidates[0][0]
         raise SourceUnavailableError(
             f"{symbol} is in the sample source's {ss.package} data, which is not installed: "
-            f"pip install 'mambacast[{ss.extra}]' (or pick another symbol: mambacast data list)")
+            f"{_install_command(ss)} (or pick another symbol: mambacast data list)")
     if with_volume:
         with_vol = [(ss, f) for ss, f in installed if ss.has_volume]
         if not with_vol:
@@ -258,7 +280,7 @@ def _list_sample(path: str | Path | None) -> list[dict[str, Any]]:
     for ss in _SAMPLE_SETS:
         frames = _sample_frames(ss)
         if frames is None:
-            logger.info("sample data of %s not installed (pip install 'mambacast[%s]')", ss.package, ss.extra)
+            logger.info("sample data of %s not installed (%s)", ss.package, _install_command(ss))
             continue
         for canonical, frame in frames.items():
             names = [canonical] + [a for a in _LISTED_ALIASES if _SAMPLE_ALIASES[a] == canonical]

@@ -161,11 +161,12 @@ class MambaForecaster(BaseForecaster):
             callbacks.append(_EpochHook(self.on_epoch, tc.epochs))
         trainer = Trainer(model, tc, callbacks, device=self.device)
         history = trainer.fit(X_train, y_train, X_val, y_val)
-        model = trainer.model.cpu().eval()
-        if self.calibrate:
-            calibration = np.asarray(calibrate_distribution(model, X_val, y_val)["scale_factor"], dtype=np.float64)
+        if self.calibrate:   # on the training device; the fitted model then forecasts on the CPU
+            calibration = np.asarray(calibrate_distribution(trainer.model, X_val, y_val)["scale_factor"],
+                                     dtype=np.float64)
         else:
             calibration = np.ones(len(mc.prediction_horizons))
+        model = trainer.model.cpu().eval()
         self.model_, self.calibration_ = model, calibration
         self.feature_scaler_, self.target_scaler_, self.warmup_ = feature_scaler, target_scaler, warmup
         # early.best_epoch is -1 when no epoch beat the untrained model (the baseline's weights were kept).

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MambaConfig
-from ..ops.amp import same_autocast_backward, same_autocast_forward
+from ..ops.amp import autocast_enabled, same_autocast_backward, same_autocast_forward
 from .fused import fused_ops, mamba_inner
 from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_params
 
@@ -100,7 +100,7 @@ class MambaBlock(nn.Module):
         """
         xz = self.in_proj(self.norm(hidden))                               # (b, l, 2 * d_inner)
         conv_prev = None if state is None else state.conv[:, :, 1:].transpose(1, 2)   # (b, d_conv-1, d_inner)
-        if torch.is_autocast_enabled(xz.device.type):
+        if autocast_enabled(xz.device):
             # xz is in autocast's dtype; A and D stay in the parameters' (the scan runs in float32: ops.amp).
             A, D = self.A, self.D
         else:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.amp import autocast_backward, float32_forward
+from ..ops.amp import autocast_backward, autocast_enabled, float32_forward
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_fused",
            "selective_scan_triton", "scan_impl", "fused_enabled", "compute_dtype", "DEFAULT_CHUNK", "fused_chunk"]
@@ -105,7 +105,7 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
 def compute_dtype(t: Tensor) -> torch.dtype:
     """The dtype the float32-under-autocast Functions (`ops.amp.float32_forward`) compute `t` in: float32 under
     autocast for `t`'s device (float64 excepted), else `t`'s own."""
-    if t.is_floating_point() and t.dtype != torch.float64 and torch.is_autocast_enabled(t.device.type):
+    if t.is_floating_point() and t.dtype != torch.float64 and autocast_enabled(t.device):
         return torch.float32
     return t.dtype
 

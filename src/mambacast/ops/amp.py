@@ -25,9 +25,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["float32_forward", "autocast_backward", "same_autocast_forward", "same_autocast_backward"]
+__all__ = ["float32_forward", "autocast_backward", "same_autocast_forward", "same_autocast_backward",
+           "autocast_enabled"]
 
 _DEVICE_TYPES = ("cpu", "cuda")
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for `device`'s type (False for device types autocast does not know, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return False
 
 
 def float32_forward(forward: Callable[..., Any]) -> Callable[..., Any]:

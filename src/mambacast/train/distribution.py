@@ -18,7 +18,9 @@ from ..data.features import BASELINE_FEATURES, GARCH_ALPHA, GARCH_BETA
 from ..data.sequences import FeatureScaler, TargetScaler
 from ..nn.mamba import MambaModel
 
-__all__ = ["configure_baseline", "fit_baseline_tail", "calibrate_distribution"]
+__all__ = ["configure_baseline", "fit_baseline_tail", "calibrate_distribution", "distribution_numpy"]
+
+_BATCH = 512   # windows per forward: bounded memory on any device
 
 
 def configure_baseline(model: MambaModel, feature_names: Sequence[str], feature_scaler: FeatureScaler,
@@ -41,7 +43,8 @@ def fit_baseline_tail(model: MambaModel, X_train: np.ndarray, y_train: np.ndarra
     from scipy import special
 
     x_last = torch.from_numpy(np.ascontiguousarray(X_train[:, -1], dtype=np.float32))
-    sigma0 = model.baseline(x_last).exp().double().numpy()                 # (n, n_horizons)
+    device = model.baseline.horizons.device                                 # the model's device, CUDA included
+    sigma0 = model.baseline(x_last.to(device)).exp().double().cpu().numpy()   # (n, n_horizons)
     z = np.asarray(y_train, dtype=np.float64) / sigma0                      # standardised by the baseline
     grid = np.geomspace(2.5, 100.0, 120)[:, None, None]
     scale = np.sqrt((grid - 2) / grid)                                      # t scale with unit std
@@ -51,6 +54,19 @@ def fit_baseline_tail(model: MambaModel, X_train: np.ndarray, y_train: np.ndarra
     nu = grid[np.argmax(loglik, axis=0), 0, 0]
     model.dist_head.df_raw.copy_(torch.from_numpy(np.log(np.expm1(nu - 2.0))).to(model.dist_head.df_raw))
     return nu
+
+
+@torch.no_grad()
+def distribution_numpy(model: MambaModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's Student-t per window, in eval mode on the model's own device, in batches: X (n, seq_len,
+    n_features) -> loc, scale (n, n_horizons), df (n_horizons,) as float64 NumPy arrays."""
+    model.eval()
+    device = next(model.parameters()).device
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    outs = [tuple(t.double().cpu() for t in model.forward_distribution(torch.from_numpy(X[i:i + _BATCH]).to(device)))
+            for i in range(0, len(X), _BATCH)]
+    loc, scale = (torch.cat([o[k] for o in outs]).numpy() for k in (0, 1))
+    return loc, scale, outs[0][2].numpy()
 
 
 @torch.no_grad()
@@ -64,9 +80,7 @@ def calibrate_distribution(model: MambaModel, X_val: np.ndarray, y_val_scaled: n
     """
     from scipy import stats
 
-    model.eval()
-    X = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32))
-    loc, scale, df = (t.double().numpy() for t in model.forward_distribution(X))
+    loc, scale, df = distribution_numpy(model, X_val)
     z = np.abs((y_val_scaled - loc) / scale)                               # (n, n_horizons)
     factor = np.quantile(z, 0.8, axis=0) / stats.t.ppf(0.9, df)
 

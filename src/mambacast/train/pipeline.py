@@ -438,20 +438,18 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
 
     `parallel > 1` runs that many worker processes, each with `cpu_count // parallel` torch threads
     so the cores are divided, not oversubscribed. `stack` trains the symbols' models together as
-    one batched computation in this process (CPU; each symbol's result equals training it alone).
+    one batched computation in this process, on `device` (each symbol's result equals training it alone).
     Results come back in the order of `symbols`.
     """
     if parallel < 1:
         raise ValueError(f"--parallel {parallel} is invalid: must be a positive integer")
     if stack and parallel > 1:
         raise ValueError("--stack and --parallel > 1 are alternatives: stacking trains every symbol in one process")
-    if stack and kwargs.get("device") not in (None, "auto", "cpu"):
-        raise ValueError("--stack trains on the CPU; use --device cpu, or train one symbol at a time on CUDA")
+    resolve_device(kwargs.get("device"))
     if stack:
-        return _train_stacked(symbols, progress, {**kwargs, "device": "cpu"})
+        return _train_stacked(symbols, progress, kwargs)
     if kwargs.get("device") not in (None, "auto", "cpu") and parallel > 1:
         raise ValueError("--parallel > 1 trains in CPU worker processes; use --parallel 1 with --device cuda")
-    resolve_device(kwargs.get("device"))
     if parallel == 1 or len(symbols) <= 1:
         results = []
         for symbol in symbols:

@@ -161,9 +161,9 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
     trainer, tracker, resume_from = stored_trainer(model, model_config, train_config, store, name, data_hash,
                                                    len(data.feature_names), device, resume, progress)
     trainer.fit(data.X_train, data.y_train, data.X_val, data.y_val, resume_from=resume_from)
+    calibration = calibrate_distribution(trainer.model, data.X_val, data.y_val)   # on the training device
     model = trainer.model.cpu().eval()
     summary = tracker.get_summary()
-    calibration = calibrate_distribution(model, data.X_val, data.y_val)
     tracker.save()
     plot = _plot_curves(tracker.history, store.plot_path(name), name)
     metadata = {

@@ -17,6 +17,9 @@ epochs left, leaves the stack; the others continue without it. A symbol with few
 windows has no batch in the last steps of an epoch and sits those steps out (no update).
 A symbol whose loss becomes NaN/inf leaves the stack at once with a `NonFiniteLossError` in
 `StackedTrainer.errors` (its last good checkpoint is kept, as alone); the others go on.
+
+The stack lives on the members' device (CPU or CUDA, one for all), with the Trainer's autocast (bfloat16 on
+CUDA) around the forward passes; on CUDA the blocks' scans run as one Triton kernel call for all models.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ _Data = tuple[np.ndarray | Tensor, np.ndarray | Tensor, np.ndarray | Tensor, np.
 
 
 class StackedTrainer:
-    """Runs the `fit` of several `Trainer`s (same model configuration, CPU) as one stacked computation."""
+    """Runs the `fit` of several `Trainer`s (same model configuration, one device) as one stacked computation."""
 
     def __init__(self, trainers: Sequence[Trainer]):
         if not trainers:
@@ -53,8 +56,8 @@ class StackedTrainer:
                 raise ValueError("stacked training needs MambaModel members")
             if t.model.config != first.model.config or t.model.n_features != first.model.n_features:
                 raise ValueError("stacked trainers must share one model configuration and feature count")
-            if t.device.type != "cpu":
-                raise ValueError("stacked training runs on the CPU; train one symbol at a time on CUDA")
+            if t.device != first.device:
+                raise ValueError(f"stacked trainers must share one device; got {t.device} and {first.device}")
             if t.config.batch_size != first.config.batch_size or t.config.loss != first.config.loss:
                 raise ValueError("stacked trainers must share one batch size and loss")
         self.trainers = list(trainers)
@@ -152,6 +155,8 @@ class _Stack:
         trainers = [m.trainer for m in members]
         first = trainers[0]
         self.model = first.model
+        self.device = first.device
+        self.autocast = first._autocast
         self.params = stack_parameters([t.model for t in trainers])
         self.buffers = stack_buffers([t.model for t in trainers])
         self.loss = first.config.loss
@@ -160,7 +165,7 @@ class _Stack:
         self.beta1, self.beta2 = group["betas"]
         self.eps, self.weight_decay = group["eps"], group["weight_decay"]
         self.clipnorm = first.config.clipnorm
-        self.lr = torch.tensor([t.lr for t in trainers], dtype=torch.float64)
+        self.lr = torch.tensor([t.lr for t in trainers], dtype=torch.float64, device=self.device)
         # Adam moments and step counts as each member's torch.optim.Adam holds them (zeros if fresh).
         self.exp_avg, self.exp_avg_sq = {}, {}
         steps = []
@@ -168,7 +173,7 @@ class _Stack:
             st = t.optimizer.state
             p0 = next(t.model.parameters())
             steps.append(float(st[p0]["step"]) if p0 in st else 0.0)
-        self.step = torch.tensor(steps, dtype=torch.float64)
+        self.step = torch.tensor(steps, dtype=torch.float64, device=self.device)
         for name in self.names:
             moments = []
             for t in trainers:
@@ -184,7 +189,7 @@ class _Stack:
         orders = []
         for m in members:
             m.trainer.model.train()
-            orders.append(torch.randperm(len(m.Xt), generator=m.trainer.generator))
+            orders.append(torch.randperm(len(m.Xt), generator=m.trainer.generator).to(self.device))
             m.sum_loss = m.sum_ae = 0.0
         n_batches = [math.ceil(len(m.Xt) / bs) for m in members]
         for b in range(max(n_batches)):
@@ -197,14 +202,15 @@ class _Stack:
         sizes = [len(i) for i in idx]
         width = max(sizes)
         everyone = len(rows) == len(self.members)
-        sel = None if everyone else torch.tensor(rows)
+        sel = None if everyone else torch.tensor(rows, device=self.device)
         params = self.params if everyone else {n: p.index_select(0, sel) for n, p in self.params.items()}
         # One (M, width, seq_len, n_features) batch; a short last batch is padded and its padding
         # rows left out of the loss (models see each row independently, so padding changes nothing).
         xb = torch.stack([_pad(m.Xt[i], width) for m, i in zip(members, idx, strict=True)])
         yb = torch.stack([_pad(m.yt[i], width) for m, i in zip(members, idx, strict=True)])
         buffers = self.buffers if everyone else {n: b.index_select(0, sel) for n, b in self.buffers.items()}
-        pred, scale, df = stacked_forward_distribution(params, self.model, xb, buffers)
+        with self.autocast():
+            pred, scale, df = (t.float() for t in stacked_forward_distribution(params, self.model, xb, buffers))
         err = pred - yb
         # Trainer's objective per model; their sum gives every model its own gradient.
         if all(s == width for s in sizes):
@@ -237,7 +243,7 @@ class _Stack:
 
         grads = {n: pick(p.grad) for n, p in self.params.items()}
         M = next(iter(grads.values())).shape[0]
-        sq = torch.zeros(M, dtype=torch.float32)
+        sq = torch.zeros(M, dtype=torch.float32, device=self.device)
         for g in grads.values():
             sq += g.reshape(M, -1).pow(2).sum(1)
         coef = (self.clipnorm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
@@ -280,7 +286,9 @@ class _Stack:
         for i in range(0, longest, rows):
             width = min(rows, longest - i)
             xb = torch.stack([_pad(m.Xv[i:i + rows], width) for m in members])
-            loc, scale, df = stacked_forward_distribution(self.params, self.model, xb, self.buffers)
+            with self.autocast():
+                loc, scale, df = (t.float() for t in stacked_forward_distribution(self.params, self.model, xb,
+                                                                                   self.buffers))
             for k, m in enumerate(members):
                 real = max(0, min(len(m.Xv) - i, loc.shape[1]))   # rows of member k in this chunk
                 outs[k].append((loc[k, :real], scale[k, :real]))
@@ -288,7 +296,7 @@ class _Stack:
         for k, m in enumerate(members):
             loc, scale = (torch.cat([o[c] for o in outs[k]]) for c in (0, 1))
             loss, _ = objective(self.loss, m.yv, loc, scale, df[k])
-            crps = crps_student_t_np(m.yv.numpy(), loc.numpy(), scale.numpy(), df[k].numpy())
+            crps = crps_student_t_np(*(t.cpu().numpy() for t in (m.yv, loc, scale, df[k])))
             result.append((loss.item(), (loc - m.yv).abs().mean().item(), float(crps.mean())))
         return result
 

@@ -280,7 +280,7 @@ class MambaModel(nn.Module):
         hidden, new_state = self._encode_chunk(x, state)
         return (hidden, *(t for s in new_state for t in s))
 
-    def encode_long(self, x: Tensor, chunk_len: int = 2048, *, state: list[LayerState] | None = None,
+    def encode_long(self, x: Tensor, chunk_len: int | None = None, *, state: list[LayerState] | None = None,
                     return_state: bool = False, checkpoint: bool | None = None
                     ) -> Tensor | tuple[Tensor, list[LayerState]]:
         """`encode` for long sequences in bounded memory: equal to `encode(x)` (to rounding).
@@ -288,7 +288,9 @@ class MambaModel(nn.Module):
         The sequence is cut along time into pieces of `chunk_len` steps; each layer's recurrent
         state (its last `d_conv` conv inputs and its SSM state, the same `LayerState` that
         `step()` carries) flows from one piece to the next, so only one piece's activations exist
-        at a time. x (batch, seq_len, n_features) -> (batch, seq_len, d_model).
+        at a time. x (batch, seq_len, n_features) -> (batch, seq_len, d_model). Default `chunk_len`: 2048 steps
+        on the CPU (pieces stay in cache), 65536 elsewhere (on a GPU each piece costs a few dozen kernel launches
+        whatever its length, and the Triton scan splits a long piece over time by itself).
 
         state: the state to start from (default zeros, i.e. the start of the sequence); with
             `return_state=True` the state after the last step is returned too, ready for
@@ -304,6 +306,8 @@ class MambaModel(nn.Module):
         per `d_inner` channel per layer). Forward at the guide config: see docs/benchmarks.md.
         """
         self._check_input(x, 3)
+        if chunk_len is None:
+            chunk_len = 2048 if x.device.type == "cpu" else 65536
         if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1:
             raise ValueError(f"chunk_len={chunk_len!r} is invalid: must be a positive integer")
         batch, seq_len, _ = x.shape

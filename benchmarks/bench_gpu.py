@@ -1,0 +1,316 @@
+"""GPU benchmarks of issue 13 on one CUDA device, every peer in the same run; writes JSON.
+
+Run (one GPU; `benchmarks/gpu_check.sh` runs it after the tests):
+    PYTHONPATH=src python benchmarks/bench_gpu.py --json out/bench_gpu.json [--budget-s 150]
+    PYTHONPATH=src python benchmarks/bench_gpu.py --smoke        # tiny sizes: checks the script, on any device
+
+Sections, in this order; one that would start after --budget-s seconds is skipped and says so:
+1. train step at the guide's config (d_model 64, 4 layers, d_state 16, 30 features, 60 steps), batch 32 and
+   1024: forward + MSE + backward + Adam, as benchmarks/bench_model.py, in float32 and under bf16 autocast.
+   Rows: mambacast with the Triton scan (the default on CUDA), the same model with the pure-PyTorch chunked
+   scan (MAMBACAST_SCAN=chunked), mambapy (if importable), a same-size causal Transformer (bench_long's),
+   and the Triton row captured as one CUDA graph (launch overhead removed; capture failures are reported).
+   Median of CUDA-event timings after warm-up (which also compiles the Triton kernels).
+2. forward over 1,000,000 steps, batch 1, no autograd: `encode_long` with several piece lengths and
+   `encode` whole; wall time and peak CUDA memory (torch.cuda.max_memory_allocated, input and output
+   included). mambapy on the same input if importable.
+3. one symbol x 50 full epochs (early stopping off) on 1000 days, as `mambacast train --device cuda` runs it
+   (bf16 autocast, checkpoints, calibration, metadata); after a 1-epoch warm-up run.
+4. 50 symbols `--stack` on CUDA for --stack-epochs full epochs; projected to 50 epochs as the measured wall
+   time plus (50 - epochs) x the mean measured epoch (epochs are alike without early stopping).
+Prices in 3 and 4 are synthetic random walks (training time does not depend on the values), so no sample
+data package is needed. Without CUDA the script runs the smoke sizes on the CPU and says so: those are no
+GPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_long import CausalTransformer  # noqa: E402
+from bench_model import MambapyForecaster  # noqa: E402
+
+from mambacast import MambaConfig, MambaModel, TrainConfig  # noqa: E402
+from mambacast.ops import triton as triton_ops  # noqa: E402
+
+FEATURES, SEQ_LEN = 30, 60
+
+
+class TransformerForecaster(nn.Module):
+    """bench_long's causal Transformer (about our parameter count) with a linear head on the last step."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.body = CausalTransformer(d_model=cfg.d_model, n_layers=cfg.num_layers, n_features=FEATURES)
+        self.head = nn.Linear(cfg.d_model, len(cfg.prediction_horizons))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x)[:, -1])
+
+
+@contextlib.contextmanager
+def scan_env(value: str | None):
+    old = os.environ.get("MAMBACAST_SCAN")
+    if value is None:
+        os.environ.pop("MAMBACAST_SCAN", None)
+    else:
+        os.environ["MAMBACAST_SCAN"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MAMBACAST_SCAN", None)
+        else:
+            os.environ["MAMBACAST_SCAN"] = old
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, graph: bool = False):
+    """One train step (forward, MSE, backward, Adam) as a closure; with `graph`, captured as one CUDA graph."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=graph)
+    amp = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)) if bf16 \
+        else contextlib.nullcontext
+
+    def step() -> None:
+        with amp():
+            loss = nn.functional.mse_loss(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        if not graph:
+            opt.zero_grad(set_to_none=True)
+
+    if not graph:
+        return step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):             # warm-up outside the capture (Triton compiles, Adam's state)
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        step()
+    return cuda_graph.replay
+
+
+def train_step_rows(device: torch.device, cfg: MambaConfig, batches: list[int], smoke: bool) -> list[dict]:
+    rows = []
+    for batch in batches:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, SEQ_LEN, FEATURES, generator=g).to(device)
+        y = torch.randn(batch, len(cfg.prediction_horizons), generator=g).to(device)
+        candidates: list[tuple[str, Callable[[], nn.Module], str | None, bool]] = []
+        if triton_ops.runs_on(device):
+            candidates.append(("mambacast, Triton scan", lambda: MambaModel(cfg, FEATURES), "triton", False))
+            if device.type == "cuda":
+                candidates.append(("mambacast, Triton scan, CUDA graph", lambda: MambaModel(cfg, FEATURES),
+                                   "triton", True))
+        candidates.append(("mambacast, PyTorch chunked scan", lambda: MambaModel(cfg, FEATURES), "chunked", False))
+        candidates.append(("mambapy (pscan)", lambda: MambapyForecaster(cfg, FEATURES), None, False))
+        candidates.append(("causal Transformer (SDPA)", lambda: TransformerForecaster(cfg), None, False))
+        for precision in ("fp32", "bf16 autocast"):
+            for name, build, scan, graph in candidates:
+                row = {"batch": batch, "precision": precision, "model": name}
+                try:
+                    torch.manual_seed(0)
+                    model = build().to(device).train()
+                    with scan_env(scan):
+                        step = make_step(model, x, y, precision != "fp32", graph)
+                        repeats = 3 if smoke else (30 if batch <= 64 else 10)
+                        row["train_step_ms"] = median_ms(step, device, warmup=1 if smoke else 5, repeats=repeats)
+                    row["parameters"] = sum(p.numel() for p in model.parameters())
+                except Exception as exc:  # noqa: BLE001 - a row that cannot run says why; the others go on
+                    row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def long_forward_rows(device: torch.device, cfg: MambaConfig, length: int, pieces: list[int]) -> list[dict]:
+    torch.manual_seed(0)
+    model = MambaModel(cfg, FEATURES).to(device).eval()
+    x = torch.randn(1, length, FEATURES, device=device)
+    runs: list[tuple[str, Callable[[], torch.Tensor]]] = [
+        (f"mambacast encode_long(chunk_len={p})", lambda p=p: model.encode_long(x, chunk_len=p)) for p in pieces]
+    runs.append(("mambacast encode (whole sequence)", lambda: model.encode(x)))
+    try:
+        peer = MambapyForecaster(cfg, FEATURES).to(device).eval()
+        runs.append(("mambapy (pscan)", lambda: peer.mamba(peer.embed(x))))
+    except ImportError:
+        pass
+    rows = []
+    for name, fn in runs:
+        row = {"model": name, "seq_len": length}
+        try:
+            with torch.no_grad():
+                with scan_env(None):
+                    model.encode_long(x[:, :4096], chunk_len=2048)       # warm-up: kernels compiled
+                    sync(device)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                        torch.cuda.reset_peak_memory_stats(device)
+                        before = torch.cuda.memory_allocated(device)
+                    t0 = time.perf_counter()
+                    out = fn()
+                    sync(device)
+                    row["seconds"] = time.perf_counter() - t0
+            assert out.shape[:2] == (1, length)
+            del out
+            if device.type == "cuda":
+                row["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                row["added_gb"] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory: reported, the others go on
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def walk(seed: int, days: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.015, days)))
+    return pd.DataFrame({"close": close}, index=pd.bdate_range("2010-01-04", periods=days, name="date"))
+
+
+def one_symbol(device: torch.device, cfg: MambaConfig, days: int, epochs: int) -> dict:
+    from mambacast.store import ModelStore
+    from mambacast.train import train_symbol
+
+    def run(n_epochs: int, root: str) -> float:
+        t0 = time.perf_counter()
+        result = train_symbol("BENCH", prices=walk(0, days), model_config=cfg, save_dir=root, device=str(device),
+                              train_config=TrainConfig(epochs=n_epochs, patience=10**6, lr_patience=10**6))
+        if result["status"] != "ok":
+            raise RuntimeError(result)
+        return time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as root:
+        run(1, warm)
+        seconds = run(epochs, root)
+        history = json.loads(ModelStore(root).metrics_path("BENCH").read_text()).get("history", [])
+    epoch_times = [h["epoch_time"] for h in history if "epoch_time" in h]
+    return {"symbols": 1, "days": days, "epochs": epochs, "seconds": seconds,
+            "median_epoch_s": statistics.median(epoch_times) if epoch_times else None}
+
+
+def stacked(device: torch.device, cfg: MambaConfig, n_symbols: int, days: int, epochs: int, target_epochs: int
+            ) -> dict:
+    from mambacast.store import ModelStore
+    from mambacast.train.pipeline import train_symbols
+
+    symbols = [f"S{i:02d}" for i in range(n_symbols)]
+    with tempfile.TemporaryDirectory() as data, tempfile.TemporaryDirectory() as root:
+        for i, s in enumerate(symbols):
+            walk(i, days).to_csv(Path(data, f"{s}.csv"))
+        t0 = time.perf_counter()
+        results = train_symbols(symbols, stack=True, device=str(device), source="csv", data_path=data, days=days,
+                                model_config=cfg, save_dir=root,
+                                train_config=TrainConfig(epochs=epochs, patience=10**6, lr_patience=10**6))
+        seconds = time.perf_counter() - t0
+        failed = [r["symbol"] for r in results if r["status"] != "ok"]
+        # each member's epoch_time is the stack's epoch time / members: their sum is the epoch's wall time
+        per_epoch = np.zeros(epochs)
+        for s in symbols:
+            if s not in failed:
+                history = json.loads(ModelStore(root).metrics_path(s).read_text()).get("history", [])
+                per_epoch[: len(history)] += [h["epoch_time"] for h in history][:epochs]
+    epoch_s = float(per_epoch.mean())
+    return {"symbols": n_symbols, "days": days, "epochs": epochs, "seconds": seconds, "mean_epoch_s": epoch_s,
+            "failed": failed, f"projected_{target_epochs}_epochs_s": seconds + (target_epochs - epochs) * epoch_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here (default: $OUT/bench_gpu.json "
+                                                                 "when OUT is set)")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="skip sections that would start after this")
+    parser.add_argument("--stack-symbols", type=int, default=50)
+    parser.add_argument("--stack-epochs", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device: checks the script only")
+    args = parser.parse_args()
+    t_start = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    smoke = args.smoke or not cuda
+    device = torch.device("cuda" if cuda else "cpu")
+    cfg = MambaConfig(d_model=16, num_layers=1, d_state=4) if smoke else MambaConfig()
+    env = {"device": torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.processor() or 'unknown'})",
+           "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+           "triton": None, "smoke": smoke, "model_config": cfg.to_dict()}
+    if triton_ops.available():
+        import triton
+
+        env["triton"] = triton.__version__
+    if not cuda:
+        env["note"] = "no CUDA device: smoke sizes on the CPU, not GPU figures"
+    print(json.dumps(env), flush=True)
+    results: dict = {"env": env}
+    path = args.json or (Path(os.environ["OUT"], "bench_gpu.json") if os.environ.get("OUT") else None)
+
+    def save() -> None:   # after every section: a run cut off by its time limit keeps what it measured
+        results["total_seconds"] = time.perf_counter() - t_start
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1, default=float))
+
+    def section(name: str, fn: Callable[[], object]) -> None:
+        if time.perf_counter() - t_start > args.budget_s:
+            results[name] = {"skipped": f"time budget of {args.budget_s:.0f} s spent"}
+        else:
+            t0 = time.perf_counter()
+            try:
+                results[name] = fn()
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next section
+                results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            print(f"# {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        print(json.dumps({name: results[name]}, default=float), flush=True)
+        save()
+
+    section("train_step", lambda: train_step_rows(device, cfg, [4] if smoke else [32, 1024], smoke))
+    section("forward_1m", lambda: long_forward_rows(device, cfg, 5000 if smoke else 1_000_000,
+                                                    [512] if smoke else [2048, 65536, 262144]))
+    section("one_symbol_50_epochs", lambda: one_symbol(device, cfg, 300 if smoke else 1000, 1 if smoke else 50))
+    section("stack", lambda: stacked(device, cfg, 2 if smoke else args.stack_symbols, 300 if smoke else 1000,
+                                     1 if smoke else args.stack_epochs, 50))
+    if path is not None:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The one GPU check of issue 13, sized to finish in under 6 minutes on one H100 (16 cores):
+#   1. the CUDA tests (marked `cuda`), the Triton scan against the reference and the autocast tests;
+#   2. the whole suite, in four shards run side by side;
+#   3. benchmarks/bench_gpu.py (train step, 1,000,000-step forward, 1 symbol x 50 epochs, --stack).
+# Run from the repository root:
+#   bash benchmarks/gpu_check.sh            on the GPU machine; logs and bench_gpu.json land in $OUT (default out/gpu)
+#   bash benchmarks/gpu_check.sh --smoke    anywhere: checks this script (CUDA tests skip, a few tests, tiny benchmark)
+# The machine needs Python with torch (CUDA build) and Triton, numpy, pandas, scipy, safetensors, pytest and
+# hypothesis. What it lacks (scoringrules, arch, bokeh-sampledata, mambapy, ...) comes as wheels in .whl/, made
+# beforehand on a networked machine (../shared/tools/cuda-wheels.sh .whl [pytest hypothesis ...]) and carried
+# along; they go into a temporary directory, never into the machine's Python. Each step has its own time limit
+# (a step that runs out is cut off and the next one starts); the exit status is 1 if any test failed.
+set -uo pipefail
+
+smoke=0
+[[ "${1:-}" == "--smoke" ]] && smoke=1
+PY=${PYTHON:-python3}
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+t0=$(date +%s)
+stamp() { echo "== $1 (at $(( $(date +%s) - t0 )) s)"; }
+
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    site=$(mktemp -d)
+    if $PY -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl; then
+        export PYTHONPATH="$site:$PYTHONPATH"
+    else
+        echo "installing the wheels in .whl/ failed; going on without them"
+    fi
+fi
+
+stamp "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
+$PY - <<'EOF' 2>&1 | tee "$OUT/env.txt"
+import importlib.util, platform, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+print(f"python {platform.python_version()}  torch {torch.__version__}  cuda {torch.version.cuda}  gpu {gpu}")
+for name in ("triton", "numpy", "pandas", "scipy", "safetensors", "pytest", "hypothesis", "scoringrules", "arch",
+             "bokeh_sampledata", "skfolio", "mambapy", "matplotlib"):
+    print(f"  {name:<17} {'yes' if importlib.util.find_spec(name) else 'MISSING'}")
+EOF
+
+stamp "1. CUDA, Triton and autocast tests (the CPU kernel builds alongside)"
+$PY -c "from mambacast import ops; print('CPU kernel available:', ops.available())" > "$OUT/cpu-kernel.txt" 2>&1 &
+build=$!
+FIRST=(tests/test_cuda.py tests/nn/test_scan_triton.py tests/nn/test_autocast.py)
+timeout 90 $PY -m pytest -q -p no:cacheprovider -rs "${FIRST[@]}" > "$OUT/tests-cuda.log" 2>&1
+status=$?
+tail -n 15 "$OUT/tests-cuda.log"
+wait "$build"
+cat "$OUT/cpu-kernel.txt"
+
+stamp "2. the whole suite, four shards side by side"
+ignore=()
+for f in "${FIRST[@]}"; do ignore+=(--ignore "$f"); done
+if (( smoke )); then
+    shards=("tests/test_devices.py")
+else
+    shards=("tests/nn tests/data" "tests/train/test_pipeline.py tests/train/test_stacked.py"
+            "tests/train --ignore tests/train/test_pipeline.py --ignore tests/train/test_stacked.py"
+            "tests/evaluate $(ls tests/test_*.py | tr '\n' ' ')")
+fi
+pids=()
+for i in "${!shards[@]}"; do
+    # shellcheck disable=SC2086 # a shard is a list of paths
+    OMP_NUM_THREADS=4 timeout 150 $PY -m pytest -v -p no:cacheprovider -rs "${ignore[@]}" ${shards[$i]} \
+        > "$OUT/tests-shard$i.log" 2>&1 &
+    pids+=($!)
+done
+for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"
+    rc=$?
+    echo "shard $i (${shards[$i]:0:60}...): exit $rc$([[ $rc == 124 ]] && echo ' (cut off at 150 s)')"
+    tail -n 1 "$OUT/tests-shard$i.log"
+    (( rc != 0 && rc != 5 )) && status=1
+done
+grep -h -E "^(FAILED|ERROR) " "$OUT"/tests-*.log | head -n 40
+
+stamp "3. benchmark"
+bench=(benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" --budget-s 80)
+(( smoke )) && bench+=(--smoke)
+timeout 110 $PY "${bench[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v '^{"batch"'
+
+stamp "done"
+(( status != 0 && status != 5 )) && exit 1
+exit 0

@@ -38,7 +38,7 @@ import importlib.util, platform, torch
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 print(f"python {platform.python_version()}  torch {torch.__version__}  cuda {torch.version.cuda}  gpu {gpu}")
 for name in ("triton", "numpy", "pandas", "scipy", "safetensors", "pytest", "hypothesis", "scoringrules", "arch",
-             "bokeh_sampledata", "skfolio", "mambapy", "matplotlib"):
+             "statsmodels", "bokeh_sampledata", "skfolio", "mambapy", "matplotlib"):
     print(f"  {name:<17} {'yes' if importlib.util.find_spec(name) else 'MISSING'}")
 EOF
 

@@ -55,11 +55,15 @@ def _strides(t: Tensor | None, n: int) -> tuple[int, ...]:
 
 
 def _launch_config(d_state: int) -> tuple[int, int]:
+    """(BLOCK_N, num_warps): the state block padded to a power of two, and about 128 state elements per warp
+    (4 per thread), so the per-program state stays in registers. Chosen, not tuned: no GPU measured it yet."""
     block_n = max(2, triton.next_power_of_2(d_state))
     return block_n, max(1, min(8, BLOCK_D * block_n // 128))
 
 
 def _compute_dtype(*tensors: Tensor | None) -> tuple[torch.dtype, tl.dtype]:
+    """float64 only when every input is float64 (then every output is float64 too: no float64 value is ever
+    stored into a 16-bit tensor, a conversion Triton's interpreter gets wrong), else float32."""
     if all(t.dtype == torch.float64 for t in tensors if t is not None):
         return torch.float64, tl.float64
     return torch.float32, tl.float32

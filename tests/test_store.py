@@ -7,24 +7,39 @@ import torch
 from safetensors.torch import load_file
 
 from mambacast import MambaConfig, MambaModel
+from mambacast.data.features import TimeSeriesFeatureEngineer
 from mambacast.store import ModelStore, StoreError, atomic_write_bytes
 
 CFG = MambaConfig(d_model=16, d_state=4, num_layers=1, prediction_horizons=[1, 5])
 
 
+ENGINEER = TimeSeriesFeatureEngineer()
+N_FEATURES = ENGINEER.n_features
+
+
+def complete_metadata(symbol, cfg=CFG):
+    """Everything a predictor reads from the metadata, consistent with `cfg` and the default features."""
+    n = len(cfg.prediction_horizons)
+    return {"symbol": symbol, "model_config": cfg.to_dict(), "n_features": N_FEATURES,
+            "feature_names": list(ENGINEER.feature_names_),
+            "feature_config": {"windows": list(ENGINEER.windows), "include_volume": False, "warmup": 60},
+            "sequence_length": 20, "calibration": {"scale_factor": [1.0] * n},
+            "feature_scaler": {"mean": [0.0] * N_FEATURES, "scale": [1.0] * N_FEATURES},
+            "target_scaler": {"horizons": list(cfg.prediction_horizons), "mean": [0.0] * n, "scale": [0.01] * n}}
+
+
 def saved_store(tmp_path, symbol="AAPL"):
     torch.manual_seed(0)
-    model = MambaModel(CFG, n_features=3)
+    model = MambaModel(CFG, n_features=N_FEATURES)
     store = ModelStore(tmp_path)
-    store.save_model(symbol, model, {"model_config": CFG.to_dict(), "n_features": 3,
-                                     "feature_names": ["a", "b", "c"], "symbol": symbol})
+    store.save_model(symbol, model, complete_metadata(symbol))
     return store, model
 
 
 def test_round_trip_and_safetensors_alone(tmp_path):
     store, model = saved_store(tmp_path)
     loaded, meta = store.load_model("AAPL")
-    x = torch.randn(2, 7, 3)
+    x = torch.randn(2, 7, N_FEATURES)
     torch.testing.assert_close(loaded(x), model.eval()(x))
     plain = load_file(str(store.weights_path("AAPL")))   # no mambacast needed to read the weights
     assert set(plain) == set(model.state_dict())
@@ -57,7 +72,7 @@ def test_weights_that_do_not_fit_the_metadata_are_refused(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["model_config"]["d_model"] = 32               # config no longer matches the weights
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(StoreError, match=r"tensor 'embed.weight' has shape \(16, 3\) but the config"):
+    with pytest.raises(StoreError, match=r"tensor 'embed.weight' has shape \(16, 31\) but the config"):
         store.load_model("AAPL")
 
 
@@ -67,7 +82,7 @@ def test_feature_count_mismatch_is_refused(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["feature_names"] = ["a", "b"]
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(StoreError, match="feature_names has 2 entries but n_features is 3"):
+    with pytest.raises(StoreError, match="feature_names has 2 entries but n_features is 31"):
         store.load_model("AAPL")
 
 
@@ -114,3 +129,187 @@ def test_cleaning_one_symbol_leaves_the_others(tmp_path):
         p.write_bytes(b"partial")
     assert store.clean_temporary_files("AAPL") == 3
     assert all(p.exists() for p in others) and not any(p.exists() for p in leftovers)
+
+
+# ---- a model is replaced only by a complete, valid model (issue 14, finding 1) ----------------------------
+def model_files(store, symbol="AAPL"):
+    """sha256 of every file of the symbol's model (what `predict` reads and a user looks at)."""
+    import hashlib
+
+    paths = [store.weights_path(symbol), store.metadata_path(symbol), store.metrics_path(symbol),
+             store.plot_path(symbol)]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.exists()}
+
+
+def save_full(store, symbol="AAPL", seed=0, **changes):
+    torch.manual_seed(seed)
+    model = MambaModel(CFG, n_features=N_FEATURES)
+    metadata = {**complete_metadata(symbol), **changes}
+    return store.save_model(symbol, model, metadata, metrics={"history": [{"epoch": 1, "val_loss": 0.5}]},
+                            plot_png=b"\x89PNG fake"), model
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"data_stats": {"avg_return": float("nan")}}, r"data_stats.avg_return is not a finite number"),
+    ({"calibration": {"scale_factor": [1.0, float("inf")]}}, r"calibration.scale_factor.1 is not a finite"),
+    ({"calibration": {"scale_factor": [1.0, -2.0]}}, r"scale_factor is not 2 positive finite numbers"),
+    ({"target_scaler": {"horizons": [1, 5], "mean": [0.0, 0.0], "scale": [0.0, 1.0]}}, r"bad TargetScaler data"),
+    ({"target_scaler": {"horizons": [1, 10], "mean": [0.0, 0.0], "scale": [1.0, 1.0]}}, r"target_scaler does not"),
+    ({"feature_config": {"windows": [5], "include_volume": False, "warmup": 60}}, r"feature_names differ"),
+    ({"sequence_length": 0}, r"sequence_length 0 is not a positive integer"),
+    ({"feature_names": ["x"] * N_FEATURES}, r"feature_names differ"),
+    ({"n_features": 7}, r"feature_names has 31 entries but n_features is 7"),
+    ({"model_config": {**CFG.to_dict(), "d_model": 8}}, r"embed.weight"),
+    ({"note": object()}, r"cannot be written as JSON"),
+])
+def test_an_invalid_new_model_leaves_the_previous_one_byte_identical(tmp_path, change, match):
+    store = ModelStore(tmp_path)
+    save_full(store)
+    before = model_files(store)
+    with pytest.raises(StoreError, match=match) as info:
+        save_full(store, seed=1, **change)
+    assert "the new model was not saved" in str(info.value) and "\n" not in str(info.value)
+    assert model_files(store) == before
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or p.name.endswith(".commit.json")]
+
+
+def test_non_finite_weights_are_never_stored(tmp_path):
+    store = ModelStore(tmp_path)
+    save_full(store)
+    before = model_files(store)
+    torch.manual_seed(1)
+    model = MambaModel(CFG, n_features=N_FEATURES)
+    with torch.no_grad():
+        model.embed.weight[0, 0] = float("nan")
+    with pytest.raises(StoreError, match="embed.weight' holds NaN"):
+        store.save_model("AAPL", model, complete_metadata("AAPL"))
+    assert model_files(store) == before
+
+
+def test_metrics_that_are_not_json_leave_the_previous_model(tmp_path):
+    store = ModelStore(tmp_path)
+    save_full(store)
+    before = model_files(store)
+    torch.manual_seed(1)
+    with pytest.raises(StoreError, match=r"metrics: history.0.val_loss is not a finite number"):
+        store.save_model("AAPL", MambaModel(CFG, N_FEATURES), complete_metadata("AAPL"),
+                         metrics={"history": [{"val_loss": float("nan")}]})
+    assert model_files(store) == before
+
+
+def test_the_metadata_is_a_manifest_of_every_artifact(tmp_path):
+    store = ModelStore(tmp_path)
+    save_full(store)
+    meta = store.verify("AAPL")
+    assert set(meta["artifacts"]) == {"metrics/AAPL_metrics.json", "metrics/AAPL_training.png"}
+    store.plot_path("AAPL").write_bytes(b"another picture")
+    assert not store.is_complete("AAPL")
+    with pytest.raises(StoreError, match="AAPL_training.png is missing or does not match"):
+        store.verify("AAPL")
+
+
+@pytest.mark.parametrize("fault", ["commit.staging:raise", "commit.switching:raise"])
+def test_an_io_error_during_the_final_write(tmp_path, monkeypatch, fault):
+    """Before the commit point the old model stays; after it, the next reader finishes the switch."""
+    store = ModelStore(tmp_path)
+    _, old = save_full(store)
+    before = model_files(store)
+    monkeypatch.setenv("MAMBACAST_FAULT", fault)
+    with pytest.raises(OSError, match="injected fault"):
+        _, new = save_full(store, seed=1)
+    monkeypatch.delenv("MAMBACAST_FAULT")
+    loaded, _ = store.load_model("AAPL")
+    x = torch.randn(2, 7, N_FEATURES)
+    if fault.startswith("commit.staging"):
+        assert model_files(store) == before
+        torch.testing.assert_close(loaded(x), old.eval()(x))
+    else:
+        assert model_files(store) != before and store.is_complete("AAPL")
+        torch.manual_seed(1)
+        torch.testing.assert_close(loaded(x), MambaModel(CFG, N_FEATURES).eval()(x))
+    store.clean_temporary_files()
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or p.name.endswith(".commit.json")]
+
+
+# ---- loads check identity (finding 2) -----------------------------------------------------------------
+def test_another_symbols_model_under_this_name_is_refused(tmp_path):
+    store = ModelStore(tmp_path)
+    save_full(store, "MSFT")
+    for kind in ("weights", "metadata"):   # the issue's user: copy MSFT's files to AAPL's names
+        src = getattr(store, f"{kind}_path")("MSFT")
+        getattr(store, f"{kind}_path")("AAPL").write_bytes(src.read_bytes())
+    with pytest.raises(StoreError, match=r"AAPL_metadata.json is the model of 'MSFT', not 'AAPL'"):
+        store.load_model("AAPL")
+    assert not store.is_complete("AAPL")
+    # ... and with the metadata's symbol edited too, the weights still say whose they are
+    meta = json.loads(store.metadata_path("AAPL").read_text()) | {"symbol": "AAPL",
+                                                                  "weights_file": "weights/AAPL.safetensors"}
+    store.metadata_path("AAPL").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match=r"holds the weights of 'MSFT', not 'AAPL'"):
+        store.load_model("AAPL")
+
+
+def test_horizons_other_than_asked_for_are_refused(tmp_path):
+    store, _ = saved_store(tmp_path)
+    assert store.load_model("AAPL", horizons=[1, 5])[0].horizons == [1, 5]
+    with pytest.raises(StoreError, match=r"forecasts horizons \[1, 5\], not the \[1, 5, 10, 30\] asked for"):
+        store.load_model("AAPL", horizons=[1, 5, 10, 30])
+
+
+def test_a_model_from_a_newer_mambacast_is_refused(tmp_path):
+    store, _ = saved_store(tmp_path)
+    meta = json.loads(store.metadata_path("AAPL").read_text()) | {"mambacast_version": "99.0.0"}
+    store.metadata_path("AAPL").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="written by mambacast 99.0.0, newer than this"):
+        store.load_model("AAPL")
+
+
+def test_missing_model_is_not_found_and_a_damaged_one_is_not(tmp_path):
+    from mambacast.store import ModelNotFoundError
+
+    store, _ = saved_store(tmp_path)
+    with pytest.raises(ModelNotFoundError):
+        store.load_model("MSFT")
+    store.weights_path("AAPL").unlink()
+    with pytest.raises(StoreError) as info:
+        store.load_model("AAPL")
+    assert not isinstance(info.value, ModelNotFoundError)
+
+
+# ---- tensor files carry their own hash (finding 6) -----------------------------------------------------
+def test_a_zeroed_training_state_is_refused(tmp_path):
+    from safetensors.torch import save as st_save
+
+    store = ModelStore(tmp_path)
+    path = store.state_path("AAPL")
+    store.save_tensors(path, {"w": torch.randn(3, 4), "step": torch.tensor(5)}, {"epoch": 2})
+    tensors, info = store.load_tensors(path)
+    assert info == {"epoch": 2} and tensors["step"].item() == 5
+    header_meta = json.loads(path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")])["__metadata__"]
+    path.write_bytes(st_save({k: torch.zeros_like(v) for k, v in tensors.items()}, metadata=header_meta))
+    with pytest.raises(StoreError, match="does not match its own SHA-256"):
+        store.load_tensors(path)
+    path.write_bytes(st_save(tensors, metadata={"mambacast": json.dumps({"epoch": 9})}))   # no hash at all
+    with pytest.raises(StoreError, match="has no integrity hash"):
+        store.load_tensors(path)
+    path.write_bytes(b"\0" * 4096)
+    with pytest.raises(StoreError, match="not a readable safetensors file"):
+        store.load_tensors(path)
+
+
+# ---- paths checked before any work (finding 3) --------------------------------------------------------
+def test_a_store_that_cannot_be_written_is_refused_up_front(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        ModelStore(afile).ensure_writable()
+    with pytest.raises(StoreError, match="is not writable"):
+        ModelStore(afile / "sub").ensure_writable()
+    with pytest.raises(StoreError, match="is not writable"):
+        ModelStore("/sys/mambacast-store").ensure_writable()      # read-only for every user, root included
+    (tmp_path / "s" / "metadata").parent.mkdir()
+    (tmp_path / "s" / "metadata").write_text("x")
+    with pytest.raises(StoreError, match="metadata is a file"):
+        ModelStore(tmp_path / "s").ensure_writable()
+    ModelStore(tmp_path / "ok").ensure_writable()
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["checkpoints", "metadata", "metrics", "weights"]

@@ -205,10 +205,13 @@ class MetricsTracker(Callback):
     from 1 (`best_epoch` 38 of `total_epochs` 50, as in the guide).
     """
 
-    def __init__(self, save_dir: str | Path, symbol: str, monitor: str = "val_loss", loss: str = "mse"):
+    def __init__(self, save_dir: str | Path, symbol: str, monitor: str = "val_loss", loss: str = "mse",
+                 path: str | Path | None = None):
         self.store = ModelStore(save_dir)
         self.symbol, self.monitor, self.loss = symbol, monitor, loss
-        self.path = self.store.metrics_path(symbol)
+        # The training pipeline points `path` into the run's checkpoint folder: the stored model's metrics file
+        # changes only together with the model (`ModelStore.save_model`).
+        self.path = Path(path) if path is not None else self.store.metrics_path(symbol)
         self.history: list[dict[str, float]] = []
         self.baseline: dict[str, float] | None = None
         self.extra: dict[str, Any] = {}
@@ -246,10 +249,14 @@ class MetricsTracker(Callback):
             "mean_epoch_time": sum(h["epoch_time"] for h in self.history) / len(self.history),
         }
 
-    def save(self) -> Path:
+    def to_dict(self) -> dict[str, Any]:
+        """What `save` writes: symbol, loss, summary, per-epoch history and `extra`."""
         loss = "student_t_nll" if self.loss == "nll" else "mse"
-        atomic_write_json(self.path, {"symbol": self.symbol, "loss": f"{loss}_standardised_log_return",
-                                      "summary": self.get_summary(), "history": self.history, **self.extra})
+        return {"symbol": self.symbol, "loss": f"{loss}_standardised_log_return", "summary": self.get_summary(),
+                "history": self.history, **self.extra}
+
+    def save(self) -> Path:
+        atomic_write_json(self.path, self.to_dict())
         return self.path
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, float]) -> None:

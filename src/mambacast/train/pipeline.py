@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ from ..blend import GarchBlend
 from ..config import MambaConfig, TrainConfig
 from ..data.augment import DataAugmentor
 from ..data.errors import DataError
-from ..data.features import TimeSeriesFeatureEngineer
+from ..data.features import TimeSeriesFeatureEngineer, forward_fill_closes
 from ..data.quality import check_data_quality
 from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, temporal_split
 from ..data.sources import as_price_frame, load_prices
@@ -42,7 +43,7 @@ from .stacked import StackedTrainer
 from .trainer import NonFiniteLossError, Trainer, resolve_device
 
 __all__ = ["PreparedData", "prepare_data", "configure_baseline", "fit_baseline_tail", "calibrate_distribution",
-           "train_symbol", "train_single_symbol", "train_symbols", "DEFAULT_WINDOWS", "ProgressFn"]
+           "train_symbol", "train_single_symbol", "train_symbols", "DEFAULT_WINDOWS", "ProgressFn", "render_curves"]
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ def _validation_report(trainer: Trainer, data: PreparedData, horizons: list[int]
     return report
 
 
-def _plot_curves(history: list[dict[str, float]], path: Path, symbol: str) -> Path | None:
+def render_curves(history: list[dict[str, float]], symbol: str) -> bytes | None:
+    """PNG of the loss, MAE and learning-rate curves (None without matplotlib); stored with the model."""
     try:
         import matplotlib
 
@@ -180,12 +182,10 @@ def _plot_curves(history: list[dict[str, float]], path: Path, symbol: str) -> Pa
         ax.grid(alpha=0.3)
     # Fixed margins: tight_layout measured every text box and took longer than drawing the figure.
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.22)
-    tmp = path.with_name(f".{path.name}.tmp-plot.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return buffer.getvalue()
 
 
 def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,
@@ -239,6 +239,7 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
     model_config = model_config or MambaConfig()
     train_config = train_config or TrainConfig()
     store = ModelStore(save_dir)
+    store.ensure_writable()
     store.clean_temporary_files(symbol)
     emit = progress or (lambda event, sym, data: None)
     emit("start", symbol, {})
@@ -281,7 +282,8 @@ def stored_trainer(model: MambaModel, model_config: MambaConfig, train_config: T
     """A Trainer with the guide's callbacks writing `name`'s files in `store` (checkpoint, metrics, resumable
     state, progress); returns it, its MetricsTracker and the state to resume from (None: a fresh run).
     Emits the "model" progress event."""
-    tracker = MetricsTracker(store.root, name, monitor=train_config.monitor, loss=train_config.loss)
+    tracker = MetricsTracker(store.root, name, monitor=train_config.monitor, loss=train_config.loss,
+                             path=store.run_metrics_path(name))
     run_info = {"data_hash": data_hash, "model_config": model_config.to_dict(),
                 "train_config": train_config.to_dict(), "n_features": n_features}
     callbacks = [
@@ -309,10 +311,10 @@ def _finish_run(run: _Run) -> dict[str, Any]:
     validation = _validation_report(trainer, data, model_config.prediction_horizons)
     calibration = calibrate_distribution(trainer.model, data.X[data.val_idx], data.y_scaled[data.val_idx])
     tracker.extra = {"validation": validation}
-    tracker.save()
-    plot = _plot_curves(tracker.history, store.plot_path(symbol), symbol)
     train_rows = data.window_end[data.train_idx]
-    returns = np.diff(np.log(data.prices["close"].to_numpy(dtype=np.float64)))
+    # Missing closes are forward-filled, as the features and targets saw them.
+    closes, _ = forward_fill_closes(data.prices["close"].to_numpy(dtype=np.float64), symbol)
+    returns = np.diff(np.log(closes))
     metadata = {
         "symbol": symbol,
         "training_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -328,8 +330,8 @@ def _finish_run(run: _Run) -> dict[str, Any]:
         "data_stats": {
             "num_samples": int(len(data.X)), "num_train_samples": int(len(data.train_idx)),
             "num_val_samples": int(len(data.val_idx)), "days": int(len(data.prices)),
-            "avg_return": float(returns[: int(train_rows[-1])].mean()),
-            "volatility": float(returns[: int(train_rows[-1])].std()),
+            "avg_return": float(np.nanmean(returns[: int(train_rows[-1])])),
+            "volatility": float(np.nanstd(returns[: int(train_rows[-1])])),
             "first_date": data.date_at(0), "last_date": data.date_at(len(data.prices) - 1),
             "train_end_date": data.date_at(int(train_rows[-1])),
             "val_start_date": data.date_at(int(data.window_end[data.val_idx[0]])),
@@ -354,29 +356,36 @@ def _finish_run(run: _Run) -> dict[str, Any]:
         "mambacast_version": __version__,
         "torch_version": torch.__version__,
     }
-    paths = store.save_model(symbol, trainer.model.cpu(), metadata)
+    paths = store.save_model(symbol, trainer.model.cpu(), metadata, metrics=tracker.to_dict(),
+                             plot_png=render_curves(tracker.history, symbol))
     elapsed = time.perf_counter() - run.t0
     result = {**_result_from_metadata(symbol, store.load_metadata(symbol), store), "status": "ok",
-              "training_time": elapsed, "plot": str(plot) if plot else None, **{k: str(v) for k, v in paths.items()}}
+              "training_time": elapsed, "plot": str(paths["plot"]) if "plot" in paths else None,
+              **{k: str(v) for k, v in paths.items() if k != "plot"}}
     run.emit("done", symbol, result)
     return result
 
 
 def _resumable_state(store: ModelStore, symbol: str, run_info: dict[str, Any]):
+    """The saved state of an interrupted run with this data and configuration, or None (a fresh start).
+
+    A state that exists but is damaged is refused (StoreError) rather than resumed or silently replaced."""
     path = store.state_path(symbol)
     if not path.exists():
         return None
     try:
         tensors, info = store.load_tensors(path)
+        if not isinstance(info.get("epoch"), int) or not isinstance(info.get("info"), dict):
+            raise StoreError(f"{path} lacks the epoch or run description of a training state")
     except StoreError as exc:
-        log.warning("%s: cannot resume (%s); training from scratch", symbol, exc)
-        return None
-    saved = info.get("info", {})
+        raise StoreError(f"{symbol}: cannot resume: {exc}; delete {path} (or train without --resume) to start "
+                         "afresh") from None
+    saved = info["info"]
     for key in ("data_hash", "model_config", "train_config", "n_features"):
         if saved.get(key) != run_info[key]:
             log.warning("%s: the interrupted run used a different %s; training from scratch", symbol, key)
             return None
-    log.info("%s: resuming after epoch %d", symbol, info["epoch"])
+    log.info("%s: resuming from epoch %d", symbol, info["epoch"] + 1)
     return tensors, info
 
 
@@ -411,7 +420,7 @@ async def train_single_symbol(symbol: str, epochs: int = 50, batch_size: int = 3
 
 # ---- many symbols ------------------------------------------------------------------------------
 def _failure(symbol: str, exc: BaseException) -> dict[str, Any]:
-    known = isinstance(exc, (DataError, NonFiniteLossError, StoreError, ValueError))
+    known = isinstance(exc, (DataError, NonFiniteLossError, StoreError, ValueError, OSError))
     if not known:
         log.error("%s failed unexpectedly:\n%s", symbol, "".join(traceback.format_exception(exc)))
     return {"symbol": symbol, "status": "failed", "error": str(exc) if known else f"{type(exc).__name__}: {exc}"}
@@ -443,6 +452,8 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
     """
     if parallel < 1:
         raise ValueError(f"--parallel {parallel} is invalid: must be a positive integer")
+    resolve_device(kwargs.get("device"))                        # a bad device or store fails before any work
+    ModelStore(kwargs.get("save_dir", "models/mamba")).ensure_writable()
     if stack and parallel > 1:
         raise ValueError("--stack and --parallel > 1 are alternatives: stacking trains every symbol in one process")
     resolve_device(kwargs.get("device"))

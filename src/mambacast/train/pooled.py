@@ -40,10 +40,11 @@ from .distribution import calibrate_distribution, configure_baseline, fit_baseli
 from .pipeline import (
     DEFAULT_WINDOWS,
     ProgressFn,
-    _plot_curves,
     data_fingerprint,
+    render_curves,
     stored_trainer,
 )
+from .trainer import resolve_device
 
 __all__ = ["PooledData", "prepare_pooled", "train_global"]
 
@@ -135,7 +136,9 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
     model_config = model_config or MambaConfig()
     train_config = train_config or TrainConfig()
     name = GLOBAL_MODEL
+    resolve_device(device)                        # a bad device or store fails before any work
     store = ModelStore(save_dir)
+    store.ensure_writable()
     store.clean_temporary_files(name)
     emit = progress or (lambda event, sym, data: None)
     emit("start", name, {})
@@ -164,8 +167,6 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
     calibration = calibrate_distribution(trainer.model, data.X_val, data.y_val)   # on the training device
     model = trainer.model.cpu().eval()
     summary = tracker.get_summary()
-    tracker.save()
-    plot = _plot_curves(tracker.history, store.plot_path(name), name)
     metadata = {
         "symbol": name, "kind": "global", "symbols": sorted(data.counts), "skipped_symbols": data.skipped,
         "training_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -193,7 +194,9 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
         "n_parameters": model.count_parameters(), "device": str(trainer.device),
         "mambacast_version": __version__, "torch_version": torch.__version__,
     }
-    paths = store.save_model(name, model, metadata)
+    paths = store.save_model(name, model, metadata, metrics=tracker.to_dict(),
+                             plot_png=render_curves(tracker.history, name))
+    plot = paths.pop("plot", None)
     result = {"symbol": name, "status": "ok", "best_val_loss": summary["best_val_loss"],
               "best_val_crps": summary["best_val_crps"], "best_epoch": summary["best_epoch"],
               "total_epochs": summary["total_epochs"], "num_samples": metadata["data_stats"]["num_samples"],

@@ -85,7 +85,9 @@ def test_fallbacks_say_why(model_dir, history, tmp_path):
 @pytest.mark.parametrize("history_arg, price, match", [
     (np.array([]), 100.0, "has 0 closes"),
     (np.array([100.0, 101.0]), 100.0, "has 2 closes"),
-    (np.array([100.0, np.nan, 101.0, 102.0]), 100.0, "NaN"),
+    (np.array([100.0, np.nan, 101.0, 102.0]), 100.0, "1 of 4 closes of price_history are missing"),
+        (np.array([np.nan, 100.0, 101.0, 102.0]), 100.0, "first close of price_history is missing"),
+        (np.array([100.0, np.inf, 101.0, 102.0]), 100.0, "infinite"),
     (np.array([100.0, -1.0, 101.0, 102.0]), 100.0, "zero or negative"),
     (np.array([100.0, 101.0, 102.0]), 0.0, "current_price=0.0 is invalid"),
     (np.array([100.0, 101.0, 102.0]), float("nan"), "current_price=nan is invalid"),

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import PRESETS, TrainConfig, preset
@@ -14,6 +14,18 @@ from .config import PRESETS, TrainConfig, preset
 
 class CLIError(Exception):
     """An error the user can fix; printed as one line, exit status 2."""
+
+
+#: exit statuses (docs/prediction.md): 1 some symbols failed to train, 2 a usage or data error (one line on
+#: stderr); `predict --strict`: 3 a symbol has no model, 4 a symbol's model exists but cannot be used.
+EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL, EXIT_BAD_MODEL = 1, 2, 3, 4
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block stays on --help (the README's promise)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # ---- train ---------------------------------------------------------------------------------------
@@ -95,8 +107,10 @@ class _TrainPrinter:
         elif event == "model":
             self._line(f"{tag} Model has {data['parameters']:,} parameters")
             resumed = data.get("resumed_epoch")
-            extra = f" (resuming at epoch {resumed + 1})" if resumed is not None else ""
-            self._line(f"{tag} Training for {data['epochs']} epochs...{extra}")
+            self._line(f"{tag} Training for {data['epochs']} epochs...")
+            if resumed is not None:   # resumed_epoch: the 0-based index of the next epoch = epochs already done
+                self._line(f"{tag} resumed from epoch {resumed} (its saved training state); continuing at epoch "
+                           f"{resumed + 1}/{data['epochs']}")
         elif event == "baseline":
             self._line(f"{tag} untrained (the volatility baseline)  val_loss {data['val_loss']:.4f}  "
                        f"val_mae {data['val_mae']:.4f}  val_crps {data['val_crps']:.4f}")
@@ -149,6 +163,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.global_model and (args.stack or args.parallel > 1 or args.with_volume or args.with_range):
         raise CLIError("--global trains one pooled model of the closes in one process: drop --stack, --parallel, "
                        "--with-volume and --with-range")
+    _check_device(args.device)
+    _check_store(args.save_dir)
     printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack)
     t0 = time.perf_counter()
     if args.global_model:
@@ -166,7 +182,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     failed = [r["symbol"] for r in results if r["status"] == "failed"]
     print(f"\n{len(results) - len(failed)}/{len(results)} symbols trained in {time.perf_counter() - t0:.1f}s; "
           f"models in {args.save_dir}" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    for r in results:   # errors also go to stderr, one line per failed symbol, for scripts that read only it
+        if r["status"] == "failed":
+            print(f"mambacast: error: {_one_line(r['error'])}", file=sys.stderr)
+    return EXIT_FAILED if failed else 0
+
+
+def _check_device(device: str) -> None:
+    """A bad --device is one line before any data is read or epoch trained."""
+    from .train.trainer import resolve_device
+
+    resolve_device(device)
+
+
+def _check_store(save_dir: str) -> None:
+    from .store import ModelStore
+
+    ModelStore(save_dir).ensure_writable()
 
 
 def _train_global(args: argparse.Namespace, symbols: list[str], model_config: Any, train_config: TrainConfig,
@@ -235,6 +267,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=["auto", "symbol", "global"], default="auto",
                    help="auto: the global model (train --global) when stored, else the symbol's own (default); "
                         "symbol: per-symbol models only; global: the global model for every symbol")
+    p.add_argument("--strict", action="store_true",
+                   help="fail instead of answering with the momentum fallback: exit 3 when a symbol has no model, "
+                        "4 when its model exists but cannot be used (damaged, tampered, another symbol's, "
+                        "incompatible)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--plot", metavar="PNG", help="save a fan chart of history and forecast quantiles")
     p.add_argument("--save-dir", default="models/mamba", help="model store folder (default models/mamba)")
@@ -252,32 +288,50 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .data.sources import load_prices
     from .data.universe import parse_symbols
     from .predict import MambaPredictor
-    from .store import ModelStore
+    from .store import ModelNotFoundError, ModelStore, StoreError
 
     if args.strike is not None and not args.strike > 0:
         raise CLIError(f"--strike {args.strike} is invalid: must be a positive price")
+    cutoff = None
+    if args.as_of:
+        try:
+            cutoff = pd.Timestamp(args.as_of)
+        except ValueError:
+            raise CLIError(f"--as-of {args.as_of!r} is not a date; use YYYY-MM-DD") from None
+    if args.plot:
+        _check_output_file(args.plot, "--plot")
     symbols = parse_symbols(args.symbols)
     histories = {}
     store = ModelStore(args.save_dir)
     for symbol in symbols:
         frame = load_prices(symbol, days=None, source=args.source, path=args.data,
                             with_volume=_reads_ohlcv(store, symbol))
-        if args.as_of:
-            try:
-                cutoff = pd.Timestamp(args.as_of)
-            except ValueError:
-                raise CLIError(f"--as-of {args.as_of!r} is not a date; use YYYY-MM-DD") from None
+        first, last = frame.index[0].date(), frame.index[-1].date()
+        if cutoff is not None:
+            if not pd.Timestamp(first) <= cutoff <= pd.Timestamp(last):
+                raise CLIError(f"--as-of {args.as_of} is outside {symbol}'s prices ({first} .. {last}); pick a date "
+                               "in that range")
             frame = frame.loc[:cutoff]
-            if frame.empty:
-                raise CLIError(f"{symbol}: no prices on or before --as-of {args.as_of}")
-        histories[symbol] = frame.iloc[-1000:]
-    predictor = MambaPredictor(symbols, model_dir=args.save_dir, model=args.model)
+        frame = frame.iloc[-1000:]
+        # A blank close is a gap the predictor forward-fills; rows before the first price carry nothing.
+        frame = frame.loc[frame["close"].first_valid_index():]
+        histories[symbol] = frame
+    predictor = MambaPredictor(symbols, model_dir=args.save_dir, model=args.model, strict=args.strict)
 
     async def run() -> list:
-        return await asyncio.gather(*(predictor.predict_detailed(s, h, float(h["close"].iloc[-1]))
+        return await asyncio.gather(*(predictor.predict_detailed(s, h, float(h["close"].ffill().iloc[-1]))
                                       for s, h in histories.items()))
 
-    results = asyncio.run(run())
+    try:
+        results = asyncio.run(run())
+    except ModelNotFoundError as exc:
+        print(f"mambacast: error: {_one_line(exc)} (--strict)", file=sys.stderr)
+        return EXIT_NO_MODEL
+    except StoreError as exc:
+        print(f"mambacast: error: {_one_line(exc)} (--strict)", file=sys.stderr)
+        return EXIT_BAD_MODEL
+    finally:
+        predictor.close()
     if args.json:
         out = []
         for r in results:
@@ -294,6 +348,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         print(f"fan chart saved to {plot_fan_chart(results, histories, args.plot)}")
     return 0
+
+
+def _check_report_dir(path: str) -> None:
+    """The backtest writes its report at the end of a long run: check the folder first."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"--report {path} is a file, not a folder")
+    _check_output_file(str(folder / "report.html"), "--report")
+
+
+def _check_output_file(path: str, flag: str) -> None:
+    """A file the command will write at its end must be writable before the work starts."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"{flag} {path} is a folder; pass a file name")
+    folder = target.parent
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"{flag} {path}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe.tmp-{target.name}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CLIError(f"{flag} {path} cannot be written ({exc.strerror or exc})") from None
 
 
 def _prediction_table(results: list, strike: float | None) -> str:
@@ -335,7 +418,10 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", choices=["expanding", "rolling"], default="expanding",
                    help="training window: all history up to the cutoff, or the last --train-days")
     p.add_argument("--train-days", type=int,
-                   help="rolling window length (default 2000); with --window expanding, caps the first window")
+                   help="training window of the baselines and of --model symbol: with --window rolling its length "
+                        "(default 2000); with --window expanding the first window is cut to its last TRAIN_DAYS "
+                        "days and later ones grow from there (default: no cut, all history before the first "
+                        "cutoff). --model global reads each symbol's last 2520 days instead")
     p.add_argument("--min-train-days", type=int, default=500, help="fewest training days before the first origin")
     p.add_argument("--horizons", default="1,5,10,30", help="forecast horizons in trading days (default 1,5,10,30)")
     p.add_argument("--preset", choices=PRESETS, default="small",
@@ -473,6 +559,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             raise CLIError(f"--seeds {args.seeds!r} is invalid: seeds must be non-negative and distinct")
         if args.no_model:
             raise CLIError("--seeds needs the model: drop --no-model")
+    _check_device(args.device)
+    _check_report_dir(args.report)
     model_config, train_config = preset(args.preset)
     model_config = type(model_config).from_dict({**model_config.to_dict(), "prediction_horizons": list(horizons)})
     batch_size = args.batch_size or (_GLOBAL_BATCH if args.model == "global" else None)
@@ -539,7 +627,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
 # ---- entry point ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mambacast", description=__doc__)
+    parser = _Parser(prog="mambacast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mambacast {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -548,6 +636,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_backtest(sub)
     return parser
+
+
+def _one_line(exc: BaseException | str) -> str:
+    """The message of a user error on one line (a data error may quote a multi-line value)."""
+    text = " ".join(str(exc).split()) if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -560,9 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as exc:
-        print(f"mambacast: error: {exc}", file=sys.stderr)
-        return 2
+    except (CLIError, ValueError, OSError) as exc:
+        print(f"mambacast: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("mambacast: interrupted", file=sys.stderr)
         return 130

@@ -53,6 +53,7 @@ from scipy import special, stats
 
 from .blend import GarchBlend
 from .config import MambaConfig
+from .data.errors import InsufficientHistoryError
 from .data.features import (
     MACD_FAST,
     MACD_SIGNAL,
@@ -65,7 +66,7 @@ from .data.sequences import FeatureScaler, TargetScaler
 from .data.sources import as_close_array, as_price_frame
 from .evaluate.baselines import Momentum
 from .nn.mamba import MambaModel
-from .store import GLOBAL_MODEL, ModelStore, StoreError
+from .store import GLOBAL_MODEL, ModelNotFoundError, ModelStore, StoreError
 
 __all__ = ["MambaPredictor", "PredictionResult", "OriginForecasts", "DEFAULT_QUANTILES", "EMA_TOLERANCE",
            "CALIBRATIONS", "ema_memory_days", "rolling_scale_factors"]
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 _MIN_CLOSES = 3  # the momentum rule's minimum (two returns)
+_MAX_MISSING = 0.05  # share of missing closes forward-filled, as validate_data_quality's max_missing_ratio
 EMA_TOLERANCE = 1e-9
 _MAX_BATCH = 512        # windows per forward pass (bounds memory: 512 x 60 x d_inner floats per layer)
 _GROUP_CHUNK = 128      # requests of one symbol per worker task in predict_many
@@ -217,16 +219,27 @@ class _Prepared:
     factor: np.ndarray | None = None
 
 
-def _check_inputs(symbol: str, closes: np.ndarray, current_price: float) -> None:
+def _checked_closes(symbol: str, closes: np.ndarray, current_price: float) -> np.ndarray:
+    """The history's closes with missing ones forward-filled (as training fills them); ValueError for bad input."""
     if not (isinstance(current_price, (int, float)) and math.isfinite(current_price) and current_price > 0):
         raise ValueError(f"{symbol}: current_price={current_price!r} is invalid: must be a positive finite price")
     if closes.size < _MIN_CLOSES:
         raise ValueError(f"{symbol}: price_history has {closes.size} closes; even the momentum fallback needs at "
                          f"least {_MIN_CLOSES} (the model needs warm-up + sequence_length days, 120 by default)")
-    if not np.all(np.isfinite(closes)):
-        raise ValueError(f"{symbol}: price_history contains NaN or infinite closes; clean or drop them first")
+    if np.any(np.isinf(closes)):
+        raise ValueError(f"{symbol}: price_history contains infinite closes; clean or drop them first")
     if np.any(closes <= 0):
         raise ValueError(f"{symbol}: price_history contains zero or negative closes")
+    missing = np.isnan(closes)
+    if missing.any():
+        if missing[0]:
+            raise ValueError(f"{symbol}: the first close of price_history is missing; drop the leading rows "
+                             "without a price")
+        if missing.mean() > _MAX_MISSING:
+            raise ValueError(f"{symbol}: {int(missing.sum())} of {closes.size} closes of price_history are missing "
+                             f"(more than {_MAX_MISSING:.0%}); fill the gaps in the data")
+        closes = pd.Series(closes).ffill().to_numpy()   # causal, as the features and training targets fill them
+    return closes
 
 
 def _check_quantiles(quantiles: Sequence[float]) -> None:
@@ -280,12 +293,18 @@ class MambaPredictor:
     stored as `_GLOBAL`) when the store has one, since the backtest found it better than per-symbol models
     (docs/results.md), else the symbol's own model; "symbol" only per-symbol models (the guide's behaviour);
     "global" the global model for every symbol.
+
+    `strict=True` never answers with the momentum fallback: a symbol without a model raises
+    `ModelNotFoundError`, one whose model exists but cannot be used (damaged, tampered, another symbol's, other
+    horizons, an incompatible version) raises `StoreError` (its base class), and a history too short for the
+    model raises `InsufficientHistoryError`, so a service can tell "never trained" from "damaged".
     """
 
     def __init__(self, symbols: Sequence[str], config: MambaConfig | None = None,
                  model_dir: str | Path = "models/mamba", device: str = "cpu", *, trim_history: bool = True,
                  inference_threads: int | None = 1, max_workers: int | None = None,
-                 calibration: str = "validation", calibration_window: int = 250, model: str = "auto"):
+                 calibration: str = "validation", calibration_window: int = 250, model: str = "auto",
+                 strict: bool = False):
         if model not in MODELS:
             raise ValueError(f"model={model!r} is invalid: use one of {', '.join(MODELS)}")
         if calibration not in CALIBRATIONS:
@@ -307,6 +326,7 @@ class MambaPredictor:
         self.calibration = calibration
         self.calibration_window = calibration_window
         self.model = model
+        self.strict = bool(strict)
         self._models: dict[str, _LoadedModel | StoreError] = {}
         self._load_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -317,7 +337,8 @@ class MambaPredictor:
         with self._load_lock:
             if symbol not in self._models:
                 try:
-                    model, meta = self.store.load_model(symbol, device=self.device)
+                    horizons = self.config.prediction_horizons if self.config else None
+                    model, meta = self.store.load_model(symbol, device=self.device, horizons=horizons)
                     fc = meta["feature_config"]
                     engineer = TimeSeriesFeatureEngineer(windows=fc["windows"], include_volume=fc["include_volume"],
                                                          include_range=fc.get("include_range", False))
@@ -331,7 +352,8 @@ class MambaPredictor:
                         keep_days=int(fc["warmup"]) + int(meta["sequence_length"])
                         + max(ema_memory_days(engineer.windows), volatility_memory_days(EMA_TOLERANCE)))
                 except StoreError as exc:
-                    log.warning("%s: model unavailable: %s", symbol, exc)
+                    # the fallback's own warning (or, strict, the error) says why; no second line here
+                    log.debug("%s: model unavailable: %s", symbol, exc)
                     self._models[symbol] = exc
                 except (KeyError, TypeError, ValueError) as exc:
                     self._models[symbol] = StoreError(f"{self.store.metadata_path(symbol)}: {exc}")
@@ -343,10 +365,10 @@ class MambaPredictor:
             return self._load(GLOBAL_MODEL)   # one pooled model serves every symbol (docs/results.md: it forecasts
             #                                   better than per-symbol models in the backtest)
         if self.model == "global":
-            return StoreError(f"no global model in {self.store.root} (train one: mambacast train --global)")
+            return ModelNotFoundError(f"no global model in {self.store.root} (train one: mambacast train --global)")
         if symbol in self.symbols or self.store.metadata_path(symbol).exists():
             return self._load(symbol)         # a load error names the missing or damaged file
-        return StoreError(f"no model for {symbol} in {self.store.root}")
+        return ModelNotFoundError(f"no model for {symbol} in {self.store.root}")
 
     # ---- worker threads -----------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:
@@ -377,17 +399,19 @@ class MambaPredictor:
     def _prepare(self, symbol: str, price_history: Any, current_price: float, quantiles: Sequence[float]
                  ) -> PredictionResult | _Prepared:
         """Validate one request: a momentum answer, or the scaled windows the model must read."""
-        closes = as_close_array(price_history)
-        _check_inputs(symbol, closes, current_price)
+        closes = _checked_closes(symbol, as_close_array(price_history), current_price)
         _check_quantiles(quantiles)
         as_of = _as_of(price_history)
         loaded = self._lookup(symbol)
         if isinstance(loaded, StoreError):
+            if self.strict:
+                raise type(loaded)(f"{symbol}: {loaded}")
             return self._momentum(symbol, closes, current_price, quantiles, f"no usable model: {loaded}", as_of)
         if len(closes) < loaded.needed_days:
-            return self._momentum(symbol, closes, current_price, quantiles,
-                                  f"history has {len(closes)} days; the model needs at least {loaded.needed_days}",
-                                  as_of)
+            short = f"history has {len(closes)} days; the model needs at least {loaded.needed_days}"
+            if self.strict:
+                raise InsufficientHistoryError(f"{symbol}: {short}")
+            return self._momentum(symbol, closes, current_price, quantiles, short, as_of)
         rolling = self.calibration == "rolling"
         lookback = self.calibration_window + max(loaded.model.horizons) - 1 if rolling else 0
         keep = min(len(closes), loaded.keep_days + lookback if self.trim_history else len(closes))
@@ -548,8 +572,7 @@ class MambaPredictor:
         loaded = self._lookup(symbol)
         if isinstance(loaded, StoreError):
             raise loaded
-        closes = as_close_array(price_history)
-        _check_inputs(symbol, closes, 1.0)
+        closes = _checked_closes(symbol, as_close_array(price_history), 1.0)
         first = loaded.needed_days - 1
         rows = np.arange(first, len(closes)) if origins is None else np.asarray(origins, dtype=np.int64)
         if rows.ndim != 1 or (rows.size and (rows.min() < first or rows.max() >= len(closes))):

@@ -128,7 +128,7 @@ def test_bad_days(days: object) -> None:
 
 
 def test_unknown_sample_symbol_lists_close_matches() -> None:
-    with pytest.raises(UnknownSymbolError, match=r"'APPL'.*close matches: AAPL.*--source yahoo"):
+    with pytest.raises(UnknownSymbolError, match=r"'APPL'.*similar symbols: AAPL.*--source yahoo"):
         load_prices("APPL")
 
 
@@ -231,7 +231,7 @@ def test_csv_long_file_with_symbol_column(tmp_path) -> None:
     _write_csv(file, "ticker,DATE,close\nAAA,2024-01-02,1\nBBB,2024-01-02,2\nAAA,2024-01-03,1.5\n")
     assert list(load_prices("aaa", source="csv", path=file)["close"]) == [1.0, 1.5]
     assert set(available_symbols("csv", file)["symbol"]) == {"AAA", "BBB"}
-    with pytest.raises(UnknownSymbolError, match=r"prices.csv has no rows for AAB.*close matches: AAA"):
+    with pytest.raises(UnknownSymbolError, match=r"prices.csv has no rows for AAB.*similar symbols: AAA"):
         load_prices("AAB", source="csv", path=file)
 
 

@@ -24,7 +24,7 @@ class DataError(ValueError):
 
 
 class UnknownSymbolError(DataError):
-    """A symbol no source (or not the chosen source) has; the message lists close matches."""
+    """A symbol no source (or not the chosen source) has; the message lists similar symbols."""
 
 
 class UnknownUniverseError(DataError):

@@ -86,9 +86,9 @@ def _finalise(frame: pd.DataFrame, symbol: str, source: str) -> pd.DataFrame:
     return frame
 
 
-def _close_matches(symbol: str, candidates: Iterable[str]) -> str:
+def _similar_symbols(symbol: str, candidates: Iterable[str]) -> str:
     matches = difflib.get_close_matches(symbol, sorted(set(candidates)), n=5, cutoff=0.5)
-    return f"close matches: {', '.join(matches)}" if matches else "no close matches"
+    return f"similar symbols: {', '.join(matches)}" if matches else "no similar symbol"
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def _load_sample(symbol: str, path: str | Path | None, with_volume: bool) -> pd.
     candidates = _sample_candidates(symbol)
     if not candidates:
         raise UnknownSymbolError(
-            f"unknown symbol {symbol!r} in the sample source; {_close_matches(symbol, sample_symbols())}. "
+            f"unknown symbol {symbol!r} in the sample source; {_similar_symbols(symbol, sample_symbols())}. "
             f"The sample source has {', '.join(sample_symbols())}; for other symbols use --source yahoo "
             "or --source csv with your own files")
     installed = [(ss, f) for ss, f in candidates if f is not None]
@@ -441,7 +441,7 @@ def _load_file_source(symbol: str, path: str | Path | None, fmt: str) -> pd.Data
             hint = sample_hint(symbol)
             raise UnknownSymbolError(
                 f"no {fmt} file for {symbol} in {root} (expected {symbol}{_SUFFIXES[fmt][0]}, case-insensitive); "
-                f"{_close_matches(symbol, files)}{'; ' + hint if hint else ''}")
+                f"{_similar_symbols(symbol, files)}{'; ' + hint if hint else ''}")
         return _frame_from_table(_read_table(files[symbol], fmt), files[symbol], fmt, symbol, source)
     table = _read_table(root, fmt)
     if "symbol" not in table.columns:
@@ -455,7 +455,7 @@ def _load_file_source(symbol: str, path: str | Path | None, fmt: str) -> pd.Data
     if rows.empty:
         hint = sample_hint(symbol)
         raise UnknownSymbolError(
-            f"{root} has no rows for {symbol}; {_close_matches(symbol, keys.dropna().unique())}"
+            f"{root} has no rows for {symbol}; {_similar_symbols(symbol, keys.dropna().unique())}"
             f"{'; ' + hint if hint else ''}")
     return _frame_from_table(rows, root, fmt, symbol, source)
 

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,6 +113,31 @@ KILL_ARGS = ["--symbols", "AAPL,MSFT", "--preset", "small", "--epochs", "4", "--
              "--batch-size", "64", "--seed", "3", "--device", "cpu"]
 
 
+def interrupted_progress(root, symbols=("AAPL", "MSFT")):
+    """Per symbol, what a killed run left: "complete", the number of finished epochs in its saved state, or 0."""
+    store = ModelStore(root)
+    left = {}
+    for symbol in symbols:
+        if store.is_complete(symbol):
+            left[symbol] = "complete"
+        elif store.state_path(symbol).exists():
+            left[symbol] = store.load_tensors(store.state_path(symbol))[1]["epoch"] + 1
+        else:
+            left[symbol] = 0
+    return left
+
+
+def assert_resumed(out, left, epochs=4):
+    """The resumed run's output shows each symbol continue where the killed run stopped, never start over."""
+    for symbol, done in left.items():
+        if done == "complete":
+            assert f"[{symbol}] already trained" in out, out
+            continue
+        trained = [int(e) for e in re.findall(rf"\[{symbol}\] epoch (\d+)/{epochs}", out)]
+        assert trained == list(range(done + 1, epochs + 1)), (symbol, done, out)
+        assert (f"[{symbol}] resumed from epoch {done} " in out) == (done > 0), (symbol, done, out)
+
+
 @pytest.mark.slow
 @needs_sample("AAPL")
 @needs_sample("MSFT")
@@ -128,25 +154,31 @@ def test_sigkill_then_resume_completes_with_valid_files(tmp_path):
         lambda root: (root / "metadata" / "AAPL_metadata.json").exists(),
         lambda root: (root / "checkpoints" / "MSFT" / "training_state.safetensors").exists(),
     ]
+    resumed_epochs = []
     for i, reached in enumerate(moments):
         root = tmp_path / f"killed{i}"
         proc = _run([*KILL_ARGS, "--save-dir", str(root)])
         deadline = time.monotonic() + 300
         while not reached(root) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
+        assert proc.poll() is None, f"moment {i}: the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert proc.wait() == -signal.SIGKILL
         store = ModelStore(root)
         for symbol in store.symbols():        # whatever is visible as complete is valid
             assert store.is_complete(symbol)
+        left = interrupted_progress(root)
         resumed = _run([*KILL_ARGS, "--save-dir", str(root), "--resume"])
         out = resumed.communicate(timeout=300)[0].decode()
         assert resumed.returncode == 0, out
+        assert_resumed(out, left)
+        resumed_epochs += [d for d in left.values() if d != "complete" and d > 0]
         assert store.symbols() == ["AAPL", "MSFT"]
         assert not [p for p in root.rglob("*") if ".tmp-" in p.name], "temporary files left behind"
         for symbol, weights in _final_weights(root).items():
             for key, value in weights.items():
                 assert torch.equal(value, expected[symbol][key]), (i, symbol, key)
+    assert resumed_epochs, "no moment interrupted a symbol after a saved epoch: the test proved nothing about resume"
 
 
 @needs_bokeh

@@ -140,9 +140,11 @@ def test_stacked_state_resumes_alone(tmp_path):
     StackedTrainer([first]).fit([d])
     store = ModelStore(tmp_path / "part")
     tensors, info = store.load_tensors(store.state_path("S"))
-    second = make_trainer(tmp_path / "part", "S", 7, epochs=4)
-    second.fit(*d, resume_from=(tensors, info))
-    assert_same_weights(full, second)
+    assert info["epoch"] == 1
+    second = make_trainer(tmp_path / "part", "S", 99, epochs=4)   # another seed: only the saved state can fix it
+    history = second.fit(*d, resume_from=(tensors, info))
+    assert [h["epoch"] for h in history] == [2, 3]                 # it continued, it did not start over
+    assert_same_weights(full, second, tol=1e-6)
 
 
 def test_stacked_trainer_validates_inputs(tmp_path):
@@ -188,7 +190,7 @@ def test_sigkill_during_stacked_training_then_resume(tmp_path):
     import signal
     import time
 
-    from .test_pipeline import KILL_ARGS, _final_weights, _run
+    from .test_pipeline import KILL_ARGS, _final_weights, _run, assert_resumed, interrupted_progress
 
     reference = tmp_path / "reference"
     proc = _run([*KILL_ARGS, "--save-dir", str(reference)])
@@ -203,13 +205,15 @@ def test_sigkill_during_stacked_training_then_resume(tmp_path):
         time.sleep(0.005)
     assert proc.poll() is None, "the stacked run ended before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     store = ModelStore(root)
     assert store.symbols() == []           # killed mid-training: nothing is visible as complete
+    left = interrupted_progress(root)
+    assert all(isinstance(d, int) and d > 0 for d in left.values()), left
     resumed = _run([*KILL_ARGS, "--stack", "--save-dir", str(root), "--resume"])
     out = resumed.communicate(timeout=300)[0].decode()
     assert resumed.returncode == 0, out
-    assert "resuming at epoch" in out
+    assert_resumed(out, left)
     assert store.symbols() == ["AAPL", "MSFT"]
     assert not [p for p in root.rglob("*") if ".tmp-" in p.name], "temporary files left behind"
     for symbol, weights in _final_weights(root).items():

@@ -59,8 +59,9 @@ def test_table_shows_the_metric_values_and_marks_the_best(result):
     assert {rows[i][0] for i in best[col]} == {"random_walk", "wide"}  # both forecast 0: a tie, both marked
     dm = result.dm[(result.dm.symbol == "AAA") & (result.dm.horizon == 1) & (result.dm.other == "random_walk")
                    & (result.dm.loss == "squared_error")]
-    assert by_name["random_walk"][header.index("DM SE vs model")].startswith(f"{dm['stat'].iloc[0]:+.2f}")
-    assert by_name["model"][header.index("DM SE vs model")] == "(reference)"
+    col = header.index("DM SE model-row (2-sided p)")   # the header states the sign convention and the test
+    assert by_name["random_walk"][col] == f"{dm['stat'].iloc[0]:+.2f} ({_fmt_p(dm['p_value'].iloc[0])})"
+    assert by_name["model"][col] == "(reference)"
     text = format_backtest_table(result)
     assert "pooled over AAA, BBB, 5-day" in text and "AAA, 1-day" in text
     assert f"{100 * metric(result, 'ALL', 'wide', 5, 'ret_crps'):.3f}" in text
@@ -70,6 +71,16 @@ def test_table_shows_the_metric_values_and_marks_the_best(result):
 def test_summary_is_honest_about_significance(result):
     lines = backtest_summary(result)
     assert lines[0].startswith("Squared error of the log-return (pooled over AAA, BBB): model significantly better")
+    # each p-value printed says which test it is: the summary's are one-sided, the table's two-sided
+    dm = result.dm[(result.dm.symbol == "ALL") & (result.dm.loss == "crps") & (result.dm.p_better < 0.05)]
+    assert not dm.empty
+    for r in dm.itertuples():
+        assert f"{r.other} at {r.horizon}d (one-sided p{'=' if _fmt_p(r.p_better)[0] != '<' else ''}" \
+               f"{_fmt_p(r.p_better)})" in lines[1]
+        assert r.stat < 0 and r.p_better < r.p_value   # model better: negative statistic, one-sided p half the other
+    assert re.search(r"\(p[=<]", " ".join(lines)) is None   # no unlabelled p
+    text = format_backtest_table(result)
+    assert "negative = model better, positive = model worse" in text and "one-sided" in text
     assert any("expected by chance" in line for line in lines)
     assert any(line.startswith("Coverage of model's central 50/80/90% intervals") for line in lines)
 
@@ -134,7 +145,7 @@ def test_cli_backtest_with_the_model(tmp_path, capsys):
     assert code == 0
     assert torch.get_num_threads() == threads  # --threads is set for the run only
     text = capsys.readouterr().out
-    assert "refit 1/1" in text and "mamba" in text and "DM SE vs mamba" in text
+    assert "refit 1/1" in text and "mamba" in text and "DM SE mamba-row (2-sided p)" in text
     data = json.loads((out / "metrics.json").read_text())
     assert data["info"]["torch_threads"] == 1
     block = data["symbols"]["MSFT"]["blocks"][0]
@@ -215,3 +226,35 @@ def test_cli_backtest_with_several_seeds(tmp_path, capsys):
     block = data["symbols"]["MSFT"]["blocks"][0]["fit_info"]
     # each seed's own fit (with one epoch both may keep the untrained baseline, so compare the seeds)
     assert (block["mamba_s1"]["seed"], block["mamba_s2"]["seed"]) == (1, 2)
+
+
+def test_data_check_and_the_backtest_judge_the_same_rows(tmp_path, capsys):
+    """Issue 14, finding 10: gaps older than the last 2000 days. `data check` says which rows it read, `--days all`
+    reads the backtest's, and the backtest refuses what that check refuses, in one line, before any refit."""
+    rng = np.random.default_rng(3)
+    dates = pd.bdate_range("2005-01-03", periods=3000)
+    close = 40 * np.exp(np.cumsum(rng.normal(0.0002, 0.015, 3000)))
+    close[100:300] = np.nan                                    # 200 of 3000 missing (6.7%), all before the last 2000
+    csv = tmp_path / "zzz.csv"
+    pd.DataFrame({"symbol": "ZZZ", "date": dates, "close": close}).to_csv(csv, index=False)
+    data = ["--source", "csv", "--data", str(csv)]
+    assert main(["data", "check", "--symbols", "ZZZ", *data]) == 0
+    assert "(last 2000 days: the rows train reads by default; --days all checks what backtest reads)" in \
+        capsys.readouterr().out
+    assert main(["data", "check", "--symbols", "ZZZ", "--days", "all", *data]) == 1
+    assert "200 of 3000 prices missing" in capsys.readouterr().out
+    assert main(["backtest", "--symbols", "ZZZ", "--no-model", "--report", str(tmp_path / "rep"), *data]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "ZZZ: 200 of 3000 prices missing" in captured.err
+    assert "refit" not in captured.out
+
+
+def test_the_backtest_forward_fills_a_few_missing_closes_as_training_does():
+    from mambacast.evaluate.backtest import checked_prices
+
+    dates = pd.bdate_range("2020-01-01", periods=400)
+    close = 50 * np.exp(np.cumsum(np.random.default_rng(4).normal(0, 0.01, 400)))
+    close[[0, 1, 200]] = np.nan
+    (frame,) = checked_prices({"ZZZ": pd.DataFrame({"close": close}, index=dates)}, end="2021-01-01").values()
+    assert frame.index[0] == dates[2] and frame.index[-1] <= pd.Timestamp("2021-01-01")
+    assert frame["close"].iloc[198] == close[199] and np.isfinite(frame["close"]).all()

@@ -224,12 +224,27 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     lst = data_sub.add_parser("list", help="every symbol a source has, with dates, rows and volume")
     chk = data_sub.add_parser("check", help="run the quality checks on symbols' price history")
     chk.add_argument("--symbols", required=True, help="comma list or a universe name (TEST, TIER_1, SAMPLE)")
-    chk.add_argument("--days", type=int, default=2000, help="check the last N trading days (default 2000)")
+    chk.add_argument("--days", type=_days, default=2000,
+                     help="check the last N trading days (default 2000, what train reads by default), or 'all' "
+                          "(what backtest reads)")
     for q in (lst, chk):
         q.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"])
         q.add_argument("--data", help="file or folder for --source csv/parquet (cache folder for yahoo)")
     lst.set_defaults(func=_cmd_data_list)
     chk.set_defaults(func=_cmd_data_check)
+
+
+def _days(text: str) -> int | None:
+    """--days N (a positive count) or --days all (None: every row)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid days value {text!r}: pass a positive number or 'all'") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"invalid days value {text!r}: pass a positive number or 'all'")
+    return days
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
@@ -524,7 +539,14 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
     from .data.sources import load_prices
     from .data.universe import TEST, parse_symbols
-    from .evaluate.backtest import BacktestConfig, dated_panel, default_forecasters, model_names, run_backtest
+    from .evaluate.backtest import (
+        BacktestConfig,
+        checked_prices,
+        dated_panel,
+        default_forecasters,
+        model_names,
+        run_backtest,
+    )
     from .report import backtest_summary, format_backtest_table, format_desk_tables, write_backtest_report
 
     if not args.test and not args.symbols:
@@ -576,7 +598,9 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
                             references=() if args.no_model or len(refs) == 1 else refs)
     baselines = [b.strip() for b in args.baselines.split(",")] if args.baselines else None
     printer = _BacktestPrinter(args.quiet, bar=sys.stdout.isatty())
-    prices = {s: load_prices(s, days=None, source=args.source, path=args.data) for s in symbols}
+    # The rows the backtest reads (all days up to --end) pass the checks `data check --days all` runs on them.
+    prices = checked_prices({s: load_prices(s, days=None, source=args.source, path=args.data) for s in symbols},
+                            end=dates.get("end"))
     factory = default_forecasters(model_config, train_config, baselines=baselines, include_model=not args.no_model,
                                   device=args.device, on_epoch=printer.epoch, panel=dated_panel(prices),
                                   seeds=seeds if seeds is not None and len(seeds) > 1 else None, model=args.model)

@@ -128,6 +128,11 @@ def _p_eq(p: float) -> str:
     return s if s.startswith("<") else "=" + s
 
 
+def _p_said(p: float, sided: str) -> str:
+    """A p-value that says which test it is: 'one-sided p=0.030', 'two-sided p=0.061'."""
+    return f"{sided} p{_p_eq(p)}"
+
+
 def _ref_dm(dm: pd.DataFrame, reference: str) -> pd.DataFrame:
     """The DM rows of one reference (with several model seeds the table holds one set per seed)."""
     if dm is None or dm.empty or "reference" not in dm:
@@ -136,7 +141,7 @@ def _ref_dm(dm: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def _dm_cell(dm: pd.DataFrame, symbol: str, horizon: int, other: str, loss: str) -> tuple[str, float, float]:
-    """'stat (p)' of reference vs other, and the stat and two-sided p (nan when missing)."""
+    """'stat (two-sided p)' of reference vs other, and the stat and two-sided p (nan when missing)."""
     if dm is None or dm.empty:
         return "-", float("nan"), float("nan")
     sel = dm[(dm["symbol"] == symbol) & (dm["horizon"] == horizon) & (dm["other"] == other) & (dm["loss"] == loss)]
@@ -150,14 +155,15 @@ def backtest_rows(result: BacktestResult, symbol: str, horizon: int, price_colum
                   ) -> tuple[list[str], list[list[str]], list[set[int]]]:
     """Header, formatted rows (one per forecaster) and, per column, the rows holding the best value.
 
-    Log-return metrics are shown in percent (x100). DM columns: the reference (model) vs the row's forecaster,
-    'stat (two-sided p)'; a negative stat means the reference had the lower loss.
+    Log-return metrics are shown in percent (x100). DM columns, headed with their sign convention: the statistic
+    of the reference's loss minus the row's, 'stat (two-sided p)'; negative means the reference had the lower loss.
     """
     cols = TABLE_COLUMNS + (PRICE_COLUMNS if price_columns else [])
     m = result.metrics
     frame = m[(m["symbol"] == symbol) & (m["horizon"] == horizon)].reset_index(drop=True)
     ref = result.config.reference
-    header = ["forecaster", "n"] + [c[1] for c in cols] + ["dir.p", f"DM SE vs {ref}", f"DM CRPS vs {ref}"]
+    header = ["forecaster", "n"] + [c[1] for c in cols] + ["dir.p", f"DM SE {ref}-row (2-sided p)",
+                                                           f"DM CRPS {ref}-row (2-sided p)"]
     best = [set(), set()] + [_best_rows(frame, c[0], c[2]) for c in cols] + [set(), set(), set()]
     rows = []
     for _, r in frame.iterrows():
@@ -192,9 +198,10 @@ def format_backtest_table(result: BacktestResult, symbols: list[str] | None = No
             out.append(f"{title}, {h}-day log-returns (x100 where %); * = best in column")
             out.append(_text_table(*backtest_rows(result, sym, int(h))))
             out.append("")
-    out.append("DM: Diebold-Mariano (HLN) statistic of the reference minus the other forecaster's loss and its "
-               "two-sided p; negative = reference better. cov = share of outcomes inside the central 50/80/90% "
-               "interval (nominal 0.5/0.8/0.9).")
+    ref = result.config.reference
+    out.append(f"DM {ref}-row: Diebold-Mariano (HLN) statistic of {ref}'s loss minus the row's and its two-sided p; "
+               f"negative = {ref} better, positive = {ref} worse. The summary below uses one-sided p-values and "
+               "says so. cov = share of outcomes inside the central 50/80/90% interval (nominal 0.5/0.8/0.9).")
     return "\n".join(out)
 
 
@@ -218,9 +225,9 @@ def backtest_summary(result: BacktestResult, alpha: float = 0.05) -> list[str]:
         n_tests = len(d)
         for loss, label in (("squared_error", "Squared error of the log-return"), ("crps", "CRPS")):
             sel = d[d["loss"] == loss]
-            better = [f"{r.other} at {r.horizon}d (p{_p_eq(r.p_better)})" for r in sel.itertuples()
+            better = [f"{r.other} at {r.horizon}d ({_p_said(r.p_better, 'one-sided')})" for r in sel.itertuples()
                       if r.p_better < alpha]
-            worse = [f"{r.other} at {r.horizon}d (p{_p_eq(r.p_worse)})" for r in sel.itertuples()
+            worse = [f"{r.other} at {r.horizon}d ({_p_said(r.p_worse, 'one-sided')})" for r in sel.itertuples()
                      if r.p_worse < alpha]
             lines.append(f"{label} ({where}): {ref} significantly better (one-sided DM, {alpha:g}) "
                          "than " + (", ".join(better) if better else "no baseline at any horizon")
@@ -308,7 +315,8 @@ def _seed_spread_rows(result: BacktestResult, symbol: str) -> tuple[list[str], l
         return [], []
     t = t[t["symbol"] == symbol]
     refs = list(result.config.reference_names)
-    header = ["horizon", "vs", "loss", "ratio min..max", "max p (model better)", "max p (model worse)"] + \
+    header = ["horizon", "vs", "loss", "ratio min..max", "max one-sided p (model better)",
+              "max one-sided p (model worse)"] + \
         [f"ratio {r}" for r in refs]
     rows = [[f"{int(r['horizon'])}d", r["other"], r["loss"], f"{_fmt(r['ratio_min'])}..{_fmt(r['ratio_max'])}",
              _fmt_p(r["p_better_max"]), _fmt_p(r["p_worse_max"])] + [_fmt(r.get(f"ratio_{x}")) for x in refs]
@@ -413,8 +421,8 @@ def desk_sections(result: BacktestResult, plots: list[tuple[str, Path]]) -> str:
     if d is not None and not d.empty:
         d = d[d["symbol"] == scope]
         parts.append("<h3>Brier DM tests</h3>" + _html_table(
-            ["model", "vs", "horizon", "K", "Brier ratio (model/other)", "DM stat", "p two-sided", "p model better",
-             "p model worse", "n"],
+            ["model", "vs", "horizon", "K", "Brier ratio (model/other)", "DM stat (model − other)", "p two-sided",
+             "p model better (one-sided)", "p model worse (one-sided)", "n"],
             [[r.reference, r.other, f"{int(r.horizon)}d", _m_label(r.moneyness), _fmt(r.loss_ratio), _fmt(r.stat),
               _fmt_p(r.p_value), _fmt_p(r.p_better), _fmt_p(r.p_worse), str(int(r.n))] for r in d.itertuples()]))
     for label, p in plots:
@@ -639,8 +647,8 @@ def _dm_table(result: BacktestResult, symbol: str) -> str:
     if dm is None or dm.empty:
         return "<p class='note'>No DM tests (no reference forecaster).</p>"
     d = dm[dm["symbol"] == symbol]
-    header = ["vs", "horizon", "loss", "loss ratio (ref/other)", "DM stat", "p two-sided", "p ref better",
-              "p ref worse", "n"]
+    header = ["vs", "horizon", "loss", "loss ratio (ref/other)", "DM stat (ref − other)", "p two-sided",
+              "p ref better (one-sided)", "p ref worse (one-sided)", "n"]
     rows = [[r.other, f"{int(r.horizon)}d", r.loss, _fmt(r.loss_ratio), _fmt(r.stat), _fmt_p(r.p_value),
              _fmt_p(r.p_better), _fmt_p(r.p_worse), str(int(r.n))] for r in d.itertuples()]
     return _html_table(header, rows)
@@ -670,16 +678,17 @@ def _verdict_table(result: BacktestResult, symbol: str, alpha: float = 0.05) -> 
                     continue
                 r = sel.iloc[0]
                 if r["p_better"] < alpha:
-                    cells.append(f"<td style='background:#dff0d8'>better p{_p_eq(r['p_better'])}</td>")
+                    cells.append(f"<td style='background:#dff0d8'>better ({_p_said(r['p_better'], 'one-sided')})"
+                                 "</td>")
                 elif r["p_worse"] < alpha:
-                    cells.append(f"<td style='background:#f2dede'>worse p{_p_eq(r['p_worse'])}</td>")
+                    cells.append(f"<td style='background:#f2dede'>worse ({_p_said(r['p_worse'], 'one-sided')})</td>")
                 else:
-                    cells.append(f"<td style='color:#777'>n.s. (p{_p_eq(r['p_value'])})</td>")
+                    cells.append(f"<td style='color:#777'>n.s. ({_p_said(r['p_value'], 'two-sided')})</td>")
         body.append(f"<tr><td>{html.escape(str(o))}</td>" + "".join(cells) + "</tr>")
     ref = html.escape(result.config.reference)
     return (f"<p class='note'>{ref} against each forecaster: <b>better</b> / <b>worse</b> = one-sided Diebold-Mariano "
             f"(HLN) test significant at {alpha:g} on squared log-return error (SE) or CRPS; n.s. = no significant "
-            "difference (two-sided p shown).</p><table>" + head + "".join(body) + "</table>")
+            "difference (its two-sided p shown).</p><table>" + head + "".join(body) + "</table>")
 
 
 def _blocks_table(result: BacktestResult, symbol: str) -> str:
@@ -775,8 +784,8 @@ def write_backtest_report(result: BacktestResult, directory: str | Path, title: 
             sections.append(f"<h3>{int(h)}-day horizon</h3>" + _html_table(header, rows, best, ref_rows))
         sections.append("<p class='note'>% columns: log-return metrics x100. MASE: MAE over the in-sample MAE of the "
                         "random walk at the same horizon (first training window; pooled: mean over symbols). "
-                        "* and bold: best in the column (coverage: closest to nominal). DM: statistic of reference "
-                        "minus other loss and two-sided p; negative = reference better.</p>")
+                        "* and bold: best in the column (coverage: closest to nominal). DM ref-row: statistic of the "
+                        "reference's loss minus the row's and its two-sided p; negative = reference better.</p>")
         if scope != verdict_scope:
             sections.append("<h3>Significance</h3>" + _verdict_table(result, scope))
         sections.append("<h3>Diebold-Mariano tests</h3>" + _dm_table(result, scope)

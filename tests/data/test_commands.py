@@ -39,6 +39,7 @@ def test_check_symbols_reports_each_symbol() -> None:
     lines = text.splitlines()
     assert lines[1].split()[:5] == ["GOOGL", "OK", "2,000", "2005-03-22", "2013-03-01"]
     assert lines[3].startswith("NOPE") and "unknown symbol 'NOPE'" in lines[3]
-    assert lines[-1] == "3 symbols checked from source 'sample' (last 2000 days): 2 ok, 1 error"
+    assert lines[-1] == ("3 symbols checked from source 'sample' (last 2000 days: the rows train reads by default; "
+                         "--days all checks what backtest reads): 2 ok, 1 error")
     short = check_symbols("FB", min_samples=250)
     assert "FAILED" in short and "only 196 prices" in short

@@ -148,6 +148,31 @@ def test_forecasters_only_see_data_up_to_the_cutoff_and_the_origin():
     check_spy(spy, result, config, closes)
 
 
+@pytest.mark.parametrize("train_days", [None, 350])
+def test_train_days_with_an_expanding_window_cuts_the_first_window_only(train_days):
+    """What `mambacast backtest --train-days` says it does (issue 14, finding 9): with --window expanding, no
+    cut by default (all history before the first cutoff), else the first window is the last TRAIN_DAYS days and
+    later windows grow from its start."""
+    closes = random_walk_prices(1400)
+    config = BacktestConfig(horizons=(1, 5), refit_every=200, min_train_days=600, train_days=train_days)
+    spy = Spy()
+    result = walk_forward("SIM", closes, [spy], config)
+    first_cutoff = result.blocks[0]["train_end_index"]
+    start = 0 if train_days is None else first_cutoff + 1 - train_days
+    assert [f.size for f in spy.fits] == [b["train_end_index"] + 1 - start for b in result.blocks]
+    assert spy.fits[0].size == (first_cutoff + 1 if train_days is None else 350)
+    assert len(spy.fits) > 2 and spy.fits[2].size == spy.fits[0].size + 400
+
+
+def test_the_train_days_help_says_what_it_does():
+    from mambacast.cli import build_parser
+
+    backtest = next(a for a in build_parser()._subparsers._group_actions[0].choices["backtest"]._actions
+                    if "--train-days" in a.option_strings)
+    assert "default: no cut, all history before the first cutoff" in " ".join(backtest.help.split())
+    assert "--model global reads each symbol's last 2520 days instead" in backtest.help
+
+
 def test_strict_mode_hands_prices_up_to_each_origin():
     closes = random_walk_prices(700)
     config = BacktestConfig(horizons=(1, 5), refit_every=90, min_train_days=250, strict=True)

@@ -91,5 +91,7 @@ def format_quality_report(report: pd.DataFrame, source: str = "sample", days: in
     text = _table(rows, ("symbol", "status", "rows", "first date", "last date", "message"))
     counts = report["status"].value_counts()
     summary = ", ".join(f"{counts[s]} {s}" for s in ("ok", "warning", "failed", "error") if s in counts)
-    span = "all days" if days is None else f"last {days} days"
+    span = "all days: the rows backtest reads" if days is None else \
+        f"last {days} days{': the rows train reads by default' if days == 2000 else ''}; --days all checks what " \
+        "backtest reads"
     return f"{text}\n{len(report)} symbols checked from source {source!r} ({span}): {summary}"

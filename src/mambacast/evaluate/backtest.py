@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.errors import InsufficientHistoryError
+from ..data.quality import check_data_quality
 from ..data.sources import as_price_frame
 from .baselines import Drift, Forecast, Forecaster, GarchT, HistoricalVolGaussian, Momentum, RandomWalk
 from .desk import desk_tables, seed_spread
@@ -419,6 +420,26 @@ def _concat(parts: list[dict[str, Any]], horizons: list[int], name: str) -> Fore
     if levels[0] and all(lv == levels[0] for lv in levels):
         quantiles = {q: np.concatenate([p["quantiles"][q] for p in parts]) for q in levels[0]}
     return Forecast(horizons, cat("mean"), quantiles, cat("scale"), cat("df"))
+
+
+def checked_prices(prices: Mapping[str, Any], end: Any = None) -> dict[str, pd.DataFrame]:
+    """The rows a backtest reads, checked and cleaned up front: each symbol's prices up to `end`, through
+    `check_data_quality` (what `mambacast data check --days all` reports on the same rows; a failure raises
+    `DataQualityError` naming the symbol), with missing closes forward-filled as training fills them and rows
+    before the first price dropped."""
+    out = {}
+    for symbol, p in prices.items():
+        frame = as_price_frame(p)
+        frame.attrs.setdefault("symbol", symbol)
+        if end is not None:
+            dated = isinstance(frame.index, pd.DatetimeIndex)
+            frame = frame.loc[: pd.Timestamp(end)] if dated else frame.iloc[: int(end) + 1]
+        check_data_quality(frame, symbol)
+        if frame["close"].isna().any():
+            frame = frame.loc[frame["close"].first_valid_index():].copy()
+            frame["close"] = frame["close"].ffill()
+        out[symbol] = frame
+    return out
 
 
 def walk_forward(symbol: str, prices: Any, forecasters: Sequence[Forecaster], config: BacktestConfig | None = None,

@@ -1,7 +1,8 @@
 """The fused CPU kernels (selective scan, causal conv1d, the fused block) against the references.
 
 Fused-specific tests skip, with the build error as the reason, where the kernel cannot be built
-(no compiler); the fallback tests run everywhere.
+(no compiler), and fail instead when MAMBACAST_REQUIRE_KERNEL=1 (CI, `tests/nn/kernel.py`); the fallback
+tests run everywhere.
 """
 
 import logging
@@ -21,13 +22,12 @@ from mambacast.nn.scan import (
 )
 from mambacast.ops import _loader
 
+from .kernel import REQUIRE_ENV, kernel_or_skip
+
 
 @pytest.fixture(scope="module")
 def kernel():
-    try:
-        return ops.load()
-    except ops.ExtensionUnavailable as exc:
-        pytest.skip(f"fused CPU kernel unavailable here (falls back to the chunked scan): {exc}")
+    return kernel_or_skip()
 
 
 @pytest.fixture(autouse=True)
@@ -163,8 +163,8 @@ def test_auto_picks_fused_on_cpu(kernel):
 
 @pytest.mark.parametrize("choice", ["ref", "chunked", "fused"])
 def test_env_var_forces_the_implementation(monkeypatch, choice):
-    if choice == "fused" and not _loader.available():
-        pytest.skip("fused CPU kernel unavailable here")
+    if choice == "fused":
+        kernel_or_skip()
     u, delta, A, B, C, D, *_ = make_inputs(2, 10, 4, 3, torch.float64)
     monkeypatch.setenv("MAMBACAST_SCAN", choice.upper())
     assert scan_impl(u, A) == choice
@@ -221,6 +221,18 @@ def test_fallback_model_trains_without_the_kernel(broken_build):
         state = model.init_state(4)
         h, state = model.step(torch.randn(4, 3), state)
     assert h.shape == (4, 16)
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_kernel_that_cannot_build_skips_or_fails_the_run(broken_build, monkeypatch, required):
+    """On a user's machine without a compiler the fused tests skip; in CI (MAMBACAST_REQUIRE_KERNEL=1) they fail."""
+    if required:
+        monkeypatch.setenv(REQUIRE_ENV, "1")
+    else:
+        monkeypatch.delenv(REQUIRE_ENV, raising=False)
+    outcome = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(outcome, match="c\\+\\+: command not found"):
+        kernel_or_skip()
 
 
 def test_forcing_fused_without_the_kernel_raises(broken_build, monkeypatch, caplog):

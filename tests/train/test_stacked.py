@@ -49,7 +49,12 @@ def make_trainer(root, symbol, seed, epochs=5, patience=50, lr_patience=1):
     return Trainer(model, cfg, callbacks, device="cpu")
 
 
-def assert_same_weights(a, b, tol=2e-5):
+# Measured (2-core x86 CPU, fused kernel): stacked vs solo weights differ by at most 1.7e-6 after these short
+# runs (the batched matmuls sum in another order), losses by 2.2e-7 relative; the bounds leave about 3x.
+WEIGHT_TOL, LOSS_RTOL = 5e-6, 1e-6
+
+
+def assert_same_weights(a, b, tol=WEIGHT_TOL):
     for k, v in a.model.state_dict().items():
         torch.testing.assert_close(b.model.state_dict()[k], v, atol=tol, rtol=tol, msg=k)
 
@@ -107,7 +112,7 @@ def test_stacked_training_equals_training_alone(tmp_path):
     for a, b, ha, hb in zip(alone, stacked, histories, stacked_histories, strict=True):
         assert [h["epoch"] for h in ha] == [h["epoch"] for h in hb]
         for key in ("train_loss", "val_loss", "train_mae", "val_mae", "lr"):
-            np.testing.assert_allclose([h[key] for h in hb], [h[key] for h in ha], rtol=1e-4, err_msg=key)
+            np.testing.assert_allclose([h[key] for h in hb], [h[key] for h in ha], rtol=LOSS_RTOL, err_msg=key)
         assert_same_weights(a, b)
         # The learning-rate schedule ran per symbol (lr_patience 1 with lr 0.01 halves it at some point).
         assert a.callbacks[-2].lrs == pytest.approx(b.callbacks[-2].lrs)
@@ -144,7 +149,7 @@ def test_stacked_state_resumes_alone(tmp_path):
     second = make_trainer(tmp_path / "part", "S", 99, epochs=4)   # another seed: only the saved state can fix it
     history = second.fit(*d, resume_from=(tensors, info))
     assert [h["epoch"] for h in history] == [2, 3]                 # it continued, it did not start over
-    assert_same_weights(full, second, tol=1e-6)
+    assert_same_weights(full, second, tol=1e-6)      # measured 4.8e-7
 
 
 def test_stacked_trainer_validates_inputs(tmp_path):
@@ -172,10 +177,11 @@ def test_cli_stack_stores_what_training_alone_stores(tmp_path, capsys):
     for symbol in ("AAPL", "MSFT"):
         (ma, meta_a), (mb, meta_b) = alone.load_model(symbol), stack.load_model(symbol)
         for k, v in ma.state_dict().items():
-            torch.testing.assert_close(mb.state_dict()[k], v, atol=1e-4, rtol=1e-4, msg=k)
+            # measured: at most 2.4e-7 apart after 3 epochs of the small preset
+            torch.testing.assert_close(mb.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
         pa, pb = meta_a["performance_metrics"], meta_b["performance_metrics"]
         assert pb["best_epoch"] == pa["best_epoch"] and pb["total_epochs"] == pa["total_epochs"]
-        assert pb["best_val_loss"] == pytest.approx(pa["best_val_loss"], rel=1e-4)
+        assert pb["best_val_loss"] == pytest.approx(pa["best_val_loss"], rel=LOSS_RTOL)
         assert stack.state_path(symbol).is_file() and stack.plot_path(symbol).is_file()
     assert main(["train", "--symbols", "AAPL", "--stack", "--parallel", "2", "--save-dir", str(tmp_path)]) == 2
     assert "--stack" in capsys.readouterr().err
@@ -218,7 +224,7 @@ def test_sigkill_during_stacked_training_then_resume(tmp_path):
     assert not [p for p in root.rglob("*") if ".tmp-" in p.name], "temporary files left behind"
     for symbol, weights in _final_weights(root).items():
         for key, value in weights.items():
-            torch.testing.assert_close(value, expected[symbol][key], atol=1e-5, rtol=1e-5, msg=f"{symbol} {key}")
+            torch.testing.assert_close(value, expected[symbol][key], atol=1e-6, rtol=1e-5, msg=f"{symbol} {key}")
 
 
 def test_stacked_validation_equals_trainer_evaluate(tmp_path, monkeypatch):
@@ -235,8 +241,8 @@ def test_stacked_validation_equals_trainer_evaluate(tmp_path, monkeypatch):
     got = stacked_module._Stack(members).evaluate()
     for (loss, mae, crps), m in zip(got, members, strict=True):
         want_loss, want_mae, want_crps = m.trainer.evaluate(m.Xv, m.yv)
-        assert loss == pytest.approx(want_loss, rel=1e-5) and mae == pytest.approx(want_mae, rel=1e-5)
-        assert crps == pytest.approx(want_crps, rel=1e-5)
+        assert loss == pytest.approx(want_loss, rel=LOSS_RTOL) and mae == pytest.approx(want_mae, rel=LOSS_RTOL)
+        assert crps == pytest.approx(want_crps, rel=LOSS_RTOL)
 
 
 def test_diverging_member_leaves_the_stack_and_the_others_finish(tmp_path):

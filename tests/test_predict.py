@@ -64,7 +64,7 @@ def test_fallbacks_say_why(model_dir, history, tmp_path):
     current = float(history["close"].iloc[-1])
     predictor = MambaPredictor(["AAPL", "ZZZZ"], model_dir=model_dir)
     unknown = run(predictor.predict_detailed("ZZZZ", history, current))
-    assert unknown.source == "momentum" and "ZZZZ_metadata.json does not exist" in unknown.reason
+    assert unknown.source == "momentum" and unknown.reason == f"no usable model: no model for ZZZZ in {model_dir}"
     short = run(predictor.predict_detailed("AAPL", history.iloc[-40:], current))
     assert short.source == "momentum" and "history has 40 days; the model needs at least 120" in short.reason
     assert list(short.prices) == KEYS and all(v > 0 for v in short.prices.values())
@@ -170,7 +170,7 @@ def test_predict_command(model_dir, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data[0]["as_of"] == "2020-03-20" and data[0]["source"] == "mamba"
     assert main(["predict", "--symbols", "AAPL", "--save-dir", str(model_dir), "--as-of", "1980-01-01"]) == 2
-    assert "no prices on or before" in capsys.readouterr().err
+    assert "--as-of 1980-01-01 is outside AAPL's prices (1990-01-02 .. 2022-12-28)" in capsys.readouterr().err
 
 
 def test_guide_example_3_runs(model_dir):

@@ -540,6 +540,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     from .data.sources import load_prices
     from .data.universe import TEST, parse_symbols
     from .evaluate.backtest import (
+        BASELINES,
         BacktestConfig,
         checked_prices,
         dated_panel,
@@ -597,6 +598,9 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
                             reference="random_walk" if args.no_model else refs[0],
                             references=() if args.no_model or len(refs) == 1 else refs)
     baselines = [b.strip() for b in args.baselines.split(",")] if args.baselines else None
+    unknown = [b for b in baselines or () if b not in BASELINES]
+    if unknown:   # before any data is read
+        raise CLIError(f"--baselines: unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     printer = _BacktestPrinter(args.quiet, bar=sys.stdout.isatty())
     # The rows the backtest reads (all days up to --end) pass the checks `data check --days all` runs on them.
     prices = checked_prices({s: load_prices(s, days=None, source=args.source, path=args.data) for s in symbols},

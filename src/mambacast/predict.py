@@ -351,6 +351,8 @@ class MambaPredictor:
                         lock=threading.Lock(), blend=GarchBlend.from_metadata(meta),
                         keep_days=int(fc["warmup"]) + int(meta["sequence_length"])
                         + max(ema_memory_days(engineer.windows), volatility_memory_days(EMA_TOLERANCE)))
+                except ModelNotFoundError:
+                    self._models[symbol] = ModelNotFoundError(f"no model for {symbol} in {self.store.root}")
                 except StoreError as exc:
                     # the fallback's own warning (or, strict, the error) says why; no second line here
                     log.debug("%s: model unavailable: %s", symbol, exc)

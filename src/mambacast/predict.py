@@ -7,9 +7,11 @@ widened or narrowed by the calibration factor fitted on the validation split. Pr
 `p_t * exp(r)`, so the point forecast `p_t * exp(mu_h)` is the median price, and
 `P(p[t+h] > K) = 1 - F_t((log(K / p_t) - mu_h) / s_h; nu_h)`.
 
-When a symbol has no model, its model cannot be loaded, or the history is too short for its
-windows, the predictor answers from the documented momentum rule (`evaluate.baselines`) and says
-so in `PredictionResult.source` / `.reason`; `predict` also logs a warning.
+When a symbol has no model, its model cannot be used (damaged, tampered, another symbol's, other
+horizons: `ModelStore.load_model`'s checks), or the history is too short for its windows, the predictor
+answers from the documented momentum rule (`evaluate.baselines`) and says so in
+`PredictionResult.source` / `.reason`, and logs a warning; with `strict=True` it raises instead
+(`ModelNotFoundError`, `StoreError`, `InsufficientHistoryError`), so callers can tell absence from damage.
 
 Serving path (see docs/prediction.md):
 

@@ -313,7 +313,7 @@ def _finish_run(run: _Run) -> dict[str, Any]:
     tracker.extra = {"validation": validation}
     train_rows = data.window_end[data.train_idx]
     # Missing closes are forward-filled, as the features and targets saw them.
-    closes, _ = forward_fill_closes(data.prices["close"].to_numpy(dtype=np.float64), symbol)
+    closes, lead = forward_fill_closes(data.prices["close"].to_numpy(dtype=np.float64), symbol)
     returns = np.diff(np.log(closes))
     metadata = {
         "symbol": symbol,
@@ -344,8 +344,7 @@ def _finish_run(run: _Run) -> dict[str, Any]:
                            "warmup": data.warmup},
         "sequence_length": train_config.sequence_length,
         "calibration": calibration,
-        "blend": GarchBlend.fit({symbol: data.prices["close"].to_numpy(dtype=np.float64)},
-                                train_config.garch_weight).to_dict(),
+        "blend": GarchBlend.fit({symbol: closes[lead:]}, train_config.garch_weight).to_dict(),
         "feature_scaler": data.feature_scaler.to_dict(),
         "target_scaler": data.target_scaler.to_dict(),
         "data_source": data.prices.attrs.get("source", run.source),

@@ -30,7 +30,7 @@ from .. import __version__
 from ..blend import GarchBlend
 from ..config import MambaConfig, TrainConfig
 from ..data.errors import DataError
-from ..data.features import TimeSeriesFeatureEngineer
+from ..data.features import TimeSeriesFeatureEngineer, forward_fill_closes
 from ..data.quality import check_data_quality
 from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, temporal_split
 from ..data.sources import as_price_frame, load_prices
@@ -123,6 +123,12 @@ def prepare_pooled(frames: Mapping[str, Any], model_config: MambaConfig, train_c
                       np.concatenate(yv).astype(np.float32), counts, skipped)
 
 
+def _filled_closes(prices: Any, symbol: str) -> np.ndarray:
+    """A symbol's closes as training reads them: gaps forward-filled, the rows before the first price dropped."""
+    closes, lead = forward_fill_closes(as_price_frame(prices)["close"].to_numpy(dtype=np.float64), symbol)
+    return closes[lead:]
+
+
 def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = None,
                  train_config: TrainConfig | None = None, days: int | None = 2000, source: str = "sample",
                  data_path: str | Path | None = None, save_dir: str | Path = "models/mamba", resume: bool = False,
@@ -187,8 +193,8 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
         "feature_config": {"windows": list(DEFAULT_WINDOWS), "include_volume": False, "warmup": data.warmup},
         "sequence_length": train_config.sequence_length,
         "calibration": calibration,
-        "blend": GarchBlend.fit({s: as_price_frame(frames[s])["close"].to_numpy(dtype=np.float64) for s in data.counts},
-                                train_config.garch_weight).to_dict(),
+        "blend": GarchBlend.fit({s: _filled_closes(frames[s], s) for s in data.counts}, train_config.garch_weight
+                                ).to_dict(),
         "feature_scaler": data.feature_scaler.to_dict(), "target_scaler": data.target_scaler.to_dict(),
         "data_source": source, "data_hash": data_hash, "seed": train_config.seed,
         "n_parameters": model.count_parameters(), "device": str(trainer.device),

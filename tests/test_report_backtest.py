@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mambacast.cli import _LogOnce, main
+from mambacast.cli import main
+from mambacast.cli.backtest import LogOnce
 from mambacast.evaluate import BacktestConfig, RandomWalk, run_backtest
 from mambacast.report import (
     _fmt_p,
@@ -180,7 +181,7 @@ def test_p_values_never_round_across_five_percent(p, text):
 def test_repeated_log_messages_pass_once():
     import logging
 
-    once = _LogOnce()
+    once = LogOnce()
     rec = lambda msg: logging.LogRecord("mambacast.data", logging.WARNING, __file__, 1, msg, None, None)  # noqa: E731
     assert [once.filter(rec(m)) for m in ("gap", "gap", "split", "gap")] == [True, False, True, False]
 

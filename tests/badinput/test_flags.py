@@ -43,6 +43,7 @@ CASES = [
     (["train", "--symbols", ","], "symbol"),
     ([*TRAIN, "--device", "banana"], "--device 'banana' is not a device"),
     ([*TRAIN, "--device", "tpu"], "--device 'tpu' is not"),
+    ([*TRAIN, "--device", "meta"], "--device 'meta' is not supported"),
     ([*TRAIN, "--device", "cuda:99"], "--device cuda:99"),
     ([*PREDICT, "--strike", "-5"], "--strike -5.0 is invalid"),
     ([*PREDICT, "--strike", "nan"], "--strike nan is invalid"),

@@ -35,10 +35,12 @@ def one_line(exc: BaseException | str) -> str:
 
 
 def check_device(device: str) -> None:
-    """A bad --device is one line before any data is read or epoch trained."""
+    """A bad --device is one line before any data is read or epoch trained: the commands run on the CPU or
+    CUDA (the library's `resolve_device` also takes other torch devices, e.g. the tests' "meta")."""
     from ..train.trainer import resolve_device
 
-    resolve_device(device)
+    if resolve_device(device).type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
 
 
 def check_store(save_dir: str) -> None:

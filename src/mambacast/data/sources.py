@@ -222,7 +222,7 @@ def sample_install_hint(symbol: str) -> str | None:
     sets = [ss for ss in _SAMPLE_SETS if canonical in ss.symbols]
     if not sets:
         raise UnknownSymbolError(
-            f"unknown symbol {sym!r} in the sample source; {_close_matches(sym, sample_symbols())}")
+            f"unknown symbol {sym!r} in the sample source; {_similar_symbols(sym, sample_symbols())}")
     if any(importlib.util.find_spec(ss.package) is not None for ss in sets):
         return None
     return _install_command(sets[0])

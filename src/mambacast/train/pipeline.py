@@ -455,7 +455,6 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
     ModelStore(kwargs.get("save_dir", "models/mamba")).ensure_writable()
     if stack and parallel > 1:
         raise ValueError("--stack and --parallel > 1 are alternatives: stacking trains every symbol in one process")
-    resolve_device(kwargs.get("device"))
     if stack:
         return _train_stacked(symbols, progress, kwargs)
     if kwargs.get("device") not in (None, "auto", "cpu") and parallel > 1:

@@ -45,6 +45,10 @@ def test_calibrate_distribution_fits_the_split_conformal_factor():
     class Fixed(torch.nn.Module):
         """Location 0, scale 1, df (5, 30) for every window."""
 
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))   # where the model lives (calibration asks it)
+
         def forward_distribution(self, x):
             n = len(x)
             return torch.zeros(n, 2), torch.ones(n, 2), torch.tensor([5.0, 30.0])

@@ -24,7 +24,7 @@ _LAZY = {
     "SequenceGenerator": ".data.sequences",
     "DataAugmentor": ".data.augment",
     "validate_data_quality": ".data.quality",
-    "fetch_historical_prices": ".data.sources",
+    "fetch_historical_prices": ".data.universe",
     "load_prices": ".data.sources",
     "train_single_symbol": ".train.pipeline",
     "TrainingCallbacks": ".train.callbacks",

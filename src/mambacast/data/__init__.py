@@ -34,12 +34,11 @@ from .sources import (
     as_close_array,
     as_price_frame,
     available_symbols,
-    fetch_historical_prices,
     load_prices,
     sample_install_hint,
     sample_symbols,
 )
-from .universe import SAMPLE, TEST, TIER_1, UNIVERSES, check_available, parse_symbols
+from .universe import SAMPLE, TEST, TIER_1, UNIVERSES, check_available, fetch_historical_prices, parse_symbols
 
 __all__ = [
     "DataAugmentor",

@@ -16,7 +16,6 @@ Every source returns the same frame (see `load_prices`): a tz-naive ``DatetimeIn
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import functools
 import importlib
@@ -45,7 +44,6 @@ from .errors import (
 __all__ = [
     "SOURCES",
     "load_prices",
-    "fetch_historical_prices",
     "available_symbols",
     "sample_symbols",
     "sample_hint",
@@ -610,22 +608,6 @@ def load_prices(symbol: str, days: int | None = 2000, source: str = "sample", pa
         frame = frame.iloc[-int(days):]
     logger.debug("loaded %s: %d rows from %s", sym, len(frame), frame.attrs["source"])
     return frame
-
-
-async def fetch_historical_prices(symbols: list[str] | str, days: int = 2000, source: str = "sample",
-                                  path: str | Path | None = None, with_volume: bool = False) -> dict[str, pd.DataFrame]:
-    """Load several symbols concurrently off the event loop: ``{symbol: load_prices(symbol, ...)}``.
-
-    `symbols` is a list or a spec string (``"AAPL,MSFT"`` or a universe name such as ``"TEST"``).
-    The dict keeps the order of `symbols`; the first failing symbol's error is raised.
-    """
-    # Imported here because universe.py imports this module (SAMPLE, check_available).
-    from .universe import parse_symbols
-
-    names = parse_symbols(symbols)
-    frames = await asyncio.gather(*(asyncio.to_thread(load_prices, s, days, source, path, with_volume)
-                                    for s in names))
-    return dict(zip(names, frames, strict=True))
 
 
 def available_symbols(source: str = "sample", path: str | Path | None = None) -> pd.DataFrame:

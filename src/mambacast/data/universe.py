@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import logging
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from .errors import DataError, SourceUnavailableError, UnknownSymbolError, UnknownUniverseError
 from .sources import load_prices, sample_hint, sample_symbols
 
-__all__ = ["TEST", "TIER_1", "SAMPLE", "UNIVERSES", "parse_symbols", "check_available"]
+__all__ = ["TEST", "TIER_1", "SAMPLE", "UNIVERSES", "parse_symbols", "check_available", "fetch_historical_prices"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,3 +111,16 @@ def check_available(symbols: str | list[str], source: str = "sample",
         else:
             available.append(sym)
     return available, missing
+
+
+async def fetch_historical_prices(symbols: list[str] | str, days: int = 2000, source: str = "sample",
+                                  path: str | Path | None = None, with_volume: bool = False) -> dict[str, pd.DataFrame]:
+    """Load several symbols concurrently off the event loop: ``{symbol: load_prices(symbol, ...)}``.
+
+    `symbols` is a list or a spec string (``"AAPL,MSFT"`` or a universe name such as ``"TEST"``).
+    The dict keeps the order of `symbols`; the first failing symbol's error is raised.
+    """
+    names = parse_symbols(symbols)
+    frames = await asyncio.gather(*(asyncio.to_thread(load_prices, s, days, source, path, with_volume)
+                                    for s in names))
+    return dict(zip(names, frames, strict=True))

@@ -1,4 +1,5 @@
-"""Symbol universes (``TEST``, ``TIER_1``, ``SAMPLE``) and parsing of ``--symbols`` specs."""
+"""Symbol universes (``TEST``, ``TIER_1``, ``SAMPLE``), parsing of ``--symbols`` specs, and loading the symbols of
+a spec concurrently (`fetch_historical_prices`)."""
 
 from __future__ import annotations
 

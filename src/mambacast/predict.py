@@ -134,6 +134,30 @@ class PredictionResult:
     def prob_below(self, strike: float, horizon: int | str) -> float:
         return 1.0 - self.prob_above(strike, horizon)
 
+    def distribution(self, horizon: int | str) -> tuple[float, float, float]:
+        """The served law of the horizon's log-return: Student-t `(loc, scale, df)` (df = inf: Gaussian)."""
+        key = horizon if isinstance(horizon, str) else f"{horizon}d"
+        if key not in self._dist:
+            raise ValueError(f"horizon {horizon!r} is not forecast; available: {', '.join(self._dist)}")
+        return self._dist[key]
+
+    def interval(self, horizon: int | str, level: float) -> tuple[float, float]:
+        """The central `level` interval of the horizon's price (e.g. level=0.8: the 10% and 90% quantiles)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level={level!r} is invalid: must be strictly between 0 and 1")
+        loc, scale, df = self.distribution(horizon)
+        z = special.stdtrit(df, 0.5 + level / 2) if math.isfinite(df) else special.ndtri(0.5 + level / 2)
+        return self.current_price * math.exp(loc - scale * z), self.current_price * math.exp(loc + scale * z)
+
+    def prob_above_many(self, strikes: Sequence[float], horizon: int | str) -> np.ndarray:
+        """P(price at the horizon > K) for every strike K at once (an options chain); same as `prob_above`."""
+        k = np.asarray(strikes, dtype=np.float64)
+        if k.ndim != 1 or not np.all(np.isfinite(k) & (k > 0)):
+            raise ValueError("strikes must be a list of positive finite prices")
+        loc, scale, df = self.distribution(horizon)
+        z = (np.log(k / self.current_price) - loc) / scale
+        return special.stdtr(df, -z) if math.isfinite(df) else special.ndtr(-z)
+
     def to_dict(self) -> dict[str, Any]:
         return {"symbol": self.symbol, "current_price": self.current_price, "horizons": self.horizons,
                 "prices": self.prices, "log_returns": self.log_returns,
@@ -373,6 +397,16 @@ class MambaPredictor:
         if symbol in self.symbols or self.store.metadata_path(symbol).exists():
             return self._load(symbol)         # a load error names the missing or damaged file
         return ModelNotFoundError(f"no model for {symbol} in {self.store.root}")
+
+    def model_version(self, symbol: str) -> str:
+        """Load (once) the model that answers `symbol` and return its version; raises StoreError if none is usable.
+
+        A server calls it at start-up so the first request does not pay for loading (blocking: file reads).
+        """
+        loaded = self._lookup(symbol)
+        if isinstance(loaded, StoreError):
+            raise loaded
+        return loaded.version
 
     # ---- worker threads -----------------------------------------------------------------------
     def _executor(self) -> ThreadPoolExecutor:

@@ -1,6 +1,7 @@
 """The `mambacast` command line. Library code logs; only this package prints.
 
-One module per command (`train`, `data`, `predict`, `backtest`), their shared checks and exit statuses in
+One module per command (`train`, `data`, `predict`, `backtest`; `serve` holds `serve`, `models`, `monitor`),
+their shared checks and exit statuses in
 `common`; this module builds the parser and turns user errors into one line on stderr.
 """
 
@@ -15,6 +16,7 @@ from .backtest import add_backtest
 from .common import EXIT_USAGE, CLIError, Parser, one_line
 from .data import add_data
 from .predict import add_predict
+from .serve import add_service_commands
 from .train import add_train
 
 
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(sub)
     add_predict(sub)
     add_backtest(sub)
+    add_service_commands(sub)
     return parser
 
 

@@ -1,0 +1,312 @@
+"""The FastAPI application: forecasts, options-chain probabilities, models, health and Prometheus metrics.
+
+`create_app(store_dir, ...)` builds an app over one model store; `mambacast serve` runs it with uvicorn.
+Routes (OpenAPI at /docs):
+
+    POST /v1/forecast        median price, quantiles, source and model version per horizon (the guide's answer)
+    POST /v1/probabilities   P(S_T > K) and P(S_T < K) for many strikes x horizons, from one forecast
+    GET  /v1/models          the stored models and the version each serves
+    GET  /healthz            the process answers
+    GET  /readyz             models are loaded (503 until then)
+    GET  /metrics            Prometheus text: requests and latency per route, fallbacks, versions, live accuracy
+
+Inference runs in the predictor's worker threads through the `Batcher`; the event loop only parses and
+answers. A bad request is answered 422 (404 for a symbol the price source lacks) with FastAPI's
+`{"detail": [{"loc": [...], "msg": ..., "type": ...}]}`; an unexpected error 500 with a one-line message,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..monitor import ForecastLog
+from ..predict import PredictionResult
+from .metrics import Counter, Gauge, Histogram, Registry
+from .runtime import Batcher, HistoryCache, ModelHolder
+from .schemas import (
+    ForecastRequest,
+    ForecastResponse,
+    HorizonProbabilities,
+    ModelInfo,
+    ModelsResponse,
+    ProbabilitiesRequest,
+    ProbabilitiesResponse,
+)
+
+__all__ = ["create_app", "ServiceState"]
+
+log = logging.getLogger(__name__)
+
+ROUTES = ("/v1/forecast", "/v1/probabilities", "/v1/models", "/healthz", "/readyz", "/metrics")
+
+
+class RequestError(Exception):
+    """A request that passed the schema but cannot be answered as asked (e.g. a horizon the model lacks)."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.field, self.message, self.status = field, message, status
+
+
+def _fallback_kind(reason: str) -> str:
+    """A bounded label for /metrics from the predictor's free-text fallback reason."""
+    if reason.startswith("no usable model"):
+        return "no_model"
+    if reason.startswith("history has"):
+        return "short_history"
+    return "other"
+
+
+class ServiceState:
+    """Everything the routes share: models, batcher, price histories, the forecast log and the metrics."""
+
+    def __init__(self, store_dir: str | Path, *, source: str, data: str | None, model: str, max_workers: int | None,
+                 log_path: str | Path | None, reload_interval_s: float, max_batch: int):
+        self.holder = ModelHolder(store_dir, model=model, max_workers=max_workers)
+        self.batcher = Batcher(self.holder, max_batch=max_batch, consumers=max(2, max_workers or 2))
+        self.histories = HistoryCache(self.holder.store, source=source, data=data)
+        self.forecast_log = ForecastLog(log_path) if log_path is not None else None
+        self.reload_interval_s = reload_interval_s
+        self.registry = Registry()
+        self.requests = self.registry.add(Counter("mambacast_requests_total", "HTTP requests by route and status",
+                                                  ("route", "method", "status")))
+        self.latency = self.registry.add(Histogram("mambacast_request_duration_seconds",
+                                                   "request latency by route", ("route",)))
+        self.forecasts = self.registry.add(Counter("mambacast_forecasts_total", "forecasts served by source",
+                                                   ("source",)))
+        self.fallbacks = self.registry.add(Counter("mambacast_fallbacks_total", "momentum fallbacks by reason",
+                                                   ("reason",)))
+        self.versions = self.registry.add(Gauge("mambacast_model_loaded", "1 for each loaded model version",
+                                                ("symbol", "version")))
+        self.reloads = self.registry.add(Gauge("mambacast_model_reloads", "times the served models were (re)loaded"))
+        self.live_crps = self.registry.add(Gauge("mambacast_live_crps", "mean CRPS (log-return) of the latest "
+                                                 "scored forecasts, by horizon", ("horizon",)))
+        self.live_coverage = self.registry.add(Gauge("mambacast_live_coverage80", "share of the latest scored "
+                                                     "forecasts inside their 80% interval, by horizon", ("horizon",)))
+        self.live_scored = self.registry.add(Gauge("mambacast_live_scored", "scored forecasts in the rolling "
+                                                   "window, by horizon", ("horizon",)))
+
+    def refresh_gauges(self) -> None:
+        """Model versions and live accuracy for /metrics (blocking: reads the forecast log)."""
+        self.versions.replace({(s, i.version): 1.0 for s, i in self.holder.models.items() if i.version})
+        self.reloads.set(value=self.holder.reloads)
+        if self.forecast_log is not None:
+            rolling = self.forecast_log.rolling()
+            self.live_crps.replace({(str(h),): v["crps"] for h, v in rolling.items()})
+            self.live_coverage.replace({(str(h),): v["coverage80"] for h, v in rolling.items()})
+            self.live_scored.replace({(str(h),): v["n"] for h, v in rolling.items()})
+
+
+class _MetricsMiddleware:
+    """Counts every request and times it per route (a plain ASGI middleware: no per-request task)."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def record_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope["path"] if scope["path"] in ROUTES else "other"   # bounded label set
+            self.state.requests.inc(route, scope["method"], str(status[0]))
+            self.state.latency.observe(time.perf_counter() - start, route)
+
+
+def get_state(request: Request) -> ServiceState:
+    """Dependency: the app's shared state."""
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+async def _history(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest) -> tuple[Any, float]:
+    """The request's price history (its own closes, else the configured source's) and current price."""
+    if req.prices is not None:
+        history: Any = np.asarray(req.prices, dtype=np.float64)
+        last = float(history[-1])
+        if req.as_of is not None:       # a dated last close lets the monitor score the forecast later; only
+            #                             that date is read, so the earlier rows get consecutive calendar days
+            history = pd.Series(history, index=pd.date_range(end=req.as_of, periods=len(history)), name="close")
+    else:
+        try:
+            history = await asyncio.to_thread(state.histories.get, req.symbol)
+        except (ValueError, FileNotFoundError) as exc:
+            raise RequestError("symbol", f"no prices for {req.symbol} in the service's price source ({exc}); send "
+                                         "them in `prices`", status=404) from None
+        last = float(history["close"].iloc[-1])
+    return history, req.current_price if req.current_price is not None else last
+
+
+def _horizon_keys(result: PredictionResult, wanted: list[int] | None) -> list[str]:
+    if wanted is None:
+        return [f"{h}d" for h in result.horizons]
+    missing = [h for h in wanted if h not in result.horizons]
+    if missing:
+        raise RequestError("horizons", f"horizon(s) {', '.join(map(str, missing))} not forecast; the model forecasts "
+                                       f"{', '.join(map(str, result.horizons))} trading days ahead")
+    return [f"{h}d" for h in wanted]
+
+
+async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest, quantiles: list[float]
+                 ) -> PredictionResult:
+    history, price = await _history(state, req)
+    try:
+        result = await state.batcher.forecast(req.symbol, history, price, quantiles)
+    except ValueError as exc:            # the predictor's input checks, e.g. a model that needs volume
+        raise RequestError("prices", str(exc)) from None
+    state.forecasts.inc(result.source)
+    if result.reason:
+        state.fallbacks.inc(_fallback_kind(result.reason))
+    return result
+
+
+def _served_fields(result: PredictionResult, request_id: str) -> dict[str, Any]:
+    return {"symbol": result.symbol, "as_of": result.as_of, "current_price": result.current_price,
+            "source": result.source, "reason": result.reason, "model_version": result.model_version,
+            "request_id": request_id}
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.post("/v1/forecast", response_model=ForecastResponse, tags=["forecasts"],
+              summary="Price forecast and quantiles per horizon")
+    async def forecast(req: ForecastRequest, state: State) -> ForecastResponse:
+        result = await _serve(state, req, req.quantiles)
+        keys = _horizon_keys(result, req.horizons)
+        request_id = uuid.uuid4().hex
+        if state.forecast_log is not None:
+            state.forecast_log.record(request_id, result)
+        return ForecastResponse(
+            **_served_fields(result, request_id), prices={k: result.prices[k] for k in keys},
+            log_returns={k: result.log_returns[k] for k in keys},
+            quantiles={k: {f"{q:g}": v for q, v in result.quantiles[k].items()} for k in keys})
+
+    @app.post("/v1/probabilities", response_model=ProbabilitiesResponse, tags=["forecasts"],
+              summary="P(S_T > K) and P(S_T < K) for an options chain (strikes x horizons), one forward pass")
+    async def probabilities(req: ProbabilitiesRequest, state: State) -> ProbabilitiesResponse:
+        result = await _serve(state, req, [0.5])
+        keys = _horizon_keys(result, req.horizons)
+        request_id = uuid.uuid4().hex
+        if state.forecast_log is not None:
+            state.forecast_log.record(request_id, result, req.strikes)
+        table = {}
+        for k in keys:
+            above = result.prob_above_many(req.strikes, k)
+            table[k] = HorizonProbabilities(above=above.tolist(), below=(1.0 - above).tolist())
+        return ProbabilitiesResponse(**_served_fields(result, request_id), strikes=req.strikes, horizons=table)
+
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["models"], summary="Stored models and versions")
+    async def models(state: State) -> ModelsResponse:
+        return ModelsResponse(store=str(state.holder.store.root),
+                              models=[ModelInfo(**vars(i)) for i in state.holder.models.values()])
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: models are loaded")
+    async def readyz(state: State) -> JSONResponse:
+        holder = state.holder
+        loaded = sorted(s for s, i in holder.models.items() if i.version)
+        if not holder.ready:
+            return JSONResponse({"status": "not ready", "models": loaded,
+                                 "reason": "no usable model loaded from " + str(holder.store.root)}, status_code=503)
+        return JSONResponse({"status": "ready", "models": loaded})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text exposition format)",
+             response_class=PlainTextResponse)
+    async def metrics(state: State) -> PlainTextResponse:
+        await asyncio.to_thread(state.refresh_gauges)
+        return PlainTextResponse(state.registry.render(), media_type="text/plain; version=0.0.4")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]},
+                            status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape, without echoing the whole input (a 20,000-close history) back in every error
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error while serving a request", exc_info=exc)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+
+def create_app(store_dir: str | Path = "models/mamba", *, source: str = "sample", data: str | None = None,
+               model: str = "auto", max_workers: int | None = None, log_path: str | Path | None = None,
+               reload_interval_s: float = 1.0, max_batch: int = 64) -> FastAPI:
+    """The forecast service over the model store `store_dir`.
+
+    `source`/`data`: where prices come from when a request sends none (as `mambacast predict`); `model`:
+    auto|symbol|global (as `MambaPredictor`); `max_workers`: inference threads (default: CPU count);
+    `log_path`: the SQLite forecast log (None: no logging); `reload_interval_s`: how often the store is
+    checked for a promoted, rolled back or retrained model (0: never); `max_batch`: requests per batch.
+    """
+    state = ServiceState(store_dir, source=source, data=data, model=model, max_workers=max_workers,
+                         log_path=log_path, reload_interval_s=reload_interval_s, max_batch=max_batch)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(state.reload_interval_s)
+            try:
+                await asyncio.to_thread(state.holder.reload)
+            except Exception:       # keep watching: the current models still serve
+                log.exception("reloading the model store failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(state.holder.reload, True)
+        state.batcher.start()
+        watcher = asyncio.create_task(watch()) if reload_interval_s > 0 else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            await state.batcher.stop()
+            state.holder.close()
+            if state.forecast_log is not None:
+                state.forecast_log.close()
+
+    app = FastAPI(title="mambacast forecast service", version=__version__, lifespan=lifespan,
+                  description="Mamba state-space forecasts of daily stock prices: the Student-t per horizon pooled "
+                              "with a per-stock GARCH(1,1)-t, with a momentum fallback.")
+    app.state.service = state
+    _add_routes(app)
+    _add_error_handlers(app)
+    app.add_middleware(_MetricsMiddleware, state=state)
+    return app

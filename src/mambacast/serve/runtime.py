@@ -1,0 +1,212 @@
+"""The service's moving parts without the HTTP layer: loaded models, hot version switches, batching, histories.
+
+- `ModelHolder` owns the current `MambaPredictor`. `reload()` builds a new predictor beside it, loads
+  every stored model into it, and only then swaps the reference: a request keeps the predictor it
+  started with (and the models it already holds), so a promote never fails or mixes a request in
+  flight. A load that fails where the old predictor had succeeded (e.g. a promote caught between
+  writing the weights and the metadata that records their hash) keeps the old predictor; the next
+  poll retries. The replaced predictor's threads stop after a grace period.
+- `Batcher` queues forecast requests and hands everything queued meanwhile to one `predict_many`
+  call: requests for the same symbol share a forward pass, different symbols run in parallel.
+- `HistoryCache` reads a symbol's prices from the configured source when a request brings none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..data.sources import load_prices
+from ..predict import MambaPredictor, PredictionResult
+from ..store import ModelStore, StoreError
+
+__all__ = ["ModelHolder", "Batcher", "HistoryCache", "LoadedInfo"]
+
+log = logging.getLogger(__name__)
+
+_HISTORY_DAYS = 2000     # closes kept per symbol from the source: GARCH-t's filter reads them all, the network 742
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    """What /v1/models reports for one stored model."""
+
+    symbol: str
+    version: str | None
+    training_date: str | None = None
+    data_hash: str | None = None
+    best_val_crps: float | None = None
+    error: str | None = None
+
+
+class ModelHolder:
+    """The current predictor over one model store, swapped whole when the store changes (see module docstring)."""
+
+    def __init__(self, store_dir: str | Path, *, model: str = "auto", max_workers: int | None = None,
+                 grace_s: float = 30.0):
+        self.store = ModelStore(store_dir)
+        self._options: dict[str, Any] = {"model": model, "max_workers": max_workers}
+        self.grace_s = grace_s
+        self.predictor: MambaPredictor | None = None
+        self.models: dict[str, LoadedInfo] = {}
+        self.fingerprint: tuple = ()
+        self.reloads = 0
+        self._lock = threading.Lock()          # one reload at a time
+        self._warned: tuple | None = None
+
+    def current_fingerprint(self) -> tuple:
+        """The stored models' metadata files (name, size, mtime): a train, promote or rollback changes it."""
+        folder = self.store.root / "metadata"
+        if not folder.is_dir():
+            return ()
+        out = []
+        for p in sorted(folder.glob("*_metadata.json")):
+            if p.name.startswith("."):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:       # replaced between glob and stat
+                continue
+            out.append((p.name, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def _build(self) -> tuple[MambaPredictor, dict[str, LoadedInfo]]:
+        predictor = MambaPredictor(self.store.symbols(), model_dir=self.store.root, **self._options)
+        infos = {}
+        for symbol in self.store.symbols():
+            try:
+                version = predictor.model_version(symbol)
+                meta = self.store.load_metadata(symbol)
+                infos[symbol] = LoadedInfo(symbol, version, meta.get("training_date"), meta.get("data_hash"),
+                                           meta.get("performance_metrics", {}).get("best_val_crps"))
+            except (StoreError, ValueError) as exc:
+                infos[symbol] = LoadedInfo(symbol, None, error=str(exc))
+        return predictor, infos
+
+    def reload(self, force: bool = False) -> bool:
+        """Load the store again if it changed (blocking); True when the serving predictor was replaced."""
+        with self._lock:
+            fingerprint = self.current_fingerprint()
+            if not force and self.predictor is not None and fingerprint == self.fingerprint:
+                return False
+            predictor, infos = self._build()
+            regressed = sorted(s for s, info in infos.items()
+                               if info.error and s in self.models and not self.models[s].error)
+            if regressed and self.predictor is not None:
+                if self._warned != fingerprint:
+                    log.warning("model store changed but %s did not load (%s); still serving the previous "
+                                "versions, retrying", ", ".join(regressed), infos[regressed[0]].error)
+                    self._warned = fingerprint
+                predictor.close()
+                return False
+            old, self.predictor, self.models, self.fingerprint = self.predictor, predictor, infos, fingerprint
+            self.reloads += 1
+        if old is not None:
+            log.info("model store changed: now serving %s",
+                     ", ".join(f"{s}={i.version}" for s, i in infos.items() if i.version))
+            # requests that started on the old predictor may still be queued on its threads
+            threading.Timer(self.grace_s, old.close).start()
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self.predictor is not None and any(i.version for i in self.models.values())
+
+    def close(self) -> None:
+        if self.predictor is not None:
+            self.predictor.close()
+
+
+class Batcher:
+    """Collects concurrent forecast requests and answers them with `predict_many` (see module docstring)."""
+
+    def __init__(self, holder: ModelHolder, max_batch: int = 64, consumers: int = 2):
+        self.holder, self.max_batch, self.consumers = holder, max_batch, consumers
+        self._queue: asyncio.Queue | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._tasks = [asyncio.create_task(self._consume(), name=f"mambacast-batcher-{i}")
+                       for i in range(self.consumers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def forecast(self, symbol: str, history: Any, price: float, quantiles: Sequence[float]) -> PredictionResult:
+        """One request's PredictionResult; a bad request raises its ValueError."""
+        if self._queue is None:
+            raise RuntimeError("the batcher is not started")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((symbol, history, price, tuple(quantiles), future))
+        return await future
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            predictor = self.holder.predictor     # the whole batch runs on one version
+            by_levels: dict[tuple, list] = {}
+            for item in batch:
+                by_levels.setdefault(item[3], []).append(item)
+            await asyncio.gather(*(self._run(predictor, levels, items) for levels, items in by_levels.items()))
+
+    @staticmethod
+    async def _run(predictor: MambaPredictor | None, levels: tuple, items: list) -> None:
+        try:
+            if predictor is None:
+                raise RuntimeError("no models loaded yet")
+            results = await predictor.predict_many([(s, h, p) for s, h, p, _, _ in items], levels,
+                                                   return_exceptions=True)
+        except Exception as exc:                # every waiting request learns why, none hangs
+            results = [exc] * len(items)
+        for item, result in zip(items, results, strict=True):
+            future = item[4]
+            if future.done():                   # its client went away
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+class HistoryCache:
+    """A symbol's recent prices from the configured source, re-read after `ttl_s` seconds."""
+
+    def __init__(self, store: ModelStore, source: str = "sample", data: str | None = None, ttl_s: float = 300.0):
+        self.store, self.source, self.data, self.ttl_s = store, source, data, ttl_s
+        self._frames: dict[str, tuple[float, pd.DataFrame]] = {}
+        self._lock = threading.Lock()
+
+    def _needs_ohlcv(self, symbol: str) -> bool:
+        try:
+            fc = self.store.load_metadata(symbol).get("feature_config", {})
+        except (StoreError, ValueError):
+            return False
+        return bool(fc.get("include_volume") or fc.get("include_range"))
+
+    def get(self, symbol: str) -> pd.DataFrame:
+        """Blocking; raises ValueError / FileNotFoundError when the source has no such symbol."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._frames.get(symbol)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        frame = load_prices(symbol, days=_HISTORY_DAYS, source=self.source, path=self.data,
+                            with_volume=self._needs_ohlcv(symbol))
+        with self._lock:
+            self._frames[symbol] = (now, frame)
+        return frame

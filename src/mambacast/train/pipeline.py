@@ -37,6 +37,7 @@ from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, tem
 from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
 from ..store import ModelStore, StoreError
+from ..versions import ModelVersions
 from .callbacks import Callback, MetricsTracker, TrainingCallbacks, TrainingStateCheckpoint
 from .distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
 from .stacked import StackedTrainer
@@ -357,6 +358,7 @@ def _finish_run(run: _Run) -> dict[str, Any]:
     }
     paths = store.save_model(symbol, trainer.model.cpu(), metadata, metrics=tracker.to_dict(),
                              plot_png=render_curves(tracker.history, symbol))
+    ModelVersions(store).record(symbol)          # an immutable copy for `mambacast models promote|rollback`
     elapsed = time.perf_counter() - run.t0
     result = {**_result_from_metadata(symbol, store.load_metadata(symbol), store), "status": "ok",
               "training_time": elapsed, "plot": str(paths["plot"]) if "plot" in paths else None,

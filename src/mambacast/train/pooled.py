@@ -36,6 +36,7 @@ from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, tem
 from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
 from ..store import GLOBAL_MODEL, ModelStore
+from ..versions import ModelVersions
 from .distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
 from .pipeline import (
     DEFAULT_WINDOWS,
@@ -202,6 +203,7 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
     }
     paths = store.save_model(name, model, metadata, metrics=tracker.to_dict(),
                              plot_png=render_curves(tracker.history, name))
+    ModelVersions(store).record(name)            # an immutable copy for `mambacast models promote|rollback`
     plot = paths.pop("plot", None)
     result = {"symbol": name, "status": "ok", "best_val_loss": summary["best_val_loss"],
               "best_val_crps": summary["best_val_crps"], "best_epoch": summary["best_epoch"],

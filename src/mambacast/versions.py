@@ -1,0 +1,145 @@
+"""Model versions: an immutable copy of every trained model beside the guide's layout, promote and rollback.
+
+The guide's files stay where they are and are what the predictor and the service read
+(`weights/<SYMBOL>.safetensors`, `metadata/<SYMBOL>_metadata.json`). Beside them:
+
+    versions/<SYMBOL>/<VERSION>/weights.safetensors    a copy of one training run's weights
+    versions/<SYMBOL>/<VERSION>/metadata.json          its metadata (config, data hash, metrics, weights SHA-256)
+    versions/<SYMBOL>/history.json                     the promotions, oldest first: [{"version", "at"}, ...]
+
+`VERSION` is `v<training time, UTC>-<first 8 hex of the weights' SHA-256>`, so versions sort by time and
+a retrained model never overwrites an older one. Training records its version (`record`); `promote`
+copies a version's files over the current ones (weights first, then the metadata that names their hash,
+each atomically), and `rollback` promotes the version that was current before the last promotion.
+A running service notices the new metadata and switches (see `mambacast.serve.runtime.ModelHolder`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .store import ModelStore, StoreError, atomic_write_bytes, atomic_write_json, sha256_bytes
+
+__all__ = ["ModelVersions", "VersionInfo", "version_id"]
+
+log = logging.getLogger(__name__)
+
+_VERSION_RE = re.compile(r"^v\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+def version_id(meta: dict[str, Any]) -> str:
+    """`v<YYYYmmddTHHMMSSZ>-<sha8>` from a model's metadata (its training time and weights hash)."""
+    when = datetime.fromisoformat(str(meta["training_date"])).astimezone(timezone.utc)
+    return f"v{when:%Y%m%dT%H%M%SZ}-{str(meta['weights_sha256'])[:8]}"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One stored version of a symbol's model, as `mambacast models list` shows it."""
+
+    version: str
+    training_date: str
+    data_hash: str | None
+    best_val_crps: float | None
+    current: bool
+    config: dict[str, Any]
+
+
+class ModelVersions:
+    """The versions of the models in one `ModelStore` (see the module docstring)."""
+
+    def __init__(self, store: ModelStore):
+        self.store = store
+
+    def _dir(self, symbol: str) -> Any:
+        return self.store.root / "versions" / self.store._check_symbol(symbol)
+
+    def _history(self, symbol: str) -> list[dict[str, str]]:
+        path = self._dir(symbol) / "history.json"
+        if not path.exists():
+            return []
+        try:
+            return list(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise StoreError(f"{path} is corrupt ({exc})") from None
+
+    def current(self, symbol: str) -> str | None:
+        """The version the current (guide-layout) files hold; None when the symbol has no model."""
+        try:
+            return version_id(self.store.load_metadata(symbol))
+        except StoreError:
+            return None
+
+    def record(self, symbol: str) -> str:
+        """Copy the current model into its version folder (once: versions are immutable); returns its id."""
+        meta = self.store.load_metadata(symbol)
+        weights = self.store.weights_path(symbol).read_bytes()
+        if sha256_bytes(weights) != meta["weights_sha256"]:
+            raise StoreError(f"{self.store.weights_path(symbol)} does not match its metadata's SHA-256; "
+                             "not recording a version of a half-written model")
+        vid = version_id(meta)
+        folder = self._dir(symbol) / vid
+        if not (folder / "metadata.json").exists():
+            atomic_write_bytes(folder / "weights.safetensors", weights)
+            atomic_write_json(folder / "metadata.json", meta)       # last: a version is complete when it exists
+            log.info("%s: recorded version %s", symbol, vid)
+        return vid
+
+    def list(self, symbol: str) -> list[VersionInfo]:
+        """Every complete version of the symbol, oldest first (the current model is recorded first if new)."""
+        if self.store.metadata_path(symbol).exists():
+            self.record(symbol)
+        current = self.current(symbol)
+        out = []
+        root = self._dir(symbol)
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            if not (_VERSION_RE.match(folder.name) and (folder / "metadata.json").exists()):
+                continue
+            meta = json.loads((folder / "metadata.json").read_text())
+            out.append(VersionInfo(folder.name, meta["training_date"], meta.get("data_hash"),
+                                   meta.get("performance_metrics", {}).get("best_val_crps"),
+                                   folder.name == current, meta.get("model_config", {})))
+        return out
+
+    def promote(self, symbol: str, version: str) -> str:
+        """Make `version` the symbol's current model; returns the version it replaced (None if none)."""
+        folder = self._dir(symbol) / version
+        if not _VERSION_RE.match(version) or not (folder / "metadata.json").exists():
+            known = ", ".join(v.version for v in self.list(symbol)) or "none"
+            raise StoreError(f"{symbol} has no version {version!r} in {self._dir(symbol)} (versions: {known})")
+        previous = self.record(symbol) if self.store.metadata_path(symbol).exists() else None
+        if previous == version:
+            return previous
+        meta = json.loads((folder / "metadata.json").read_text())
+        weights = (folder / "weights.safetensors").read_bytes()
+        if sha256_bytes(weights) != meta["weights_sha256"]:
+            raise StoreError(f"{folder / 'weights.safetensors'} does not match its metadata's SHA-256")
+        # Weights, then the metadata naming their hash: a reader in between sees a mismatch and refuses the
+        # pair (the service keeps serving the old version), never loads new weights with old scalers.
+        atomic_write_bytes(self.store.weights_path(symbol), weights)
+        atomic_write_json(self.store.metadata_path(symbol), meta)
+        history = self._history(symbol)
+        if not history and previous is not None:
+            history.append({"version": previous, "at": ""})      # what was current before versions were used
+        history.append({"version": version, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        atomic_write_json(self._dir(symbol) / "history.json", history)
+        log.info("%s: promoted %s (was %s)", symbol, version, previous)
+        return previous
+
+    def rollback(self, symbol: str, version: str | None = None) -> str:
+        """Promote `version`, or the version current before the latest promotion; returns the one now current."""
+        if version is None:
+            history = self._history(symbol)
+            current = self.current(symbol)
+            earlier = [h["version"] for h in history if h["version"] != current]
+            if not earlier:
+                raise StoreError(f"{symbol}: nothing to roll back to (no earlier promoted version; "
+                                 "name one: mambacast models rollback SYMBOL VERSION)")
+            version = earlier[-1]
+        self.promote(symbol, version)
+        return version

@@ -1,0 +1,237 @@
+"""Live accuracy monitoring: every served forecast logged, then scored once its horizon's price is known.
+
+The log is one SQLite file (stdlib `sqlite3`, WAL journal). Each served forecast adds a row per horizon
+with its served law (Student-t `loc`, `scale`, `df` of the log-return from `current_price`), its 80%
+interval and median price; an options-chain answer adds its probabilities P(S_T > K). `score(load)`
+fills in, for every row whose `as_of + h` trading days is in a later price history, the realised price
+and: the CRPS of the log-return (closed form, `evaluate.metrics.crps_student_t`), whether the 80%
+interval covered it, the squared error of the median log-return and of "no change" (0), and the Brier
+score of each served probability. `report()` aggregates per symbol, model version and horizon.
+
+Writes go through one background thread that commits whatever has queued up in one transaction, so a
+request pays a queue put, not a disk sync; `flush()` waits until everything queued is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .evaluate.metrics import crps_student_t
+from .predict import PredictionResult
+
+__all__ = ["ForecastLog", "REPORT_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS forecasts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    served_at TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    as_of TEXT,
+    current_price REAL NOT NULL,
+    horizon INTEGER NOT NULL,
+    model_version TEXT,
+    source TEXT NOT NULL,
+    loc REAL NOT NULL, scale REAL NOT NULL, df REAL NOT NULL,
+    median REAL NOT NULL, lo80 REAL NOT NULL, hi80 REAL NOT NULL,
+    realised REAL, crps REAL, covered INTEGER, se REAL, se_nochange REAL, scored_at TEXT
+);
+CREATE INDEX IF NOT EXISTS forecasts_unscored ON forecasts (scored_at, symbol);
+CREATE TABLE IF NOT EXISTS probabilities (
+    forecast_id INTEGER NOT NULL REFERENCES forecasts (id),
+    strike REAL NOT NULL,
+    p_above REAL NOT NULL,
+    brier REAL
+);
+CREATE INDEX IF NOT EXISTS probabilities_forecast ON probabilities (forecast_id);
+"""
+
+#: the columns of `report()`, in order
+REPORT_COLUMNS = ("symbol", "model_version", "horizon", "served", "scored", "crps", "coverage80", "brier",
+                  "n_probabilities", "mse", "mse_nochange")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class ForecastLog:
+    """The SQLite log of served forecasts and their scores (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+        # items: a forecast to write, an Event to set once everything before it is written, None to stop
+        self._queue: queue.Queue[tuple[str, PredictionResult, tuple[float, ...]] | threading.Event | None] = \
+            queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")       # readers (the report, /metrics) never block the writer
+        conn.execute("PRAGMA synchronous=NORMAL")     # WAL + NORMAL: durable across a process crash
+        return conn
+
+    # ---- writing ------------------------------------------------------------------------------
+    def record(self, request_id: str, result: PredictionResult, strikes: Sequence[float] = ()) -> None:
+        """Queue one served forecast (and the strikes whose probabilities were served) for writing."""
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="mambacast-forecast-log", daemon=True)
+                self._writer.start()
+        self._queue.put((request_id, result, tuple(float(k) for k in strikes)))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until every forecast queued so far is committed."""
+        with self._writer_lock:
+            running = self._writer is not None and self._writer.is_alive()
+        if running:
+            done = threading.Event()
+            self._queue.put(done)
+            done.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None and writer.is_alive():
+            self._queue.put(None)
+            writer.join(timeout=30.0)
+
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                items = [self._queue.get()]
+                while True:   # everything queued meanwhile goes into the same transaction
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                rows = [i for i in items if isinstance(i, tuple)]
+                try:
+                    with conn:
+                        for request_id, result, strikes in rows:
+                            self._insert(conn, request_id, result, strikes)
+                except sqlite3.Error:
+                    log.exception("could not write %d forecast(s) to %s", len(rows), self.path)
+                for item in items:
+                    if isinstance(item, threading.Event):
+                        item.set()
+                if any(item is None for item in items):
+                    return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, request_id: str, result: PredictionResult, strikes: Sequence[float]) -> None:
+        served_at = _now()
+        for h in result.horizons:
+            key = f"{h}d"
+            loc, scale, df = result.distribution(key)
+            lo, hi = result.interval(key, 0.8)
+            cur = conn.execute(
+                "INSERT INTO forecasts (request_id, served_at, symbol, as_of, current_price, horizon, model_version,"
+                " source, loc, scale, df, median, lo80, hi80) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (request_id, served_at, result.symbol, result.as_of, result.current_price, h, result.model_version,
+                 result.source, loc, scale, df if math.isfinite(df) else 1e300, result.prices[key], lo, hi))
+            if strikes:
+                p = result.prob_above_many(strikes, key)
+                conn.executemany("INSERT INTO probabilities (forecast_id, strike, p_above) VALUES (?,?,?)",
+                                 [(cur.lastrowid, float(k), float(v)) for k, v in zip(strikes, p, strict=True)])
+
+    # ---- scoring ------------------------------------------------------------------------------
+    def score(self, load_history: Callable[[str], pd.DataFrame | pd.Series]) -> int:
+        """Score every unscored forecast whose outcome is in `load_history(symbol)`; returns how many were scored.
+
+        `load_history` returns a later history with a DatetimeIndex (a close column or a Series). The
+        forecast made at `as_of` (its last close) for horizon h is scored against the close h rows after
+        `as_of` in that history; forecasts without `as_of`, or whose `as_of` is not a row of it, wait.
+        """
+        self.flush()
+        with self._connect() as conn:
+            rows = conn.execute("SELECT id, symbol, as_of, current_price, horizon, loc, scale, df, lo80, hi80 "
+                                "FROM forecasts WHERE scored_at IS NULL AND as_of IS NOT NULL").fetchall()
+            by_symbol: dict[str, list[tuple]] = {}
+            for row in rows:
+                by_symbol.setdefault(row[1], []).append(row)
+            scored = 0
+            for symbol, todo in by_symbol.items():
+                try:
+                    history = load_history(symbol)
+                except (ValueError, FileNotFoundError) as exc:
+                    log.warning("%s: no later prices to score against (%s)", symbol, exc)
+                    continue
+                closes = history["close"] if isinstance(history, pd.DataFrame) else history
+                index = pd.DatetimeIndex(closes.index)
+                values = closes.to_numpy(dtype=np.float64)
+                updates, probs = [], []
+                for fid, _, as_of, price, h, loc, scale, df, lo, hi in todo:
+                    pos = index.get_indexer([pd.Timestamp(as_of)])[0]
+                    if pos < 0 or pos + h >= len(values):
+                        continue
+                    realised = float(values[pos + h])
+                    r = math.log(realised / price)
+                    nu = math.inf if df >= 1e300 else df
+                    crps = float(crps_student_t(np.array([r]), nu, loc, scale)[0])
+                    updates.append((realised, crps, int(lo <= realised <= hi), (r - loc) ** 2, r ** 2, _now(), fid))
+                    probs.append((realised, fid))
+                conn.executemany("UPDATE forecasts SET realised=?, crps=?, covered=?, se=?, se_nochange=?, "
+                                 "scored_at=? WHERE id=?", updates)
+                # outcome (strike < realised) is 0 or 1 in SQL; Brier = (p - outcome)^2
+                conn.executemany("UPDATE probabilities SET brier = (p_above - (strike < ?)) * (p_above - (strike < ?)) "
+                                 "WHERE forecast_id=?", [(r, r, fid) for r, fid in probs])
+                scored += len(updates)
+        return scored
+
+    # ---- reading ------------------------------------------------------------------------------
+    def report(self) -> list[dict[str, Any]]:
+        """Served and scored counts and mean scores per symbol, model version and horizon (REPORT_COLUMNS)."""
+        self.flush()
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT f.symbol, COALESCE(f.model_version, f.source), f.horizon, COUNT(*), COUNT(f.scored_at), "
+                "AVG(f.crps), AVG(f.covered), AVG(p.brier), COUNT(p.brier), AVG(f.se), AVG(f.se_nochange) "
+                "FROM forecasts f LEFT JOIN (SELECT forecast_id, AVG(brier) AS brier FROM probabilities "
+                "WHERE brier IS NOT NULL GROUP BY forecast_id) p ON p.forecast_id = f.id "
+                "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
+            nprob = dict(conn.execute(
+                "SELECT f.symbol || '|' || COALESCE(f.model_version, f.source) || '|' || f.horizon, COUNT(*) "
+                "FROM probabilities p JOIN forecasts f ON f.id = p.forecast_id WHERE p.brier IS NOT NULL "
+                "GROUP BY 1").fetchall())
+        out = []
+        for row in rows:
+            d = dict(zip(REPORT_COLUMNS, row, strict=True))
+            d["n_probabilities"] = nprob.get(f"{d['symbol']}|{d['model_version']}|{d['horizon']}", 0)
+            out.append(d)
+        return out
+
+    def rolling(self, window: int = 250) -> dict[int, dict[str, float]]:
+        """Per horizon: the CRPS and 80% coverage over its latest `window` scored forecasts, and their count."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT horizon, AVG(crps), AVG(covered), COUNT(*) FROM (SELECT horizon, crps, covered, ROW_NUMBER() "
+                "OVER (PARTITION BY horizon ORDER BY id DESC) AS k FROM forecasts WHERE scored_at IS NOT NULL) "
+                "WHERE k <= ? GROUP BY horizon ORDER BY horizon", (window,)).fetchall()
+        return {int(h): {"crps": float(c), "coverage80": float(v), "n": int(n)} for h, c, v, n in rows}
+
+    def count(self) -> int:
+        self.flush()
+        with self._connect() as conn:
+            return int(conn.execute("SELECT COUNT(DISTINCT request_id) FROM forecasts").fetchone()[0])

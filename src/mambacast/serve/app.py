@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -147,22 +148,24 @@ def get_state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-async def _history(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest) -> tuple[Any, float]:
-    """The request's price history (its own closes, else the configured source's) and current price."""
+async def _history(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest) -> tuple[Any, float, Hashable]:
+    """The request's price history (its own closes, else the configured source's), current price and content key."""
     if req.prices is not None:
         history: Any = np.asarray(req.prices, dtype=np.float64)
         last = float(history[-1])
+        key: Hashable = ("sent", hashlib.blake2b(history.tobytes(), digest_size=16).digest(), req.as_of)
         if req.as_of is not None:       # a dated last close lets the monitor score the forecast later; only
             #                             that date is read, so the earlier rows get consecutive calendar days
             history = pd.Series(history, index=pd.date_range(end=req.as_of, periods=len(history)), name="close")
     else:
         try:
-            history = await asyncio.to_thread(state.histories.get, req.symbol)
+            history, loaded_at = await asyncio.to_thread(state.histories.get, req.symbol)
         except (ValueError, FileNotFoundError) as exc:
             raise RequestError("symbol", f"no prices for {req.symbol} in the service's price source ({exc}); send "
                                          "them in `prices`", status=404) from None
         last = float(history["close"].iloc[-1])
-    return history, req.current_price if req.current_price is not None else last
+        key = ("source", loaded_at)
+    return history, req.current_price if req.current_price is not None else last, key
 
 
 def _horizon_keys(result: PredictionResult, wanted: list[int] | None) -> list[str]:
@@ -177,9 +180,9 @@ def _horizon_keys(result: PredictionResult, wanted: list[int] | None) -> list[st
 
 async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest, quantiles: list[float]
                  ) -> PredictionResult:
-    history, price = await _history(state, req)
+    history, price, key = await _history(state, req)
     try:
-        result = await state.batcher.forecast(req.symbol, history, price, quantiles)
+        result = await state.batcher.forecast(req.symbol, history, price, quantiles, history_key=key)
     except ValueError as exc:            # the predictor's input checks, e.g. a model that needs volume
         raise RequestError("prices", str(exc)) from None
     state.forecasts.inc(result.source)

@@ -7,7 +7,9 @@
   writing the weights and the metadata that records their hash) keeps the old predictor; the next
   poll retries. The replaced predictor's threads stop after a grace period.
 - `Batcher` queues forecast requests and hands everything queued meanwhile to one `predict_many`
-  call: requests for the same symbol share a forward pass, different symbols run in parallel.
+  call: requests for the same symbol share a forward pass, different symbols run in parallel. A
+  forecast is a pure function of (model version, symbol, history, price, levels), so identical
+  requests share one answer (an LRU of recent answers, keyed with the version generation).
 - `HistoryCache` reads a symbol's prices from the configured source when a request brings none.
 """
 
@@ -17,7 +19,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +131,9 @@ class ModelHolder:
 class Batcher:
     """Collects concurrent forecast requests and answers them with `predict_many` (see module docstring)."""
 
-    def __init__(self, holder: ModelHolder, max_batch: int = 64, consumers: int = 2):
-        self.holder, self.max_batch, self.consumers = holder, max_batch, consumers
+    def __init__(self, holder: ModelHolder, max_batch: int = 64, consumers: int = 2, cache_size: int = 1024):
+        self.holder, self.max_batch, self.consumers, self.cache_size = holder, max_batch, consumers, cache_size
+        self._answers: OrderedDict[tuple, asyncio.Future] = OrderedDict()   # LRU of answers (and ones underway)
         self._queue: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -144,13 +148,35 @@ class Batcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def forecast(self, symbol: str, history: Any, price: float, quantiles: Sequence[float]) -> PredictionResult:
-        """One request's PredictionResult; a bad request raises its ValueError."""
+    async def forecast(self, symbol: str, history: Any, price: float, quantiles: Sequence[float],
+                       history_key: Hashable | None = None) -> PredictionResult:
+        """One request's PredictionResult; a bad request raises its ValueError.
+
+        `history_key` identifies the history's content (e.g. a digest): requests with the same symbol,
+        history, price and levels on the same model version then share one answer, computed once, also
+        while it is being computed (a burst of identical requests costs one forecast).
+        """
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
+        key = None if history_key is None else (self.holder.reloads, symbol, history_key, price, tuple(quantiles))
+        if key is not None:
+            shared = self._answers.get(key)
+            if shared is not None:
+                self._answers.move_to_end(key)
+                return await asyncio.shield(shared)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((symbol, history, price, tuple(quantiles), future))
-        return await future
+        if key is not None:
+            self._answers[key] = future
+            if len(self._answers) > self.cache_size:
+                self._answers.popitem(last=False)
+            future.add_done_callback(lambda f: self._forget_failure(key, f))
+        return await asyncio.shield(future)
+
+    def _forget_failure(self, key: tuple, future: asyncio.Future) -> None:
+        """Keep answers, not errors: a request that failed is tried afresh next time."""
+        if future.cancelled() or future.exception() is not None:
+            self._answers.pop(key, None)
 
     async def _consume(self) -> None:
         assert self._queue is not None
@@ -198,15 +224,18 @@ class HistoryCache:
             return False
         return bool(fc.get("include_volume") or fc.get("include_range"))
 
-    def get(self, symbol: str) -> pd.DataFrame:
-        """Blocking; raises ValueError / FileNotFoundError when the source has no such symbol."""
+    def get(self, symbol: str) -> tuple[pd.DataFrame, float]:
+        """The symbol's prices and when they were read (a key for their content); blocking.
+
+        Raises ValueError / FileNotFoundError when the source has no such symbol.
+        """
         now = time.monotonic()
         with self._lock:
             hit = self._frames.get(symbol)
         if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
+            return hit[1], hit[0]
         frame = load_prices(symbol, days=_HISTORY_DAYS, source=self.source, path=self.data,
                             with_volume=self._needs_ohlcv(symbol))
         with self._lock:
             self._frames[symbol] = (now, frame)
-        return frame
+        return frame, now

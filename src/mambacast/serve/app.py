@@ -158,8 +158,9 @@ async def _history(state: ServiceState, req: ForecastRequest | ProbabilitiesRequ
             #                             that date is read, so the earlier rows get consecutive calendar days
             history = pd.Series(history, index=pd.date_range(end=req.as_of, periods=len(history)), name="close")
     else:
-        try:
-            history, loaded_at = await asyncio.to_thread(state.histories.get, req.symbol)
+        try:   # a thread only to read the source: a cache hit is a dict look-up
+            history, loaded_at = state.histories.cached(req.symbol) or \
+                await asyncio.to_thread(state.histories.get, req.symbol)
         except (ValueError, FileNotFoundError) as exc:
             raise RequestError("symbol", f"no prices for {req.symbol} in the service's price source ({exc}); send "
                                          "them in `prices`", status=404) from None

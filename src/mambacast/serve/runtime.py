@@ -224,16 +224,23 @@ class HistoryCache:
             return False
         return bool(fc.get("include_volume") or fc.get("include_range"))
 
+    def cached(self, symbol: str) -> tuple[pd.DataFrame, float] | None:
+        """The symbol's prices and when they were read, if read less than `ttl_s` ago (never blocks)."""
+        with self._lock:
+            hit = self._frames.get(symbol)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1], hit[0]
+        return None
+
     def get(self, symbol: str) -> tuple[pd.DataFrame, float]:
-        """The symbol's prices and when they were read (a key for their content); blocking.
+        """The symbol's prices and when they were read (a key for their content); blocking on a miss.
 
         Raises ValueError / FileNotFoundError when the source has no such symbol.
         """
+        hit = self.cached(symbol)
+        if hit is not None:
+            return hit
         now = time.monotonic()
-        with self._lock:
-            hit = self._frames.get(symbol)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1], hit[0]
         frame = load_prices(symbol, days=_HISTORY_DAYS, source=self.source, path=self.data,
                             with_volume=self._needs_ohlcv(symbol))
         with self._lock:

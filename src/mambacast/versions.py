@@ -4,13 +4,15 @@ The guide's files stay where they are and are what the predictor and the service
 (`weights/<SYMBOL>.safetensors`, `metadata/<SYMBOL>_metadata.json`). Beside them:
 
     versions/<SYMBOL>/<VERSION>/weights.safetensors    a copy of one training run's weights
-    versions/<SYMBOL>/<VERSION>/metadata.json          its metadata (config, data hash, metrics, weights SHA-256)
+    versions/<SYMBOL>/<VERSION>/metadata.json          its metadata (config, data hash, metrics, SHA-256s)
+    versions/<SYMBOL>/<VERSION>/<SYMBOL>_metrics.json  the other artifacts its metadata records (history, plot)
     versions/<SYMBOL>/history.json                     the promotions, oldest first: [{"version", "at"}, ...]
 
 `VERSION` is `v<training time, UTC>-<first 8 hex of the weights' SHA-256>`, so versions sort by time and
 a retrained model never overwrites an older one. Training records its version (`record`); `promote`
-copies a version's files over the current ones (weights first, then the metadata that names their hash,
-each atomically), and `rollback` promotes the version that was current before the last promotion.
+makes a version's files current with the store's own journaled switch (`mambacast.commit`: readers see the
+whole old model or the whole new one, also after a kill), and `rollback` promotes the version that was
+current before the last promotion.
 A running service notices the new metadata and switches (see `mambacast.serve.runtime.ModelHolder`).
 """
 
@@ -21,9 +23,11 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from .store import ModelStore, StoreError, atomic_write_bytes, atomic_write_json, sha256_bytes
+from .commit import atomic_write_bytes, commit, discard, journal_path, stage
+from .store import ModelStore, StoreError, atomic_write_json, sha256_bytes
 
 __all__ = ["ModelVersions", "VersionInfo", "version_id"]
 
@@ -77,15 +81,13 @@ class ModelVersions:
 
     def record(self, symbol: str) -> str:
         """Copy the current model into its version folder (once: versions are immutable); returns its id."""
-        meta = self.store.load_metadata(symbol)
-        weights = self.store.weights_path(symbol).read_bytes()
-        if sha256_bytes(weights) != meta["weights_sha256"]:
-            raise StoreError(f"{self.store.weights_path(symbol)} does not match its metadata's SHA-256; "
-                             "not recording a version of a half-written model")
+        meta = self.store.verify(symbol)           # every file matches the hashes in its metadata
         vid = version_id(meta)
         folder = self._dir(symbol) / vid
         if not (folder / "metadata.json").exists():
-            atomic_write_bytes(folder / "weights.safetensors", weights)
+            atomic_write_bytes(folder / "weights.safetensors", self.store.weights_path(symbol).read_bytes())
+            for rel in meta.get("artifacts") or {}:
+                atomic_write_bytes(folder / Path(rel).name, (self.store.root / rel).read_bytes())
             atomic_write_json(folder / "metadata.json", meta)       # last: a version is complete when it exists
             log.info("%s: recorded version %s", symbol, vid)
         return vid
@@ -116,13 +118,22 @@ class ModelVersions:
         if previous == version:
             return previous
         meta = json.loads((folder / "metadata.json").read_text())
-        weights = (folder / "weights.safetensors").read_bytes()
-        if sha256_bytes(weights) != meta["weights_sha256"]:
-            raise StoreError(f"{folder / 'weights.safetensors'} does not match its metadata's SHA-256")
-        # Weights, then the metadata naming their hash: a reader in between sees a mismatch and refuses the
-        # pair (the service keeps serving the old version), never loads new weights with old scalers.
-        atomic_write_bytes(self.store.weights_path(symbol), weights)
-        atomic_write_json(self.store.metadata_path(symbol), meta)
+        files = [(self.store.weights_path(symbol), folder / "weights.safetensors", meta["weights_sha256"])]
+        files += [(self.store.root / rel, folder / Path(rel).name, digest)
+                  for rel, digest in (meta.get("artifacts") or {}).items()]
+        staged = []
+        try:
+            for final, copy, digest in files:
+                data = copy.read_bytes()
+                if sha256_bytes(data) != digest:
+                    raise StoreError(f"{copy} does not match the SHA-256 in {folder / 'metadata.json'}")
+                staged.append(stage(final, data))
+            staged.append(stage(self.store.metadata_path(symbol), (folder / "metadata.json").read_bytes()))
+            commit(self.store.root, symbol, staged)   # the metadata last: it makes the version current
+        except BaseException:
+            if not journal_path(self.store.root, symbol).exists():   # before the commit point: nothing changed
+                discard(staged)
+            raise
         history = self._history(symbol)
         if not history and previous is not None:
             history.append({"version": previous, "at": ""})      # what was current before versions were used

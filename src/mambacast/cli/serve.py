@@ -58,7 +58,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _serve_options(args: argparse.Namespace) -> dict[str, Any]:
-    from .store import ModelStore
+    from ..store import ModelStore
 
     if not 1 <= args.port <= 65535:
         raise CLIError(f"--port {args.port} is invalid: must be 1-65535")
@@ -81,7 +81,7 @@ def _serve_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def app_from_env() -> Any:
     """The app a `--workers N` server process builds (uvicorn's factory), from the options `serve` exported."""
-    from .serve.app import create_app
+    from ..serve.app import create_app
 
     def get(name: str) -> str | None:
         value = os.environ.get(_ENV + name.upper())
@@ -97,7 +97,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .serve.app import create_app
+        from ..serve.app import create_app
     except ImportError as exc:
         raise CLIError(f"mambacast serve needs the serve extra ({exc}): pip install 'mambacast[serve]'") from None
     options = _serve_options(args)
@@ -128,8 +128,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .store import ModelStore
-    from .versions import ModelVersions
+    from ..store import ModelStore
+    from ..versions import ModelVersions
 
     store = ModelStore(args.save_dir)
     versions = ModelVersions(store)
@@ -176,8 +176,8 @@ def _add_monitor(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from .data.sources import load_prices
-    from .monitor import REPORT_COLUMNS, ForecastLog
+    from ..data.sources import load_prices
+    from ..monitor import REPORT_COLUMNS, ForecastLog
 
     path = Path(args.log or Path(args.save_dir) / DEFAULT_LOG)
     if not path.exists():

@@ -2,7 +2,9 @@
 
 The log is one SQLite file (stdlib `sqlite3`, WAL journal). Each served forecast adds a row per horizon
 with its served law (Student-t `loc`, `scale`, `df` of the log-return from `current_price`), its 80%
-interval and median price; an options-chain answer adds its probabilities P(S_T > K). `score(load)`
+interval and median price; an options-chain answer adds its probabilities P(S_T > K); a model's forecast
+also logs the shadow baselines' forecasts of the same request (the guide's "A/B testing against a
+baseline", scored on live traffic without serving them). `score(load)`
 fills in, for every row whose `as_of + h` trading days is in a later price history, the realised price
 and: the CRPS of the log-return (closed form, `evaluate.metrics.crps_student_t`), whether the 80%
 interval covered it, the squared error of the median log-return and of "no change" (0), and the Brier
@@ -26,11 +28,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
+from .data.sources import as_close_array
+from .evaluate.baselines import HistoricalVolGaussian, Momentum
 from .evaluate.metrics import crps_student_t
 from .predict import PredictionResult
 
-__all__ = ["ForecastLog", "REPORT_COLUMNS"]
+__all__ = ["ForecastLog", "REPORT_COLUMNS", "SHADOW_BASELINES"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,10 @@ CREATE TABLE IF NOT EXISTS probabilities (
 CREATE INDEX IF NOT EXISTS probabilities_forecast ON probabilities (forecast_id);
 """
 
+#: baselines shadow-scored beside every model forecast: cheap (no fit), so the writer thread keeps up;
+#: GARCH(1,1)-t is half of the served law already (docs/model.md), its refits too slow to run per request
+SHADOW_BASELINES = {"momentum": Momentum, "hist_vol": HistoricalVolGaussian}
+
 #: the columns of `report()`, in order
 REPORT_COLUMNS = ("symbol", "model_version", "horizon", "served", "scored", "crps", "coverage80", "brier",
                   "n_probabilities", "mse", "mse_nochange")
@@ -77,7 +86,7 @@ class ForecastLog:
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
         # items: a forecast to write, an Event to set once everything before it is written, None to stop
-        self._queue: queue.Queue[tuple[str, PredictionResult, tuple[float, ...]] | threading.Event | None] = \
+        self._queue: queue.Queue[tuple[str, PredictionResult, tuple[float, ...], Any] | threading.Event | None] = \
             queue.Queue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -89,13 +98,20 @@ class ForecastLog:
         return conn
 
     # ---- writing ------------------------------------------------------------------------------
-    def record(self, request_id: str, result: PredictionResult, strikes: Sequence[float] = ()) -> None:
-        """Queue one served forecast (and the strikes whose probabilities were served) for writing."""
+    def record(self, request_id: str, result: PredictionResult, strikes: Sequence[float] = (),
+               history: Any = None) -> None:
+        """Queue one served forecast (and the strikes whose probabilities were served) for writing.
+
+        With the request's price `history`, a model's forecast is logged with the shadow baselines'
+        forecasts of the same request (`SHADOW_BASELINES`, model_version "baseline:<name>", source
+        "shadow"), so the report scores the served model against them on the same live requests.
+        """
         with self._writer_lock:
             if self._writer is None or not self._writer.is_alive():
                 self._writer = threading.Thread(target=self._write_loop, name="mambacast-forecast-log", daemon=True)
                 self._writer.start()
-        self._queue.put((request_id, result, tuple(float(k) for k in strikes)))
+        self._queue.put((request_id, result, tuple(float(k) for k in strikes),
+                         history if result.source == "mamba" else None))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every forecast queued so far is committed."""
@@ -127,8 +143,10 @@ class ForecastLog:
                 rows = [i for i in items if isinstance(i, tuple)]
                 try:
                     with conn:
-                        for request_id, result, strikes in rows:
+                        for request_id, result, strikes, history in rows:
                             self._insert(conn, request_id, result, strikes)
+                            if history is not None:
+                                self._insert_shadows(conn, request_id, result, strikes, history)
                 except sqlite3.Error:
                     log.exception("could not write %d forecast(s) to %s", len(rows), self.path)
                 for item in items:
@@ -155,6 +173,32 @@ class ForecastLog:
                 p = result.prob_above_many(strikes, key)
                 conn.executemany("INSERT INTO probabilities (forecast_id, strike, p_above) VALUES (?,?,?)",
                                  [(cur.lastrowid, float(k), float(v)) for k, v in zip(strikes, p, strict=True)])
+
+    @staticmethod
+    def _insert_shadows(conn: sqlite3.Connection, request_id: str, result: PredictionResult,
+                        strikes: Sequence[float], history: Any) -> None:
+        """The baselines' Gaussian forecasts of the same request, logged beside the served one."""
+        closes = as_close_array(history)
+        served_at = _now()
+        z80 = float(special.ndtri(0.9))
+        for name, baseline in SHADOW_BASELINES.items():
+            try:
+                forecast = baseline().fit(closes).predict(closes, result.horizons)
+            except ValueError as exc:        # e.g. too short a history for its window: no shadow this time
+                log.debug("shadow %s skipped for %s: %s", name, result.symbol, exc)
+                continue
+            for h, mu, sd in zip(result.horizons, np.ravel(forecast.mean), np.ravel(forecast.scale), strict=True):
+                price = result.current_price
+                cur = conn.execute(
+                    "INSERT INTO forecasts (request_id, served_at, symbol, as_of, current_price, horizon, "
+                    "model_version, source, loc, scale, df, median, lo80, hi80) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (request_id, served_at, result.symbol, result.as_of, price, h, f"baseline:{name}", "shadow",
+                     float(mu), float(sd), 1e300, price * math.exp(mu), price * math.exp(mu - z80 * sd),
+                     price * math.exp(mu + z80 * sd)))
+                if strikes:
+                    p = special.ndtr(-(np.log(np.asarray(strikes) / price) - mu) / sd)
+                    conn.executemany("INSERT INTO probabilities (forecast_id, strike, p_above) VALUES (?,?,?)",
+                                     [(cur.lastrowid, float(k), float(v)) for k, v in zip(strikes, p, strict=True)])
 
     # ---- scoring ------------------------------------------------------------------------------
     def score(self, load_history: Callable[[str], pd.DataFrame | pd.Series]) -> int:
@@ -227,11 +271,7 @@ class ForecastLog:
         with self._connect() as conn:
             rows = conn.execute(
                 "SELECT horizon, AVG(crps), AVG(covered), COUNT(*) FROM (SELECT horizon, crps, covered, ROW_NUMBER() "
-                "OVER (PARTITION BY horizon ORDER BY id DESC) AS k FROM forecasts WHERE scored_at IS NOT NULL) "
+                "OVER (PARTITION BY horizon ORDER BY id DESC) AS k FROM forecasts WHERE scored_at IS NOT NULL "
+                "AND source != 'shadow') "
                 "WHERE k <= ? GROUP BY horizon ORDER BY horizon", (window,)).fetchall()
         return {int(h): {"crps": float(c), "coverage80": float(v), "n": int(n)} for h, c, v, n in rows}
-
-    def count(self) -> int:
-        self.flush()
-        with self._connect() as conn:
-            return int(conn.execute("SELECT COUNT(DISTINCT request_id) FROM forecasts").fetchone()[0])

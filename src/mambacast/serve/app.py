@@ -180,7 +180,8 @@ def _horizon_keys(result: PredictionResult, wanted: list[int] | None) -> list[st
 
 
 async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest, quantiles: list[float]
-                 ) -> PredictionResult:
+                 ) -> tuple[PredictionResult, Any]:
+    """The forecast for a request, and the history it was made from."""
     history, price, key = await _history(state, req)
     try:
         result = await state.batcher.forecast(req.symbol, history, price, quantiles, history_key=key)
@@ -189,7 +190,7 @@ async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesReques
     state.forecasts.inc(result.source)
     if result.reason:
         state.fallbacks.inc(_fallback_kind(result.reason))
-    return result
+    return result, history
 
 
 def _served_fields(result: PredictionResult, request_id: str) -> dict[str, Any]:
@@ -202,11 +203,11 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/forecast", response_model=ForecastResponse, tags=["forecasts"],
               summary="Price forecast and quantiles per horizon")
     async def forecast(req: ForecastRequest, state: State) -> ForecastResponse:
-        result = await _serve(state, req, req.quantiles)
+        result, history = await _serve(state, req, req.quantiles)
         keys = _horizon_keys(result, req.horizons)
         request_id = uuid.uuid4().hex
         if state.forecast_log is not None:
-            state.forecast_log.record(request_id, result)
+            state.forecast_log.record(request_id, result, history=history)
         return ForecastResponse(
             **_served_fields(result, request_id), prices={k: result.prices[k] for k in keys},
             log_returns={k: result.log_returns[k] for k in keys},
@@ -215,11 +216,11 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/probabilities", response_model=ProbabilitiesResponse, tags=["forecasts"],
               summary="P(S_T > K) and P(S_T < K) for an options chain (strikes x horizons), one forward pass")
     async def probabilities(req: ProbabilitiesRequest, state: State) -> ProbabilitiesResponse:
-        result = await _serve(state, req, [0.5])
+        result, history = await _serve(state, req, [0.5])
         keys = _horizon_keys(result, req.horizons)
         request_id = uuid.uuid4().hex
         if state.forecast_log is not None:
-            state.forecast_log.record(request_id, result, req.strikes)
+            state.forecast_log.record(request_id, result, req.strikes, history=history)
         table = {}
         for k in keys:
             above = result.prob_above_many(req.strikes, k)

@@ -4,7 +4,8 @@
   every stored model into it, and only then swaps the reference: a request keeps the predictor it
   started with (and the models it already holds), so a promote never fails or mixes a request in
   flight. A load that fails where the old predictor had succeeded (e.g. a model caught in the middle of
-  its switch, or a damaged file) keeps the old predictor; the next poll retries. The replaced predictor's threads stop after a grace period.
+  its switch, or a damaged file) keeps the old predictor; the next poll retries. The replaced
+  predictor's threads stop after a grace period.
 - `Batcher` queues forecast requests and hands everything queued meanwhile to one `predict_many`
   call: requests for the same symbol share a forward pass, different symbols run in parallel. A
   forecast is a pure function of (model version, symbol, history, price, levels), so identical

@@ -121,13 +121,15 @@ def test_cleaning_one_symbol_leaves_the_others(tmp_path):
     store = ModelStore(tmp_path)
     leftovers = [store.checkpoint_dir("AAPL") / ".best_model.safetensors.tmp-x",
                  store.weights_path("AAPL").with_name(".AAPL.safetensors.tmp-y"),
-                 store.metrics_path("AAPL").with_name(".AAPL_metrics.json.tmp-z")]
+                 store.metrics_path("AAPL").with_name(".AAPL_metrics.json.tmp-z"),
+                 tmp_path / "versions" / "AAPL" / "v1-abc" / ".weights.safetensors.tmp-v"]   # a killed version copy
     others = [store.weights_path("AAPLX").with_name(".AAPLX.safetensors.tmp-y"),
-              store.checkpoint_dir("MSFT") / ".training_state.safetensors.tmp-q"]
+              store.checkpoint_dir("MSFT") / ".training_state.safetensors.tmp-q",
+              tmp_path / "versions" / "AAPLX" / "v1-abc" / ".weights.safetensors.tmp-v"]
     for p in leftovers + others:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"partial")
-    assert store.clean_temporary_files("AAPL") == 3
+    assert store.clean_temporary_files("AAPL") == 4
     assert all(p.exists() for p in others) and not any(p.exists() for p in leftovers)
 
 

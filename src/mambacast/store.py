@@ -251,7 +251,9 @@ class ModelStore:
             recover(self.root, self._check_symbol(symbol))
             candidates = [*self.root.glob(f"*/.{symbol}[._]*{TMP_MARK}*"),
                           *self.root.glob(f"..{symbol}.commit.json{TMP_MARK}*"),
-                          *self.checkpoint_dir(symbol).glob(f".*{TMP_MARK}*")]
+                          *self.checkpoint_dir(symbol).glob(f".*{TMP_MARK}*"),
+                          # a version copy (`mambacast.versions`) killed mid-write
+                          *(self.root / "versions" / symbol).glob(f"*/.*{TMP_MARK}*")]
         removed = 0
         for p in candidates:
             p.unlink(missing_ok=True)

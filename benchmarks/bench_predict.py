@@ -39,8 +39,9 @@ import torch
 
 from mambacast import MambaConfig, MambaPredictor, TrainConfig
 from mambacast.data.sources import load_prices
+from mambacast.forecasts import prediction_result
 from mambacast.nn.scan import scan_impl
-from mambacast.predict import DEFAULT_QUANTILES, _result
+from mambacast.predict import DEFAULT_QUANTILES
 from mambacast.train import train_symbol
 
 PRESETS = {"small": MambaConfig.small, "default": MambaConfig.default, "large": MambaConfig.large}
@@ -100,7 +101,7 @@ def breakdown(predictor: MambaPredictor, symbol: str, history, full, repeats: in
         steps["scale window"] = med(lambda: loaded.feature_scaler.transform(features[-loaded.sequence_length:]))
         steps["forward (1 window)"] = med(lambda: predictor._infer(loaded, window[None]))
         loc, raw, df = predictor._infer(loaded, window[None])
-        steps["result (quantiles)"] = med(lambda: _result(symbol, 100.0, loaded.model.horizons, loc[0],
+        steps["result (quantiles)"] = med(lambda: prediction_result(symbol, 100.0, loaded.model.horizons, loc[0],
                                                           raw[0] * loaded.calibration, df, DEFAULT_QUANTILES,
                                                           "mamba", None, "v", None))
         steps["whole _forecast"] = med(lambda: predictor._forecast(symbol, history, 100.0, DEFAULT_QUANTILES))

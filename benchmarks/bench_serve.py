@@ -53,11 +53,12 @@ def _train(root: Path) -> None:
         train_symbol(symbol, model_config=model_config, train_config=TrainConfig(epochs=1), days=2000, save_dir=root)
 
 
-def _start(save_dir: Path, log: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def _start(save_dir: Path, log: Path | None, workers: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "mambacast.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--save-dir", str(save_dir), "--log", str(log), "--workers", str(workers)]
+                             "--save-dir", str(save_dir), "--workers", str(workers)]
+                            + (["--log", str(log)] if log is not None else ["--no-log"])
                             + (["--threads", "1"] if workers > 1 else []), env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -189,6 +190,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="sequential requests per measurement (default 300)")
     ap.add_argument("--workers", type=int, default=1, help="server processes (mambacast serve --workers)")
     ap.add_argument("--per-client", type=int, default=40, help="requests per client of the 32 (default 40)")
+    ap.add_argument("--no-log", action="store_true",
+                    help="serve without the forecast log (and its shadow baselines), to see what monitoring costs")
     ap.add_argument("--max-seconds", type=float, default=60, help="time limit per measurement (default 60)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -197,7 +200,7 @@ def main() -> None:
         print("training default-preset AAPL, MSFT (1 epoch) ...", flush=True)
         _train(save_dir)
     print(f"load average before: {os.getloadavg()[0]:.2f}; cpus: {os.cpu_count()}", flush=True)
-    proc, url = _start(save_dir, tmp / "forecasts.sqlite", args.workers)
+    proc, url = _start(save_dir, None if args.no_log else tmp / "forecasts.sqlite", args.workers)
     port = int(url.rsplit(":", 1)[1])
     bodies = Bodies()
     rows = []

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mambacast import MambaConfig, MambaModel
-from mambacast.nn.mamba import LayerState
+from mambacast.nn.mamba import LONG_INPUT_STEPS, LayerState
 
 SMALL = MambaConfig(d_model=16, d_state=4, num_layers=2, prediction_horizons=[1, 5])
 
@@ -32,9 +32,31 @@ def test_a_20k_step_forward_equals_its_chunks_at_the_guide_config():
     model = model_of(MambaConfig(), torch.float32, n_features=5)
     x = torch.randn(1, 20_000, 5)
     with torch.no_grad():
-        whole = model.encode(x)
+        whole = model._encode_whole(x)                   # one pass over the whole sequence
         pieces = model.encode_long(x, chunk_len=3000)   # 20k is not a multiple of 3000
+        ordinary = model.encode(x)                       # the ordinary call, routed through encode_long
     torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ordinary, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_the_ordinary_call_routes_long_inputs_without_grad_through_encode_long(monkeypatch):
+    model = model_of()
+    calls = []
+    original = model.encode_long
+    monkeypatch.setattr(model, "encode_long", lambda x, **kw: calls.append(x.shape[1]) or original(x, **kw))
+    short = torch.randn(1, LONG_INPUT_STEPS, 3, dtype=torch.float64)
+    long = torch.randn(1, LONG_INPUT_STEPS + 1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        model.encode(short)
+        routed = model.encode(long)
+        loc, _, _ = model.forward_distribution(long)
+    assert calls == [LONG_INPUT_STEPS + 1] * 2                   # only the long input, from encode and the head
+    with torch.no_grad():
+        torch.testing.assert_close(routed, model._encode_whole(long), rtol=1e-12, atol=1e-12)
+    out = model.encode(long)                                     # autograd on: one graph, not routed
+    assert calls == [LONG_INPUT_STEPS + 1] * 2 and out.requires_grad
+    out[:, -1].sum().backward()
+    assert all(p.grad is not None for p in encoder_parameters(model))
 
 
 def test_state_continues_into_step_and_into_another_encode_long():

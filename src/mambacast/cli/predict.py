@@ -106,7 +106,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         print(_prediction_table(results, args.strike))
     if args.plot:
-        from ..report import plot_fan_chart
+        from ..plots import plot_fan_chart
 
         print(f"fan chart saved to {plot_fan_chart(results, histories, args.plot)}")
     return 0

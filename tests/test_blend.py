@@ -70,6 +70,7 @@ def test_apply_is_the_rule_on_the_stored_fit(closes):
     loc, scale, df = np.full((2, 4), 1e-3), np.full((2, 4), 0.02), np.array([4.0, 5.0, 6.0, 7.0])
     g = blend.fits["KO"].predict_many(closes, origins, hs)
     expected = blend_student_t(loc, scale, df, g.mean, g.scale, g.df, 0.5)
-    got = blend.apply("KO", closes, origins, hs, loc, scale, df)
+    got = blend.apply("KO", closes, origins, hs, loc, df, scale, 2 * scale)   # two scales, one GARCH filter
     np.testing.assert_allclose(got[0], expected[0])
     np.testing.assert_allclose(got[1], expected[1])
+    np.testing.assert_allclose(got[2], blend_student_t(loc, 2 * scale, df, g.mean, g.scale, g.df, 0.5)[1])

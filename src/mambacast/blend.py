@@ -108,9 +108,11 @@ class GarchBlend:
         return self.fits[symbol]
 
     def apply(self, symbol: str, closes: np.ndarray, origins: Sequence[int], horizons: Sequence[int],
-              loc: np.ndarray, scale: np.ndarray, df: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The served loc, scale (n_origins, H) at `origins` (rows of closes) from the network's loc, scale."""
+              loc: np.ndarray, df: np.ndarray, *scales: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The served loc and scales (n_origins, H) at `origins` (rows of closes) from the network's loc and
+        one or more of its scales (e.g. calibrated and raw), GARCH-t filtered once for all of them."""
         if self.weight == 0.0:
-            return loc, scale
+            return (loc, *scales)
         g = self.garch_for(symbol, closes).predict_many(closes, origins, horizons)
-        return blend_student_t(loc, scale, df, g.mean, g.scale, g.df, self.weight)  # type: ignore[arg-type]
+        pooled = [blend_student_t(loc, s, df, g.mean, g.scale, g.df, self.weight) for s in scales]  # type: ignore[arg-type]
+        return (pooled[0][0], *(scale for _, scale in pooled))

@@ -397,8 +397,8 @@ class MambaPredictor:
                     loaded.factors.pop(next(iter(loaded.factors)))
                 loaded.factors[prep.key] = factor
         horizons = loaded.model.horizons
-        mu, scale = loaded.blend.apply(symbol, prep.history, [len(prep.history) - 1], horizons, loc[-1:],
-                                       raw[-1:] * factor, df)
+        mu, scale = loaded.blend.apply(symbol, prep.history, [len(prep.history) - 1], horizons, loc[-1:], df,
+                                       raw[-1:] * factor)
         return prediction_result(symbol, current_price, horizons, mu[0], scale[0], df, quantiles, "mamba", None,
                        loaded.version, prep.as_of)
 
@@ -534,8 +534,7 @@ class MambaPredictor:
         else:
             factor = np.broadcast_to(loaded.calibration, loc.shape).copy()
         # The served law pools in GARCH(1,1)-t (`mambacast.blend`); raw_scale is the pool before calibration.
-        _, scale = loaded.blend.apply(symbol, closes, rows, horizons, loc, raw * factor, df)
-        loc, raw = loaded.blend.apply(symbol, closes, rows, horizons, loc, raw, df)
+        loc, scale, raw = loaded.blend.apply(symbol, closes, rows, horizons, loc, df, raw * factor, raw)
         index = price_history.index if isinstance(price_history, (pd.DataFrame, pd.Series)) else None
         as_of = [index[r].date().isoformat() if index is not None and isinstance(index[r], pd.Timestamp) else None
                  for r in rows]

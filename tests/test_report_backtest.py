@@ -259,3 +259,21 @@ def test_the_backtest_forward_fills_a_few_missing_closes_as_training_does():
     (frame,) = checked_prices({"ZZZ": pd.DataFrame({"close": close}, index=dates)}, end="2021-01-01").values()
     assert frame.index[0] == dates[2] and frame.index[-1] <= pd.Timestamp("2021-01-01")
     assert frame["close"].iloc[198] == close[199] and np.isfinite(frame["close"]).all()
+
+
+def test_the_backtest_cuts_a_leading_stale_stretch_and_still_refuses_a_later_one(caplog):
+    from mambacast.data.errors import DataQualityError
+    from mambacast.evaluate.backtest import checked_prices
+
+    dates = pd.bdate_range("2000-01-03", periods=1500)
+    close = 50 * np.exp(np.cumsum(np.random.default_rng(5).normal(0, 0.01, 1500)))
+    close[:300] = np.repeat(close[:300:30], 30)          # RRC-like: 300 days quoted once a month
+    (frame,) = checked_prices({"ZZZ": pd.DataFrame({"close": close}, index=dates)}).values()
+    # the cut ends where the last 60-return window stops being mostly unchanged: within 30 days after the stretch
+    assert dates[300] <= frame.index[0] <= dates[330] and frame.index[-1] == dates[-1]
+    assert "ZZZ: the first" in caplog.text and "stale quotes" in caplog.text
+    late = close.copy()
+    late[:300] = 50 * np.exp(np.cumsum(np.random.default_rng(6).normal(0, 0.01, 300)))
+    late[1000:1300] = late[1000]                           # stale in the second half: refused as before
+    with pytest.raises(DataQualityError, match="ZZZ: .*stale"):
+        checked_prices({"ZZZ": pd.DataFrame({"close": late}, index=dates)})

@@ -40,7 +40,16 @@ import pandas as pd
 from ..data.errors import InsufficientHistoryError
 from ..data.quality import check_data_quality
 from ..data.sources import as_price_frame
-from .baselines import Drift, Forecast, Forecaster, GarchT, HistoricalVolGaussian, Momentum, RandomWalk
+from .baselines import (
+    Drift,
+    Forecast,
+    Forecaster,
+    GarchT,
+    HistoricalVolGaussian,
+    Momentum,
+    RandomWalk,
+    stale_sample_start,
+)
 from .desk import desk_tables, seed_spread
 from .har import HarPool, HarT
 from .metrics import (
@@ -426,7 +435,11 @@ def checked_prices(prices: Mapping[str, Any], end: Any = None) -> dict[str, pd.D
     """The rows a backtest reads, checked and cleaned up front: each symbol's prices up to `end`, through
     `check_data_quality` (what `mambacast data check --days all` reports on the same rows; a failure raises
     `DataQualityError` naming the symbol), with missing closes forward-filled as training fills them and rows
-    before the first price dropped."""
+    before the first price dropped.
+
+    A stale-quote stretch in the first half of the history (RRC's 1990-92 closes, 70-90% unchanged days) is cut
+    off with a warning before the check: the baselines never fit on it (`stale_sample_start`) and the origins
+    lie long after it, so only the rows no forecaster uses are dropped. A stale stretch later on still fails."""
     out = {}
     for symbol, p in prices.items():
         frame = as_price_frame(p)
@@ -434,6 +447,14 @@ def checked_prices(prices: Mapping[str, Any], end: Any = None) -> dict[str, pd.D
         if end is not None:
             dated = isinstance(frame.index, pd.DatetimeIndex)
             frame = frame.loc[: pd.Timestamp(end)] if dated else frame.iloc[: int(end) + 1]
+        closes = frame["close"].to_numpy(np.float64)
+        known = np.isfinite(closes) & (closes > 0)
+        t0 = stale_sample_start(np.log(closes[known])) if known.all() else 0
+        if 0 < t0 < len(frame) // 2:
+            last = frame.index[t0 - 1]
+            logger.warning("%s: the first %d rows (to %s) are stale quotes; the backtest reads the rows after them",
+                           symbol, t0, last.date() if isinstance(last, pd.Timestamp) else last)
+            frame = frame.iloc[t0:]
         check_data_quality(frame, symbol)
         if frame["close"].isna().any():
             frame = frame.loc[frame["close"].first_valid_index():].copy()

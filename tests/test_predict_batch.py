@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from mambacast import MambaConfig, MambaPredictor, TrainConfig
-from mambacast.blend import GarchBlend, blend_student_t
+from mambacast.blend import Blend, pool_student_t
 from mambacast.data.features import TimeSeriesFeatureEngineer
 from mambacast.data.sources import load_prices
 from mambacast.predict import EMA_TOLERANCE, ema_memory_days, rolling_scale_factors
@@ -184,8 +184,8 @@ def test_inference_threads_are_per_worker(model_dir):
 def test_rolling_calibration_refits_the_validation_estimator_on_recent_residuals(model_dir, long_history):
     plain = MambaPredictor(["AAPL"], model_dir=model_dir, trim_history=False)
     rolling = MambaPredictor(["AAPL"], model_dir=model_dir, calibration="rolling", calibration_window=250)
-    for p in (plain, rolling):   # the network's own factor: the GARCH-t pool is applied after it (test below)
-        p._load("AAPL").blend = GarchBlend(0.0)
+    for p in (plain, rolling):   # the network's own factor: the classical pool is applied after it (test below)
+        p._load("AAPL").blend = Blend.network_alone()
     try:
         closes = long_history["close"].to_numpy()
         fc = plain.forecast_origins("AAPL", long_history)          # raw forecasts at every origin 119..1499
@@ -205,20 +205,24 @@ def test_rolling_calibration_refits_the_validation_estimator_on_recent_residuals
         rolling.close()
 
 
-def test_served_law_is_the_network_pooled_with_the_stored_garch_fit(model_dir, long_history):
-    """predict_detailed and forecast_origins serve blend_student_t(network, stored GARCH-t, 0.5) on real prices."""
+def test_served_law_is_the_network_pooled_with_the_stored_garch_and_har_fits(model_dir, long_history):
+    """predict_detailed and forecast_origins serve pool_student_t(network, stored GARCH-t and HAR-t, thirds) on
+    real prices."""
     served = MambaPredictor(["AAPL"], model_dir=model_dir)
     net = MambaPredictor(["AAPL"], model_dir=model_dir)
     try:
         blend = served._load("AAPL").blend
-        assert blend.weight == 0.5 and set(blend.fits) == {"AAPL"}   # fitted at training, read from metadata
-        net._load("AAPL").blend = GarchBlend(0.0)
+        assert blend.garch_weight == blend.har_weight == pytest.approx(1 / 3)
+        assert set(blend.garch) == set(blend.har) == {"AAPL"}          # fitted at training, read from metadata
+        net._load("AAPL").blend = Blend.network_alone()
         closes = long_history["close"].to_numpy()
         origins = np.array([900, 1200, len(closes) - 1])
         a = served.forecast_origins("AAPL", long_history, origins)
         b = net.forecast_origins("AAPL", long_history, origins)
-        g = blend.fits["AAPL"].predict_many(closes, origins, KEYS_H)
-        loc, scale = blend_student_t(b.loc, b.scale, b.df, g.mean, g.scale, g.df, 0.5)
+        g = blend.garch["AAPL"].predict_many(closes, origins, KEYS_H)
+        h = blend.har["AAPL"].predict_many(closes, origins, KEYS_H)
+        others = [(1 / 3, g.mean, g.scale, g.df), (1 / 3, h.mean, h.scale, h.df)]
+        loc, scale = pool_student_t(b.loc, b.scale, b.df, others)
         np.testing.assert_allclose(a.loc, loc, rtol=1e-12)
         np.testing.assert_allclose(a.scale, scale, rtol=1e-12)
         assert not np.allclose(a.scale, b.scale, rtol=1e-3)          # the pool moves the law

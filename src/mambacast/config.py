@@ -149,8 +149,10 @@ class TrainConfig(_JsonConfig):
     seed: int = 42
     # "nll": the Student-t likelihood of the whole distribution (default); "mse": the guide's objective.
     loss: str = "nll"
-    # Weight of a per-stock GARCH(1,1)-t in the served distribution (`mambacast.blend`); 0 = the network alone.
-    garch_weight: float = 0.5
+    # Weights of the stock's own GARCH(1,1)-t and HAR-t in the served distribution (`mambacast.blend`); the
+    # network gets 1 minus their sum (both 0: the network alone).
+    garch_weight: float = 1.0 / 3.0
+    har_weight: float = 1.0 / 3.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "sequence_length", "patience", "lr_patience"):
@@ -167,9 +169,12 @@ class TrainConfig(_JsonConfig):
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0,
                  "seed", self.seed, "must be a non-negative integer")
         _require(self.loss in ("nll", "mse"), "loss", self.loss, "choose nll (the default) or mse")
-        _require(isinstance(self.garch_weight, (int, float)) and not isinstance(self.garch_weight, bool)
-                 and 0.0 <= self.garch_weight <= 1.0, "garch_weight", self.garch_weight,
-                 "must be in [0, 1] (0: the network alone; default 0.5)")
+        for name in ("garch_weight", "har_weight"):
+            w = getattr(self, name)
+            _require(isinstance(w, (int, float)) and not isinstance(w, bool) and 0.0 <= w <= 1.0, name, w,
+                     "must be in [0, 1] (0 leaves that model out of the served pool; default 1/3)")
+        _require(self.garch_weight + self.har_weight <= 1.0 + 1e-9, "garch_weight + har_weight",
+                 self.garch_weight + self.har_weight, "must be <= 1: the network's weight is 1 minus their sum")
 
     @property
     def monitor(self) -> str:

@@ -97,8 +97,8 @@ class OriginForecasts:
     `origins` are row positions in the history (the forecast uses rows `0..origin`), `as_of` their
     dates (None for plain arrays); `loc`, `scale` (calibrated) and `raw_scale` (before the calibration
     factor) are `(n_origins, n_horizons)` in log-return units, the served law (the network pooled with
-    GARCH(1,1)-t, `mambacast.blend`); `calibration` is `scale / raw_scale` at each origin (the network's
-    factor to the power 1 - garch_weight, same shape); `df` is `(n_horizons,)`.
+    GARCH(1,1)-t and HAR-t, `mambacast.blend`); `calibration` is `scale / raw_scale` at each origin (the
+    network's factor to the power 1 - garch_weight - har_weight, same shape); `df` is `(n_horizons,)`.
     """
 
     symbol: str

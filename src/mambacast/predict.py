@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .blend import GarchBlend
+from .blend import Blend
 from .config import MambaConfig
 from .data.errors import InsufficientHistoryError
 from .data.features import (
@@ -108,7 +108,7 @@ class _LoadedModel:
     target_scaler: TargetScaler
     calibration: np.ndarray          # (n_horizons,) multiplier of the distribution scale
     lock: threading.Lock
-    blend: GarchBlend = field(default_factory=lambda: GarchBlend(0.0))   # the GARCH-t side of the served law
+    blend: Blend = field(default_factory=Blend.network_alone)   # the classical side of the served law
     keep_days: int = 0               # rows of history turned into features when trimming
     factors: dict[bytes, np.ndarray] = field(default_factory=dict)   # rolling factors by history digest
 
@@ -272,7 +272,7 @@ class MambaPredictor:
                         target_scaler=TargetScaler.from_dict(meta["target_scaler"]),
                         calibration=np.asarray(meta.get("calibration", {}).get("scale_factor",
                                                [1.0] * len(model.horizons)), dtype=np.float64),
-                        lock=threading.Lock(), blend=GarchBlend.from_metadata(meta),
+                        lock=threading.Lock(), blend=Blend.from_metadata(meta),
                         keep_days=int(fc["warmup"]) + int(meta["sequence_length"])
                         + max(ema_memory_days(engineer.windows), volatility_memory_days(EMA_TOLERANCE)))
                 except ModelNotFoundError:
@@ -533,7 +533,7 @@ class MambaPredictor:
             loc, raw, factor = loc[pick], raw[pick], factor[pick]
         else:
             factor = np.broadcast_to(loaded.calibration, loc.shape).copy()
-        # The served law pools in GARCH(1,1)-t (`mambacast.blend`); raw_scale is the pool before calibration.
+        # The served law pools in GARCH(1,1)-t and HAR-t (`mambacast.blend`); raw_scale: the pool before calibration.
         loc, scale, raw = loaded.blend.apply(symbol, closes, rows, horizons, loc, df, raw * factor, raw)
         index = price_history.index if isinstance(price_history, (pd.DataFrame, pd.Series)) else None
         as_of = [index[r].date().isoformat() if index is not None and isinstance(index[r], pd.Timestamp) else None

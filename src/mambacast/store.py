@@ -422,9 +422,9 @@ class ModelStore:
     def _validate(self, symbol: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor], meta_path: Path,
                   weights_path: Path) -> MambaModel:
         """The model `meta` describes, with `tensors` loaded, after checking that everything a predictor reads
-        from the metadata (features, scalers, calibration, the GARCH-t blend, windows) is present, consistent
+        from the metadata (features, scalers, calibration, the GARCH-t / HAR-t blend, windows) is present, consistent
         and finite."""
-        from .blend import GarchBlend
+        from .blend import Blend
         from .data.errors import DataError
         from .data.features import TimeSeriesFeatureEngineer
         from .data.sequences import FeatureScaler, TargetScaler
@@ -451,7 +451,7 @@ class ModelStore:
                 raise StoreError(f"feature_scaler does not hold {model.n_features} finite means and scales")
             if ts.horizons_ != horizons or not (np.isfinite(ts.mean_).all() and np.isfinite(ts.scale_).all()):
                 raise StoreError(f"target_scaler does not hold finite statistics of the horizons {horizons}")
-            GarchBlend.from_metadata(meta)
+            Blend.from_metadata(meta)
             factor = (meta.get("calibration") or {}).get("scale_factor", [1.0] * len(horizons))
             factor = np.asarray(factor, dtype=np.float64)
             if factor.shape != (len(horizons),) or not (np.isfinite(factor).all() and (factor > 0).all()):

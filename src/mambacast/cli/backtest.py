@@ -51,8 +51,10 @@ def add_backtest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", help="comma list of baselines (default all: random_walk,drift,momentum,"
                                        "hist_vol,garch_t,har_t)")
     p.add_argument("--garch-weight", type=float,
-                   help="weight of a per-stock GARCH(1,1)-t pooled into the model's distribution (0: the "
-                        "network alone; default 0.5, as mambacast train stores it)")
+                   help="weight of the stock's own GARCH(1,1)-t in the model's distribution (default 1/3, as "
+                        "mambacast train stores it; with --har-weight 0 as well: the network alone)")
+    p.add_argument("--har-weight", type=float,
+                   help="weight of the stock's own HAR-t in the model's distribution (default 1/3)")
     p.add_argument("--model", choices=["global", "symbol"], default="global",
                    help="global: one network per refit trained on every backtested symbol's history (default); "
                         "symbol: one network per symbol and refit (the guide's per-symbol models)")
@@ -187,7 +189,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     model_config = type(model_config).from_dict({**model_config.to_dict(), "prediction_horizons": list(horizons)})
     batch_size = args.batch_size or (_GLOBAL_BATCH if args.model == "global" else None)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", batch_size), ("seed", args.seed),
-                                   ("garch_weight", args.garch_weight)) if v is not None}
+                                   ("garch_weight", args.garch_weight), ("har_weight", args.har_weight))
+                 if v is not None}
     train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
     if seeds is not None and len(seeds) == 1:
         train_config = TrainConfig.from_dict({**train_config.to_dict(), "seed": seeds[0]})
@@ -226,7 +229,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     command = "mambacast backtest " + ("--test" if args.test else f"--symbols {args.symbols}") + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k in ("start", "end", "refit_every", "window", "train_days", "model", "preset", "epochs", "batch_size",
-                 "seed", "seeds", "garch_weight", "baselines", "horizons", "source", "data", "threads", "report")
+                 "seed", "seeds", "garch_weight", "har_weight", "baselines", "horizons", "source", "data", "threads",
+                 "report")
         and v is not None) + \
         "".join(f" --{k.replace('_', '-')}" for k in ("no_model", "strict") if getattr(args, k))
     result.info.update({"source": args.source})
@@ -236,7 +240,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
                             "model": {k: v for k, v in model_config.to_dict().items()
                                       if k in ("d_model", "d_state", "num_layers", "prediction_horizons")},
                             "seed": train_config.seed if seeds is None or len(seeds) == 1 else seeds,
-                            "garch_weight": train_config.garch_weight,
+                            "garch_weight": train_config.garch_weight, "har_weight": train_config.har_weight,
                             "torch_threads": args.threads})
     paths = write_backtest_report(result, args.report, command=command, forecasts_csv=not args.no_forecasts_file)
     print()

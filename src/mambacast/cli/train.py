@@ -30,8 +30,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="training objective: nll, the Student-t likelihood of the whole distribution, with "
                         "checkpoints and early stopping on validation CRPS (default); mse, the guide's")
     p.add_argument("--garch-weight", type=float,
-                   help="weight of a per-stock GARCH(1,1)-t pooled into the served distribution (0: the "
-                        "network alone; default 0.5, see docs/model.md)")
+                   help="weight of the stock's own GARCH(1,1)-t in the served distribution (default 1/3, see "
+                        "docs/model.md; with --har-weight 0 as well: the network alone)")
+    p.add_argument("--har-weight", type=float,
+                   help="weight of the stock's own HAR-t (realised-variance regression) in the served "
+                        "distribution (default 1/3; the network gets 1 minus both weights)")
     p.add_argument("--stack", action="store_true",
                    help="train every symbol's own model together as one batched computation on the CPU (same "
                         "results as one at a time; per-symbol time is then the whole stack's)")
@@ -135,7 +138,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model_config, train_config = preset(args.preset)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                    ("learning_rate", args.learning_rate), ("seed", args.seed),
-                                   ("loss", args.loss), ("garch_weight", args.garch_weight)) if v is not None}
+                                   ("loss", args.loss), ("garch_weight", args.garch_weight),
+                                   ("har_weight", args.har_weight)) if v is not None}
     train_config = TrainConfig.from_dict({**train_config.to_dict(), **overrides})
     if args.days is not None and args.days < 1:
         raise CLIError(f"--days {args.days} is invalid: must be a positive number of trading days")

@@ -130,6 +130,18 @@ class HarHorizon:
         return {"coef": [float(c) for c in self.coef], "smear": self.smear, "resid_var": self.resid_var,
                 "scale_c": self.scale_c, "nu": self.nu, "n": self.n, "r2": self.r2}
 
+    @classmethod
+    def from_summary(cls, h: int, state: Mapping[str, Any], n_params: int) -> HarHorizon:
+        """The regression `summary()` describes, checked (ValueError when it cannot forecast)."""
+        coef = np.asarray(state["coef"], dtype=np.float64)
+        fit = cls(int(h), coef, float(state["smear"]), float(state["resid_var"]), float(state["scale_c"]),
+                  float(state["nu"]), int(state["n"]), float(state["r2"]))
+        if coef.shape != (n_params,) or not np.isfinite(coef).all() or not (
+                np.isfinite([fit.smear, fit.scale_c, fit.nu]).all() and fit.smear > 0 and fit.scale_c > 0
+                and fit.nu > 2 and fit.h >= 1):
+            raise ValueError(f"HAR state of horizon {h} is not a valid fit: {dict(state)}")
+        return fit
+
 
 class HarFit:
     """HAR regressions on some symbols' training rows (one per horizon, fitted on first use and kept).
@@ -141,8 +153,8 @@ class HarFit:
     def __init__(self, series: Mapping[str, tuple[np.ndarray, pd.DatetimeIndex | None]],
                  market: pd.Series | None = None, *, floor_frac: float = 0.01,
                  df_bounds: tuple[float, float] = (2.5, 60.0), max_ml_samples: int = 20000,
-                 stale_window: int = 60, max_zero_share: float = 0.5):
-        if not series:
+                 stale_window: int = 60, max_zero_share: float = 0.5, fits: Mapping[int, HarHorizon] | None = None):
+        if not series and not fits:
             raise ValueError("har_t: no training series")
         self.floor_frac, self.df_bounds, self.max_ml_samples = floor_frac, df_bounds, max_ml_samples
         self.market = None
@@ -161,7 +173,8 @@ class HarFit:
             self.lp[sym], self.dates[sym], self.start[sym] = lp, dates, t0
             self.floor[sym] = max(floor_frac * float(np.var(r)), 1e-12)
             self.mu[sym] = float(np.mean(r))
-        self._fits: dict[int, HarHorizon] = {}
+        # `fits`: regressions fitted earlier (a stored model's); with no series, only those horizons exist.
+        self._fits: dict[int, HarHorizon] = dict(fits or {})
         self._lock = threading.Lock()
 
     @property
@@ -184,6 +197,8 @@ class HarFit:
         """The regression of horizon h (fitted once)."""
         with self._lock:
             if h not in self._fits:
+                if not self.lp:
+                    raise ValueError(f"har_t: horizon {h} was not stored (stored: {sorted(self._fits)})")
                 self._fits[h] = self._fit(h)
             return self._fits[h]
 
@@ -280,15 +295,18 @@ class HarT(_VectorisedForecaster):
         pool: the backtest's shared `HarPool` (or pass `panel` to build a private one).
         symbol: this forecaster's symbol in the panel; None = found by matching the training closes.
         horizons: horizons fitted eagerly in `fit` (others on first use), so `fit_info_` reports them.
+        per_symbol: the per-symbol regression without market terms is intended (the served pool's HAR-t,
+            `mambacast.blend`), so `fit` does not warn that no panel was given.
     """
 
     name = "har_t"
 
     def __init__(self, pool: HarPool | None = None, symbol: str | None = None, *, panel: Panel | None = None,
-                 horizons: Sequence[int] = (1, 5, 10, 30), **fit_kwargs: Any) -> None:
+                 horizons: Sequence[int] = (1, 5, 10, 30), per_symbol: bool = False, **fit_kwargs: Any) -> None:
         if pool is None and panel is not None:
             pool = HarPool(panel, **fit_kwargs)
         self.pool, self.symbol, self.horizons = pool, symbol, _check_horizons(horizons)
+        self.per_symbol = per_symbol   # the per-symbol regression is wanted (the served pool's): no warning
         self.fit_kwargs = fit_kwargs
         self.fit_: HarFit | None = None
         self.mu_: float | None = None
@@ -305,7 +323,8 @@ class HarT(_VectorisedForecaster):
     def fit(self, prices: np.ndarray) -> HarT:
         """Per-symbol regression without the market terms (no panel, or no dates)."""
         p = _check_prices(prices, min_len=3)
-        self._log_once("no panel of dated prices: per-symbol HAR regression without the market terms")
+        if not self.per_symbol:
+            self._log_once("no panel of dated prices: per-symbol HAR regression without the market terms")
         kwargs = self.pool.fit_kwargs if self.pool is not None else self.fit_kwargs
         self.fit_ = HarFit({self.symbol or "series": (p, None)}, None, **kwargs)
         self.frame_ = None
@@ -331,6 +350,26 @@ class HarT(_VectorisedForecaster):
         info["horizons"] = {str(h): self.fit_.horizon(h).summary() for h in self.horizons}  # type: ignore[union-attr]
         self.fit_info_ = info
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A per-symbol fit as JSON-ready values (stored in a model's metadata); `from_dict` restores it."""
+        _check_fitted(self.fit_, self.name)
+        if self.fit_.market is not None:  # type: ignore[union-attr]
+            raise ValueError("har_t: only a per-symbol fit (no market terms) can be stored")
+        return {"mu": self.mu_, "floor": self.floor_,
+                "horizons": {str(h): self.fit_.horizon(h).summary() for h in self.horizons}}  # type: ignore[union-attr]
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> HarT:
+        """A fitted per-symbol HarT from `to_dict`'s output (no refit); ValueError for an invalid state."""
+        fits = {int(h): HarHorizon.from_summary(int(h), v, 1 + len(LAGS)) for h, v in state["horizons"].items()}
+        mu, floor = float(state["mu"]), float(state["floor"])
+        if not fits or not (np.isfinite(mu) and np.isfinite(floor) and floor > 0):
+            raise ValueError(f"HAR state is not a valid fit: mu {mu}, floor {floor}, horizons {sorted(fits)}")
+        har = cls(horizons=sorted(fits), per_symbol=True)
+        har.fit_, har.mu_, har.floor_ = HarFit({}, None, fits=fits), mu, floor
+        har.fit_info_ = {"mode": "per-symbol", "stored": True}
+        return har
 
     def _resolve(self, p: np.ndarray, dates: pd.DatetimeIndex) -> str | None:
         """The panel symbol whose closes on `dates` are `p` (the given symbol first), or None."""

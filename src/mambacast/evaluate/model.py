@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..blend import blend_student_t, fit_garch
+from ..blend import Blend
 from ..config import MambaConfig, TrainConfig
 from ..data.features import TimeSeriesFeatureEngineer
 from ..data.sequences import FeatureScaler, TargetScaler
@@ -42,7 +42,6 @@ from .baselines import (
     DEFAULT_QUANTILES,
     BaseForecaster,
     Forecast,
-    GarchT,
     _check_horizons,
     _check_origins,
     _check_prices,
@@ -79,13 +78,14 @@ class MambaForecaster(BaseForecaster):
         windows: feature look-backs (the pipeline's default).
         calibrate: apply the split-conformal scale factor fitted on the validation tail (as
             `mambacast train` stores it); False leaves the raw Student-t scale.
-            The served distribution then pools in a GARCH(1,1)-t fitted on the same closes with weight
-            `train_config.garch_weight` (`mambacast.blend`), as `mambacast train` stores and serves it.
+            The served distribution then pools in a GARCH(1,1)-t and a HAR-t fitted on the same closes with
+            weights `train_config.garch_weight` and `har_weight` (`mambacast.blend`), as `mambacast train`
+            stores and serves it.
         device: torch device for training and inference ("cpu" by default).
         on_epoch: optional `fn(epoch, epochs, logs)` called after every epoch (progress).
 
     After `fit`: `model_`, `feature_scaler_`, `target_scaler_`, `calibration_` (per-horizon factor),
-    `garch_` (the blend's GARCH-t fit, None when garch_weight is 0), `fit_info_` (days, samples, epochs run,
+    `blend_` (the classical side of the served law: GARCH-t and HAR-t fits), `fit_info_` (days, samples, epochs run,
     best validation loss, seconds).
     """
 
@@ -102,7 +102,7 @@ class MambaForecaster(BaseForecaster):
         self.feature_scaler_: FeatureScaler | None = None
         self.target_scaler_: TargetScaler | None = None
         self.calibration_: np.ndarray | None = None
-        self.garch_: GarchT | None = None
+        self.blend_: Blend = Blend.network_alone()
         self.warmup_: int | None = None
         self.fit_info_: dict[str, Any] = {}
 
@@ -133,7 +133,7 @@ class MambaForecaster(BaseForecaster):
         self._train(data.feature_names, data.feature_scaler, data.target_scaler, data.warmup,
                     data.X[data.train_idx], data.y_scaled[data.train_idx], data.X[data.val_idx],
                     data.y_scaled[data.val_idx])
-        self._fit_garch(closes)
+        self._fit_blend(closes)
         self.fit_info_ = {"days": int(closes.size - start), "stale_days_dropped": int(start),
                           "samples": int(len(data.X)), **self.fit_info_,
                           "seconds": time.perf_counter() - t0}
@@ -179,11 +179,11 @@ class MambaForecaster(BaseForecaster):
             "calibration": [float(c) for c in calibration],
         }
 
-    def _fit_garch(self, closes: np.ndarray) -> None:
-        """The blend's GARCH(1,1)-t on this symbol's training closes (GarchT drops stale stretches itself)."""
-        w = self.train_config.garch_weight
-        self.garch_ = fit_garch(closes) if w > 0 else None
-        self.fit_info_["garch_weight"] = w
+    def _fit_blend(self, closes: np.ndarray) -> None:
+        """The blend's GARCH(1,1)-t and HAR-t on this symbol's training closes (both drop stale stretches)."""
+        tc = self.train_config
+        self.blend_ = Blend.fit({self.symbol: closes}, self.horizons, tc.garch_weight, tc.har_weight)
+        self.fit_info_.update(garch_weight=tc.garch_weight, har_weight=tc.har_weight)
 
     def predict(self, prices: np.ndarray, horizons: Sequence[int]) -> Forecast:
         p = _check_prices(prices)
@@ -224,10 +224,7 @@ class MambaForecaster(BaseForecaster):
         mean_, std_ = self.target_scaler_.mean_, self.target_scaler_.std_  # type: ignore[union-attr]
         loc = (mean_ + std_ * np.concatenate(locs))[:, cols]
         scale = (std_ * np.concatenate(scales) * self.calibration_)[:, cols]
-        if self.garch_ is not None:
-            g = self.garch_.predict_many(p, o, hs)
-            loc, scale = blend_student_t(loc, scale, np.asarray(df)[cols], g.mean, g.scale, g.df,
-                                         self.train_config.garch_weight)
+        loc, scale = self.blend_.apply(self.symbol, p, o, hs, loc, np.asarray(df)[cols], scale)
         return Forecast.from_location_scale(hs, loc, scale, df=np.asarray(df)[cols], levels=DEFAULT_QUANTILES)
 
 
@@ -253,7 +250,7 @@ class GlobalMambaForecaster(MambaForecaster):
         self.feature_scaler_, self.target_scaler_, self.warmup_ = (fitted.feature_scaler_, fitted.target_scaler_,
                                                                    fitted.warmup_)
         self.fit_info_ = dict(fitted.fit_info_)
-        self._fit_garch(prices)   # per symbol: the pooled network is shared, GARCH-t is this stock's own
+        self._fit_blend(prices)   # per symbol: the pooled network is shared, GARCH-t and HAR-t are the stock's own
         return self
 
     def fit_pooled(self, data: PooledData) -> GlobalMambaForecaster:

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..blend import GarchBlend
+from ..blend import Blend
 from ..config import MambaConfig, TrainConfig
 from ..data.augment import DataAugmentor
 from ..data.errors import DataError
@@ -345,7 +345,8 @@ def _finish_run(run: _Run) -> dict[str, Any]:
                            "warmup": data.warmup},
         "sequence_length": train_config.sequence_length,
         "calibration": calibration,
-        "blend": GarchBlend.fit({symbol: closes[lead:]}, train_config.garch_weight).to_dict(),
+        "blend": Blend.fit({symbol: closes[lead:]}, model_config.prediction_horizons, train_config.garch_weight,
+                           train_config.har_weight).to_dict(),
         "feature_scaler": data.feature_scaler.to_dict(),
         "target_scaler": data.target_scaler.to_dict(),
         "data_source": data.prices.attrs.get("source", run.source),

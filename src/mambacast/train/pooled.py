@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..blend import GarchBlend
+from ..blend import Blend
 from ..config import MambaConfig, TrainConfig
 from ..data.errors import DataError
 from ..data.features import TimeSeriesFeatureEngineer, forward_fill_closes
@@ -194,8 +194,8 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
         "feature_config": {"windows": list(DEFAULT_WINDOWS), "include_volume": False, "warmup": data.warmup},
         "sequence_length": train_config.sequence_length,
         "calibration": calibration,
-        "blend": GarchBlend.fit({s: _filled_closes(frames[s], s) for s in data.counts}, train_config.garch_weight
-                                ).to_dict(),
+        "blend": Blend.fit({s: _filled_closes(frames[s], s) for s in data.counts}, model_config.prediction_horizons,
+                           train_config.garch_weight, train_config.har_weight).to_dict(),
         "feature_scaler": data.feature_scaler.to_dict(), "target_scaler": data.target_scaler.to_dict(),
         "data_source": source, "data_hash": data_hash, "seed": train_config.seed,
         "n_parameters": model.count_parameters(), "device": str(trainer.device),

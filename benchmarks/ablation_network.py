@@ -3,12 +3,12 @@
 The untrained model is the volatility baseline the network starts from (a fixed-parameter GARCH(1,1) with
 the pooled training drift, a maximum-likelihood Student-t tail and the validation calibration factor,
 docs/model.md). This script runs the backtest's global-model protocol with that model, alone
-(`untrained`) and pooled with the stock's GARCH(1,1)-t as the served law is (`untrained_pool`), and writes
+(`untrained`) and pooled with the stock's GARCH(1,1)-t and HAR-t as the served law is (`untrained_pool`), and writes
 the usual report folder. Compare its forecasts.csv.gz with a `mambacast backtest --seeds ...` run over the
 same symbols and dates (`--compare DIR`) to see whether the trained network beats its own starting point.
 
     python benchmarks/ablation_network.py --symbols AAPL,...,XOM --start 2010-01-01 --report out/ablation \\
-        --compare out/backtest-blend
+        --compare out/backtest-pool3
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def factory(prices, mc: MambaConfig, tc: TrainConfig):
 
     cache: CutoffCache[UntrainedGlobal] = CutoffCache(build)
     pool = HarPool(panel)
-    alone_tc = replace(tc, garch_weight=0.0)
+    alone_tc = replace(tc, garch_weight=0.0, har_weight=0.0)
 
     def make(symbol: str):
         alone = UntrainedGlobal(cache, mc, alone_tc, symbol=symbol)

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS forecasts (
     horizon INTEGER NOT NULL,
     model_version TEXT,
     source TEXT NOT NULL,
+    role TEXT,
     loc REAL NOT NULL, scale REAL NOT NULL, df REAL NOT NULL,
     median REAL NOT NULL, lo80 REAL NOT NULL, hi80 REAL NOT NULL,
     realised REAL, crps REAL, covered INTEGER, se REAL, se_nochange REAL, scored_at TEXT
@@ -69,8 +70,15 @@ CREATE INDEX IF NOT EXISTS probabilities_forecast ON probabilities (forecast_id)
 SHADOW_BASELINES = {"momentum": Momentum, "hist_vol": HistoricalVolGaussian}
 
 #: the columns of `report()`, in order
-REPORT_COLUMNS = ("symbol", "model_version", "horizon", "served", "scored", "crps", "coverage80", "brier",
-                  "n_probabilities", "mse", "mse_nochange")
+REPORT_COLUMNS = ("symbol", "model_version", "role", "horizon", "forecasts", "served", "scored", "crps",
+                  "coverage80", "brier", "n_probabilities", "mse", "mse_nochange")
+
+#: a logged forecast: (role, result, served); role "champion" or "challenger", served False for a shadow
+Logged = tuple[str, PredictionResult, bool]
+
+
+#: a row's role; logs written before champion/challenger have none: their shadows were baselines
+_ROLE = "COALESCE(f.role, CASE WHEN f.source = 'shadow' THEN 'baseline' ELSE 'champion' END)"
 
 
 def _now() -> str:
@@ -85,8 +93,11 @@ class ForecastLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(forecasts)")}
+            if "role" not in columns:             # a log written before champion/challenger
+                conn.execute("ALTER TABLE forecasts ADD COLUMN role TEXT")
         # items: a forecast to write, an Event to set once everything before it is written, None to stop
-        self._queue: queue.Queue[tuple[str, PredictionResult, tuple[float, ...], Any] | threading.Event | None] = \
+        self._queue: queue.Queue[tuple[str, list[Logged], tuple[float, ...], Any] | threading.Event | None] = \
             queue.Queue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -98,20 +109,24 @@ class ForecastLog:
         return conn
 
     # ---- writing ------------------------------------------------------------------------------
-    def record(self, request_id: str, result: PredictionResult, strikes: Sequence[float] = (),
+    def record(self, request_id: str, forecasts: PredictionResult | Sequence[Logged], strikes: Sequence[float] = (),
                history: Any = None) -> None:
-        """Queue one served forecast (and the strikes whose probabilities were served) for writing.
+        """Queue one request's forecasts (and the strikes whose probabilities were asked) for writing.
 
-        With the request's price `history`, a model's forecast is logged with the shadow baselines'
-        forecasts of the same request (`SHADOW_BASELINES`, model_version "baseline:<name>", source
-        "shadow"), so the report scores the served model against them on the same live requests.
+        `forecasts`: (role, result, served) per model that forecast the request (the champion, and a
+        challenger, served or in the shadow), or one served champion result. With the request's price
+        `history`, a served model forecast is logged with the shadow baselines' forecasts of the same
+        request (`SHADOW_BASELINES`, model_version "baseline:<name>", source "shadow"), so the report
+        scores the models against them on the same live requests.
         """
+        logged = [("champion", forecasts, True)] if isinstance(forecasts, PredictionResult) else list(forecasts)
+        served = next((r for _, r, s in logged if s), logged[0][1])
         with self._writer_lock:
             if self._writer is None or not self._writer.is_alive():
                 self._writer = threading.Thread(target=self._write_loop, name="mambacast-forecast-log", daemon=True)
                 self._writer.start()
-        self._queue.put((request_id, result, tuple(float(k) for k in strikes),
-                         history if result.source == "mamba" else None))
+        self._queue.put((request_id, logged, tuple(float(k) for k in strikes),
+                         history if served.source == "mamba" else None))
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every forecast queued so far is committed."""
@@ -143,10 +158,11 @@ class ForecastLog:
                 rows = [i for i in items if isinstance(i, tuple)]
                 try:
                     with conn:
-                        for request_id, result, strikes, history in rows:
-                            self._insert(conn, request_id, result, strikes)
+                        for request_id, logged, strikes, history in rows:
+                            for role, result, served in logged:
+                                self._insert(conn, request_id, result, strikes, role, served)
                             if history is not None:
-                                self._insert_shadows(conn, request_id, result, strikes, history)
+                                self._insert_shadows(conn, request_id, logged[0][1], strikes, history)
                 except sqlite3.Error:
                     log.exception("could not write %d forecast(s) to %s", len(rows), self.path)
                 for item in items:
@@ -158,7 +174,8 @@ class ForecastLog:
             conn.close()
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, request_id: str, result: PredictionResult, strikes: Sequence[float]) -> None:
+    def _insert(conn: sqlite3.Connection, request_id: str, result: PredictionResult, strikes: Sequence[float],
+                role: str, served: bool) -> None:
         served_at = _now()
         for h in result.horizons:
             key = f"{h}d"
@@ -166,9 +183,10 @@ class ForecastLog:
             lo, hi = result.interval(key, 0.8)
             cur = conn.execute(
                 "INSERT INTO forecasts (request_id, served_at, symbol, as_of, current_price, horizon, model_version,"
-                " source, loc, scale, df, median, lo80, hi80) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " source, role, loc, scale, df, median, lo80, hi80) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (request_id, served_at, result.symbol, result.as_of, result.current_price, h, result.model_version,
-                 result.source, loc, scale, df if math.isfinite(df) else 1e300, result.prices[key], lo, hi))
+                 result.source if served else "shadow", role, loc, scale, df if math.isfinite(df) else 1e300,
+                 result.prices[key], lo, hi))
             if strikes:
                 p = result.prob_above_many(strikes, key)
                 conn.executemany("INSERT INTO probabilities (forecast_id, strike, p_above) VALUES (?,?,?)",
@@ -191,8 +209,10 @@ class ForecastLog:
                 price = result.current_price
                 cur = conn.execute(
                     "INSERT INTO forecasts (request_id, served_at, symbol, as_of, current_price, horizon, "
-                    "model_version, source, loc, scale, df, median, lo80, hi80) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "model_version, source, role, loc, scale, df, median, lo80, hi80) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (request_id, served_at, result.symbol, result.as_of, price, h, f"baseline:{name}", "shadow",
+                     "baseline",
                      float(mu), float(sd), 1e300, price * math.exp(mu), price * math.exp(mu - z80 * sd),
                      price * math.exp(mu + z80 * sd)))
                 if strikes:
@@ -250,19 +270,20 @@ class ForecastLog:
         self.flush()
         with self._connect() as conn:
             rows = conn.execute(
-                "SELECT f.symbol, COALESCE(f.model_version, f.source), f.horizon, COUNT(*), COUNT(f.scored_at), "
+                f"SELECT f.symbol, COALESCE(f.model_version, f.source), {_ROLE}, f.horizon, COUNT(*), "
+                "SUM(f.source != 'shadow'), COUNT(f.scored_at), "
                 "AVG(f.crps), AVG(f.covered), AVG(p.brier), COUNT(p.brier), AVG(f.se), AVG(f.se_nochange) "
                 "FROM forecasts f LEFT JOIN (SELECT forecast_id, AVG(brier) AS brier FROM probabilities "
                 "WHERE brier IS NOT NULL GROUP BY forecast_id) p ON p.forecast_id = f.id "
-                "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
+                "GROUP BY 1, 2, 3, 4 ORDER BY 1, 3 DESC, 2, 4").fetchall()
             nprob = dict(conn.execute(
-                "SELECT f.symbol || '|' || COALESCE(f.model_version, f.source) || '|' || f.horizon, COUNT(*) "
-                "FROM probabilities p JOIN forecasts f ON f.id = p.forecast_id WHERE p.brier IS NOT NULL "
+                f"SELECT f.symbol || '|' || COALESCE(f.model_version, f.source) || '|' || {_ROLE} || '|' || f.horizon, "
+                "COUNT(*) FROM probabilities p JOIN forecasts f ON f.id = p.forecast_id WHERE p.brier IS NOT NULL "
                 "GROUP BY 1").fetchall())
         out = []
         for row in rows:
             d = dict(zip(REPORT_COLUMNS, row, strict=True))
-            d["n_probabilities"] = nprob.get(f"{d['symbol']}|{d['model_version']}|{d['horizon']}", 0)
+            d["n_probabilities"] = nprob.get(f"{d['symbol']}|{d['model_version']}|{d['role']}|{d['horizon']}", 0)
             out.append(d)
         return out
 
@@ -275,3 +296,15 @@ class ForecastLog:
                 "AND source != 'shadow') "
                 "WHERE k <= ? GROUP BY horizon ORDER BY horizon", (window,)).fetchall()
         return {int(h): {"crps": float(c), "coverage80": float(v), "n": int(n)} for h, c, v, n in rows}
+
+    def rolling_by_arm(self, window: int = 250) -> dict[tuple[str, int], dict[str, float]]:
+        """Per arm ("champion", "challenger", "baseline:<name>") and horizon, served or in the shadow: the CRPS
+        and 80% coverage over its latest `window` scored forecasts, and their count (/metrics compares them)."""
+        arm = f"CASE WHEN {_ROLE} = 'baseline' THEN model_version ELSE {_ROLE} END"
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT arm, horizon, AVG(crps), AVG(covered), COUNT(*) FROM (SELECT " + arm + " AS arm, horizon, "
+                "crps, covered, ROW_NUMBER() OVER (PARTITION BY " + arm + ", horizon ORDER BY id DESC) AS k "
+                "FROM forecasts f WHERE scored_at IS NOT NULL) WHERE k <= ? GROUP BY arm, horizon "
+                "ORDER BY arm, horizon", (window,)).fetchall()
+        return {(str(a), int(h)): {"crps": float(c), "coverage80": float(v), "n": int(n)} for a, h, c, v, n in rows}

@@ -79,6 +79,19 @@ class ModelVersions:
         except StoreError:
             return None
 
+    def folder(self, symbol: str, version: str) -> Path:
+        """The folder of a complete stored version (read-only: unlike `list`, records nothing).
+
+        Raises StoreError naming the versions that exist when `version` is not one of them.
+        """
+        folder = self._dir(symbol) / version
+        if _VERSION_RE.match(version) and (folder / "metadata.json").exists():
+            return folder
+        root = self._dir(symbol)
+        known = sorted(p.name for p in root.iterdir() if _VERSION_RE.match(p.name)
+                       and (p / "metadata.json").exists()) if root.is_dir() else []
+        raise StoreError(f"{symbol} has no version {version!r} in {root} (versions: {', '.join(known) or 'none'})")
+
     def record(self, symbol: str) -> str:
         """Copy the current model into its version folder (once: versions are immutable); returns its id."""
         meta = self.store.verify(symbol)           # every file matches the hashes in its metadata

@@ -138,9 +138,11 @@ def test_forecasts_logged_then_scored_from_a_later_price_file(store_copy, tmp_pa
     for _strike, p, brier in briers:
         assert 0 <= p <= 1 and brier is not None
     assert any(b == pytest.approx((p - (realised_30 > k)) ** 2) for k, p, b in briers)
-    lines = [ln.split() for ln in out.splitlines() if ln.startswith("AAPL") and ln.split()[2] == "30"]
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("AAPL") and ln.split()[3] == "30"]
     assert {ln[1] for ln in lines} >= {"baseline:momentum", "baseline:hist_vol"} and len(lines) == 3
-    assert all(ln[3:5] == ["8", "7"] for ln in lines)            # served, scored: the same requests for all three
+    assert [ln[2] for ln in lines] == ["champion", "baseline", "baseline"]
+    # forecasts, served, scored: the same requests for all three; only the champion's were served
+    assert [ln[4:7] for ln in lines] == [["8", "8", "7"], ["8", "0", "7"], ["8", "0", "7"]]
     assert "mambacast_live_coverage80{horizon=\"30\"}" in text and "mambacast_live_crps{horizon=\"1\"}" in text
 
 

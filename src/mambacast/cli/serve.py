@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import socket
 from pathlib import Path
@@ -44,6 +45,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-log", action="store_true", help="do not log served forecasts")
     p.add_argument("--reload-interval", type=float, default=1.0,
                    help="seconds between checks of the store for a promoted or retrained model (0: never)")
+    g = p.add_argument_group("champion / challenger (docs/serving.md)")
+    g.add_argument("--challenger", action="append", default=[], metavar="SYMBOL=VERSION",
+                   help="a stored version (mambacast models list) forecasting SYMBOL's requests beside the current "
+                        "model, logged and scored in the shadow; repeatable; _GLOBAL=VERSION challenges every symbol")
+    g.add_argument("--challenger-global", action="store_true",
+                   help="the store's global model challenges every symbol's own model (with --model symbol)")
+    g.add_argument("--challenger-traffic", type=float, default=0.0, metavar="FRACTION",
+                   help="share of requests the challenger serves, 0-1 (default 0: shadow only); chosen per request "
+                        "id (X-Request-ID header, else a random one)")
+    g.add_argument("--challenger-seed", type=int, default=0, help="seed of the traffic split (default 0)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -55,6 +66,23 @@ def _check_port(host: str, port: int) -> None:
         except OSError as exc:
             raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (port in use? pick another "
                              "with --port)") from None
+
+
+def _challenger(args: argparse.Namespace) -> Any:
+    """The ChallengerConfig the flags describe (None without a challenger); CLIError with one line if invalid."""
+    from ..serve.challenger import ChallengerConfig, parse_challenger
+    from ..store import ModelStore
+
+    versions: dict[str, str] = {}
+    for text in args.challenger:
+        symbol, version = parse_challenger(text)
+        if symbol in versions:
+            raise CLIError(f"--challenger names {symbol} twice: one challenger per symbol")
+        versions[symbol] = version
+    config = ChallengerConfig(versions=versions, global_model=args.challenger_global,
+                              traffic=args.challenger_traffic, seed=args.challenger_seed)
+    config.check(ModelStore(args.save_dir), args.model)     # ValueError: printed as one line by cli.main
+    return config if versions or args.challenger_global else None
 
 
 def _serve_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,21 +104,24 @@ def _serve_options(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"model store {args.save_dir} has no trained model (train first: mambacast train ...)")
     log_path = None if args.no_log else (args.log or str(Path(args.save_dir) / DEFAULT_LOG))
     return {"store_dir": args.save_dir, "source": args.source, "data": args.data, "model": args.model,
-            "max_workers": args.threads, "log_path": log_path, "reload_interval_s": args.reload_interval}
+            "max_workers": args.threads, "log_path": log_path, "reload_interval_s": args.reload_interval,
+            "challenger": _challenger(args)}
 
 
 def app_from_env() -> Any:
     """The app a `--workers N` server process builds (uvicorn's factory), from the options `serve` exported."""
     from ..serve.app import create_app
+    from ..serve.challenger import ChallengerConfig
 
     def get(name: str) -> str | None:
         value = os.environ.get(_ENV + name.upper())
         return value or None
 
-    threads, log_path = get("max_workers"), get("log_path")
+    threads, log_path, challenger = get("max_workers"), get("log_path"), get("challenger")
     return create_app(get("store_dir") or "models/mamba", source=get("source") or "sample", data=get("data"),
                       model=get("model") or "auto", max_workers=int(threads) if threads else None,
-                      log_path=log_path, reload_interval_s=float(get("reload_interval_s") or 1.0))
+                      log_path=log_path, reload_interval_s=float(get("reload_interval_s") or 1.0),
+                      challenger=ChallengerConfig.from_dict(json.loads(challenger)) if challenger else None)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -102,12 +133,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(f"mambacast serve needs the serve extra ({exc}): pip install 'mambacast[serve]'") from None
     options = _serve_options(args)
     _check_port(args.host, args.port)
+    challenger = options["challenger"]
     print(f"serving {options['store_dir']} at http://{args.host}:{args.port} (API docs: /docs; "
-          f"forecast log: {options['log_path'] or 'off'}; {args.workers} worker(s))", flush=True)
+          f"forecast log: {options['log_path'] or 'off'}; {args.workers} worker(s)"
+          + (f"; challenger: {challenger.describe()}" if challenger else "") + ")", flush=True)
     if args.workers == 1:
         uvicorn.run(create_app(**options), host=args.host, port=args.port, log_level="warning")
     else:   # worker processes import the app: pass the options through the environment
         for key, value in options.items():
+            if key == "challenger" and value is not None:
+                value = json.dumps(value.to_dict())
             os.environ[_ENV + key.upper()] = "" if value is None else str(value)
         uvicorn.run("mambacast.cli.serve:app_from_env", factory=True, host=args.host, port=args.port,
                     workers=args.workers, log_level="warning")

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Hashable
@@ -38,9 +39,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..monitor import ForecastLog
 from ..predict import PredictionResult
+from ..store import ModelStore
+from .challenger import CHALLENGER, CHAMPION, ChallengerConfig, route
 from .metrics import Counter, Gauge, Histogram, Registry
 from .runtime import Batcher, HistoryCache, ModelHolder
 from .schemas import (
+    ChallengerInfo,
     ForecastRequest,
     ForecastResponse,
     HorizonProbabilities,
@@ -55,6 +59,7 @@ __all__ = ["create_app", "ServiceState"]
 log = logging.getLogger(__name__)
 
 ROUTES = ("/v1/forecast", "/v1/probabilities", "/v1/models", "/healthz", "/readyz", "/metrics")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")    # a client's X-Request-ID, kept as the log's key
 
 
 class RequestError(Exception):
@@ -78,8 +83,9 @@ class ServiceState:
     """Everything the routes share: models, batcher, price histories, the forecast log and the metrics."""
 
     def __init__(self, store_dir: str | Path, *, source: str, data: str | None, model: str, max_workers: int | None,
-                 log_path: str | Path | None, reload_interval_s: float, max_batch: int):
-        self.holder = ModelHolder(store_dir, model=model, max_workers=max_workers)
+                 log_path: str | Path | None, reload_interval_s: float, max_batch: int,
+                 challenger: ChallengerConfig | None = None):
+        self.holder = ModelHolder(store_dir, model=model, max_workers=max_workers, challenger=challenger)
         self.batcher = Batcher(self.holder, max_batch=max_batch, consumers=max(2, max_workers or 2))
         self.histories = HistoryCache(self.holder.store, source=source, data=data)
         self.forecast_log = ForecastLog(log_path) if log_path is not None else None
@@ -93,6 +99,10 @@ class ServiceState:
                                                    ("source",)))
         self.fallbacks = self.registry.add(Counter("mambacast_fallbacks_total", "momentum fallbacks by reason",
                                                    ("reason",)))
+        self.served = self.registry.add(Counter("mambacast_served_total", "forecasts served by role (champion, "
+                                                "challenger)", ("role",)))
+        self.shadowed = self.registry.add(Counter("mambacast_challenger_shadow_total", "challenger forecasts "
+                                                  "computed and logged but not served", ()))
         self.versions = self.registry.add(Gauge("mambacast_model_loaded", "1 for each loaded model version",
                                                 ("symbol", "version")))
         self.reloads = self.registry.add(Gauge("mambacast_model_reloads", "times the served models were (re)loaded"))
@@ -102,6 +112,14 @@ class ServiceState:
                                                      "forecasts inside their 80% interval, by horizon", ("horizon",)))
         self.live_scored = self.registry.add(Gauge("mambacast_live_scored", "scored forecasts in the rolling "
                                                    "window, by horizon", ("horizon",)))
+        self.arm_crps = self.registry.add(Gauge("mambacast_arm_crps", "mean CRPS (log-return) of the latest scored "
+                                                "forecasts of each arm (champion, challenger, baselines; served or "
+                                                "shadow), by horizon", ("arm", "horizon")))
+        self.arm_coverage = self.registry.add(Gauge("mambacast_arm_coverage80", "80% interval coverage of the "
+                                                    "latest scored forecasts of each arm, by horizon",
+                                                    ("arm", "horizon")))
+        self.arm_scored = self.registry.add(Gauge("mambacast_arm_scored", "scored forecasts in each arm's rolling "
+                                                  "window, by horizon", ("arm", "horizon")))
 
     def refresh_gauges(self) -> None:
         """Model versions and live accuracy for /metrics (blocking: reads the forecast log)."""
@@ -112,6 +130,10 @@ class ServiceState:
             self.live_crps.replace({(str(h),): v["crps"] for h, v in rolling.items()})
             self.live_coverage.replace({(str(h),): v["coverage80"] for h, v in rolling.items()})
             self.live_scored.replace({(str(h),): v["n"] for h, v in rolling.items()})
+            arms = self.forecast_log.rolling_by_arm()
+            self.arm_crps.replace({(a, str(h)): v["crps"] for (a, h), v in arms.items()})
+            self.arm_coverage.replace({(a, str(h)): v["coverage80"] for (a, h), v in arms.items()})
+            self.arm_scored.replace({(a, str(h)): v["n"] for (a, h), v in arms.items()})
 
 
 class _MetricsMiddleware:
@@ -179,58 +201,101 @@ def _horizon_keys(result: PredictionResult, wanted: list[int] | None) -> list[st
     return [f"{h}d" for h in wanted]
 
 
-async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest, quantiles: list[float]
-                 ) -> tuple[PredictionResult, Any]:
-    """The forecast for a request, and the history it was made from."""
+def _request_id(request: Request) -> str:
+    """The client's `X-Request-ID` when it is a usable key (it then also fixes the traffic split), else a new one."""
+    given = request.headers.get("x-request-id")
+    return given if given is not None and _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+class _Answer:
+    """One request's answer: the served forecast, its role, and every model forecast to log."""
+
+    def __init__(self, result: PredictionResult, role: str, logged: list[tuple[str, PredictionResult, bool]],
+                 history: Any, request_id: str):
+        self.result, self.role, self.logged, self.history, self.request_id = result, role, logged, history, request_id
+
+
+async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest, quantiles: list[float],
+                 request_id: str) -> _Answer:
+    """The forecast for a request: the champion's, or (traffic split) the challenger's; both when one is set."""
     history, price, key = await _history(state, req)
-    try:
-        result = await state.batcher.forecast(req.symbol, history, price, quantiles, history_key=key)
-    except ValueError as exc:            # the predictor's input checks, e.g. a model that needs volume
-        raise RequestError("prices", str(exc)) from None
-    state.forecasts.inc(result.source)
-    if result.reason:
-        state.fallbacks.inc(_fallback_kind(result.reason))
-    return result, history
+    challenged = state.holder.challenges(req.symbol)
+    arms = (CHAMPION, CHALLENGER) if challenged else (CHAMPION,)
+    outcomes = await asyncio.gather(*(state.batcher.forecast(req.symbol, history, price, quantiles, history_key=key,
+                                                             arm=arm) for arm in arms), return_exceptions=True)
+    champion = outcomes[0]
+    if isinstance(champion, ValueError):     # the predictor's input checks, e.g. a model that needs volume
+        raise RequestError("prices", str(champion)) from None
+    if isinstance(champion, BaseException):
+        raise champion
+    logged = [(CHAMPION, champion, True)]
+    served, role = champion, CHAMPION
+    if challenged:
+        challenger = outcomes[1]
+        if isinstance(challenger, BaseException):
+            log.warning("the challenger failed on a %s request: %s", req.symbol, challenger)
+        elif challenger.source == "mamba":   # a challenger never serves, nor is scored as, the momentum fallback
+            cfg = state.holder.challenger
+            if cfg is not None and route(request_id, cfg.traffic, cfg.seed) == CHALLENGER:
+                served, role = challenger, CHALLENGER
+                logged = [(CHAMPION, champion, False)]
+            else:
+                state.shadowed.inc()
+            logged.append((CHALLENGER, challenger, role == CHALLENGER))
+    state.forecasts.inc(served.source)
+    state.served.inc(role)
+    if served.reason:
+        state.fallbacks.inc(_fallback_kind(served.reason))
+    return _Answer(served, role, logged, history, request_id)
 
 
-def _served_fields(result: PredictionResult, request_id: str) -> dict[str, Any]:
+def _served_fields(served: _Answer) -> dict[str, Any]:
+    result = served.result
     return {"symbol": result.symbol, "as_of": result.as_of, "current_price": result.current_price,
             "source": result.source, "reason": result.reason, "model_version": result.model_version,
-            "request_id": request_id}
+            "role": served.role, "request_id": served.request_id}
 
 
 def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/forecast", response_model=ForecastResponse, tags=["forecasts"],
               summary="Price forecast and quantiles per horizon")
-    async def forecast(req: ForecastRequest, state: State) -> ForecastResponse:
-        result, history = await _serve(state, req, req.quantiles)
+    async def forecast(req: ForecastRequest, state: State, request: Request) -> ForecastResponse:
+        served = await _serve(state, req, req.quantiles, _request_id(request))
+        result = served.result
         keys = _horizon_keys(result, req.horizons)
-        request_id = uuid.uuid4().hex
         if state.forecast_log is not None:
-            state.forecast_log.record(request_id, result, history=history)
+            state.forecast_log.record(served.request_id, served.logged, history=served.history)
         return ForecastResponse(
-            **_served_fields(result, request_id), prices={k: result.prices[k] for k in keys},
+            **_served_fields(served), prices={k: result.prices[k] for k in keys},
             log_returns={k: result.log_returns[k] for k in keys},
             quantiles={k: {f"{q:g}": v for q, v in result.quantiles[k].items()} for k in keys})
 
     @app.post("/v1/probabilities", response_model=ProbabilitiesResponse, tags=["forecasts"],
               summary="P(S_T > K) and P(S_T < K) for an options chain (strikes x horizons), one forward pass")
-    async def probabilities(req: ProbabilitiesRequest, state: State) -> ProbabilitiesResponse:
-        result, history = await _serve(state, req, [0.5])
+    async def probabilities(req: ProbabilitiesRequest, state: State, request: Request) -> ProbabilitiesResponse:
+        served = await _serve(state, req, [0.5], _request_id(request))
+        result = served.result
         keys = _horizon_keys(result, req.horizons)
-        request_id = uuid.uuid4().hex
         if state.forecast_log is not None:
-            state.forecast_log.record(request_id, result, req.strikes, history=history)
+            state.forecast_log.record(served.request_id, served.logged, req.strikes, history=served.history)
         table = {}
         for k in keys:
             above = result.prob_above_many(req.strikes, k)
             table[k] = HorizonProbabilities(above=above.tolist(), below=(1.0 - above).tolist())
-        return ProbabilitiesResponse(**_served_fields(result, request_id), strikes=req.strikes, horizons=table)
+        return ProbabilitiesResponse(**_served_fields(served), strikes=req.strikes, horizons=table)
 
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"], summary="Stored models and versions")
     async def models(state: State) -> ModelsResponse:
-        return ModelsResponse(store=str(state.holder.store.root),
-                              models=[ModelInfo(**vars(i)) for i in state.holder.models.values()])
+        holder = state.holder
+        challenger = None
+        if holder.challenger is not None:
+            cfg = holder.challenger
+            challenger = ChallengerInfo(
+                symbols=None if cfg.every_symbol else sorted(cfg.versions), global_model=cfg.global_model,
+                versions=dict(cfg.versions), traffic=cfg.traffic, seed=cfg.seed,
+                models=[ModelInfo(**vars(i)) for i in holder.challenger_models.values()])
+        return ModelsResponse(store=str(holder.store.root),
+                              models=[ModelInfo(**vars(i)) for i in holder.models.values()], challenger=challenger)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -272,16 +337,22 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def create_app(store_dir: str | Path = "models/mamba", *, source: str = "sample", data: str | None = None,
                model: str = "auto", max_workers: int | None = None, log_path: str | Path | None = None,
-               reload_interval_s: float = 1.0, max_batch: int = 64) -> FastAPI:
+               reload_interval_s: float = 1.0, max_batch: int = 64,
+               challenger: ChallengerConfig | None = None) -> FastAPI:
     """The forecast service over the model store `store_dir`.
 
     `source`/`data`: where prices come from when a request sends none (as `mambacast predict`); `model`:
     auto|symbol|global (as `MambaPredictor`); `max_workers`: inference threads (default: CPU count);
     `log_path`: the SQLite forecast log (None: no logging); `reload_interval_s`: how often the store is
-    checked for a promoted, rolled back or retrained model (0: never); `max_batch`: requests per batch.
+    checked for a promoted, rolled back or retrained model (0: never); `max_batch`: requests per batch;
+    `challenger`: a model forecasting beside the champion, and its traffic share (`serve.challenger`;
+    checked here: ValueError with one line).
     """
+    if challenger is not None:
+        challenger.check(ModelStore(store_dir), model)
     state = ServiceState(store_dir, source=source, data=data, model=model, max_workers=max_workers,
-                         log_path=log_path, reload_interval_s=reload_interval_s, max_batch=max_batch)
+                         log_path=log_path, reload_interval_s=reload_interval_s, max_batch=max_batch,
+                         challenger=challenger)
 
     async def watch() -> None:
         while True:

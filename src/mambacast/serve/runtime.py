@@ -1,13 +1,16 @@
 """The service's moving parts without the HTTP layer: loaded models, hot version switches, batching, histories.
 
-- `ModelHolder` owns the current `MambaPredictor`. `reload()` builds a new predictor beside it, loads
-  every stored model into it, and only then swaps the reference: a request keeps the predictor it
-  started with (and the models it already holds), so a promote never fails or mixes a request in
-  flight. A load that fails where the old predictor had succeeded (e.g. a model caught in the middle of
-  its switch, or a damaged file) keeps the old predictor; the next poll retries. The replaced
-  predictor's threads stop after a grace period.
+- `ModelHolder` owns the current `MambaPredictor` (the champion) and, when configured, the challenger's
+  (`serve.challenger`). `reload()` builds new predictors beside them, loads every stored model into
+  them, and only then swaps the references: a request keeps the predictors it started with (and the
+  models they already hold), so a promote never fails or mixes a request in flight. A champion load
+  that fails where the old predictor had succeeded (e.g. a model caught in the middle of its switch, or
+  a damaged file) keeps the old predictors; the next poll retries. A challenger that does not load is
+  reported in /v1/models and challenges nothing. The replaced predictors' threads stop after a grace
+  period.
 - `Batcher` queues forecast requests and hands everything queued meanwhile to one `predict_many`
-  call: requests for the same symbol share a forward pass, different symbols run in parallel. A
+  call per model (champion, challenger): requests for the same symbol share a forward pass, different
+  symbols run in parallel. A
   forecast is a pure function of (model version, symbol, history, price, levels), so identical
   requests share one answer (an LRU of recent answers, keyed with the version generation).
 - `HistoryCache` reads a symbol's prices from the configured source when a request brings none.
@@ -29,7 +32,8 @@ import pandas as pd
 
 from ..data.sources import load_prices
 from ..predict import MambaPredictor, PredictionResult
-from ..store import ModelStore, StoreError
+from ..store import GLOBAL_MODEL, ModelStore, StoreError
+from .challenger import CHALLENGER, CHAMPION, ChallengerConfig
 
 __all__ = ["ModelHolder", "Batcher", "HistoryCache", "LoadedInfo"]
 
@@ -54,12 +58,16 @@ class ModelHolder:
     """The current predictor over one model store, swapped whole when the store changes (see module docstring)."""
 
     def __init__(self, store_dir: str | Path, *, model: str = "auto", max_workers: int | None = None,
-                 grace_s: float = 30.0):
+                 grace_s: float = 30.0, challenger: ChallengerConfig | None = None):
         self.store = ModelStore(store_dir)
         self._options: dict[str, Any] = {"model": model, "max_workers": max_workers}
         self.grace_s = grace_s
+        self.challenger = challenger if challenger is not None and (challenger.versions or
+                                                                    challenger.global_model) else None
         self.predictor: MambaPredictor | None = None
         self.models: dict[str, LoadedInfo] = {}
+        self.challenger_predictor: MambaPredictor | None = None
+        self.challenger_models: dict[str, LoadedInfo] = {}
         self.fingerprint: tuple = ()
         self.reloads = 0
         self._lock = threading.Lock()          # one reload at a time
@@ -81,18 +89,43 @@ class ModelHolder:
             out.append((p.name, st.st_size, st.st_mtime_ns))
         return tuple(out)
 
-    def _build(self) -> tuple[MambaPredictor, dict[str, LoadedInfo]]:
-        predictor = MambaPredictor(self.store.symbols(), model_dir=self.store.root, **self._options)
+    @staticmethod
+    def _load_all(predictor: MambaPredictor, store: ModelStore, symbols: list[str]) -> dict[str, LoadedInfo]:
+        """Load the model answering each symbol now (not on the first request) and describe it."""
         infos = {}
-        for symbol in self.store.symbols():
+        for symbol in symbols:
             try:
                 version = predictor.model_version(symbol)
-                meta = self.store.load_metadata(symbol)
+                meta = store.load_metadata(symbol)
                 infos[symbol] = LoadedInfo(symbol, version, meta.get("training_date"), meta.get("data_hash"),
                                            meta.get("performance_metrics", {}).get("best_val_crps"))
             except (StoreError, ValueError) as exc:
                 infos[symbol] = LoadedInfo(symbol, None, error=str(exc))
-        return predictor, infos
+        return infos
+
+    def _build(self) -> tuple[MambaPredictor, dict[str, LoadedInfo]]:
+        predictor = MambaPredictor(self.store.symbols(), model_dir=self.store.root, **self._options)
+        return predictor, self._load_all(predictor, self.store, self.store.symbols())
+
+    def _build_challenger(self) -> tuple[MambaPredictor | None, dict[str, LoadedInfo]]:
+        if self.challenger is None:
+            return None, {}
+        try:
+            root, model = self.challenger.predictor_options(self.store)
+        except (StoreError, OSError) as exc:        # e.g. a version folder deleted since start-up
+            return None, {"challenger": LoadedInfo("challenger", None, error=str(exc))}
+        store = ModelStore(root)
+        symbols = [GLOBAL_MODEL] if model == "global" else list(self.challenger.versions)
+        predictor = MambaPredictor(symbols, model_dir=root, model=model, max_workers=self._options["max_workers"])
+        return predictor, self._load_all(predictor, store, symbols)
+
+    def challenges(self, symbol: str) -> bool:
+        """True when a loaded challenger forecasts `symbol` beside the champion."""
+        if self.challenger is None or self.challenger_predictor is None or not self.challenger.applies(symbol):
+            return False
+        key = GLOBAL_MODEL if self.challenger.every_symbol else symbol
+        info = self.challenger_models.get(key)
+        return info is not None and info.version is not None
 
     def reload(self, force: bool = False) -> bool:
         """Load the store again if it changed (blocking); True when the serving predictor was replaced."""
@@ -110,13 +143,20 @@ class ModelHolder:
                     self._warned = fingerprint
                 predictor.close()
                 return False
-            old, self.predictor, self.models, self.fingerprint = self.predictor, predictor, infos, fingerprint
+            challenger, challenger_infos = self._build_challenger()
+            for info in challenger_infos.values():
+                if info.error:
+                    log.warning("the challenger %s did not load (%s); it challenges nothing", info.symbol, info.error)
+            old = (self.predictor, self.challenger_predictor)
+            self.predictor, self.models, self.fingerprint = predictor, infos, fingerprint
+            self.challenger_predictor, self.challenger_models = challenger, challenger_infos
             self.reloads += 1
-        if old is not None:
+        if old[0] is not None:
             log.info("model store changed: now serving %s",
                      ", ".join(f"{s}={i.version}" for s, i in infos.items() if i.version))
-            # requests that started on the old predictor may still be queued on its threads
-            threading.Timer(self.grace_s, old.close).start()
+        for stale in old:
+            if stale is not None:   # requests that started on it may still be queued on its threads
+                threading.Timer(self.grace_s, stale.close).start()
         return True
 
     @property
@@ -124,8 +164,11 @@ class ModelHolder:
         return self.predictor is not None and any(i.version for i in self.models.values())
 
     def close(self) -> None:
-        if self.predictor is not None:
-            self.predictor.close()
+        for predictor in (self.predictor, self.challenger_predictor):
+            if predictor is not None:
+                predictor.close()
+        if self.challenger is not None:
+            self.challenger.close()
 
 
 class Batcher:
@@ -149,8 +192,9 @@ class Batcher:
         self._tasks = []
 
     async def forecast(self, symbol: str, history: Any, price: float, quantiles: Sequence[float],
-                       history_key: Hashable | None = None) -> PredictionResult:
-        """One request's PredictionResult; a bad request raises its ValueError.
+                       history_key: Hashable | None = None, arm: str = CHAMPION) -> PredictionResult:
+        """One request's PredictionResult from the `arm`'s model (CHAMPION, CHALLENGER); a bad request raises
+        its ValueError.
 
         `history_key` identifies the history's content (e.g. a digest): requests with the same symbol,
         history, price and levels on the same model version then share one answer, computed once, also
@@ -158,14 +202,15 @@ class Batcher:
         """
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
-        key = None if history_key is None else (self.holder.reloads, symbol, history_key, price, tuple(quantiles))
+        key = None if history_key is None else \
+            (self.holder.reloads, arm, symbol, history_key, price, tuple(quantiles))
         if key is not None:
             shared = self._answers.get(key)
             if shared is not None:
                 self._answers.move_to_end(key)
                 return await asyncio.shield(shared)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((symbol, history, price, tuple(quantiles), future))
+        self._queue.put_nowait((symbol, history, price, tuple(quantiles), future, arm))
         if key is not None:
             self._answers[key] = future
             if len(self._answers) > self.cache_size:
@@ -184,18 +229,20 @@ class Batcher:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            predictor = self.holder.predictor     # the whole batch runs on one version
-            by_levels: dict[tuple, list] = {}
+            holder = self.holder                  # the whole batch runs on one generation of models
+            predictors = {CHAMPION: holder.predictor, CHALLENGER: holder.challenger_predictor}
+            groups: dict[tuple, list] = {}
             for item in batch:
-                by_levels.setdefault(item[3], []).append(item)
-            await asyncio.gather(*(self._run(predictor, levels, items) for levels, items in by_levels.items()))
+                groups.setdefault((item[5], item[3]), []).append(item)
+            await asyncio.gather(*(self._run(predictors[arm], levels, items)
+                                   for (arm, levels), items in groups.items()))
 
     @staticmethod
     async def _run(predictor: MambaPredictor | None, levels: tuple, items: list) -> None:
         try:
             if predictor is None:
                 raise RuntimeError("no models loaded yet")
-            results = await predictor.predict_many([(s, h, p) for s, h, p, _, _ in items], levels,
+            results = await predictor.predict_many([item[:3] for item in items], levels,
                                                    return_exceptions=True)
         except Exception as exc:                # every waiting request learns why, none hangs
             results = [exc] * len(items)

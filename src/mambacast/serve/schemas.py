@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..predict import DEFAULT_QUANTILES
 
 __all__ = ["ForecastRequest", "ForecastResponse", "ProbabilitiesRequest", "ProbabilitiesResponse",
-           "HorizonProbabilities", "ModelInfo", "ModelsResponse", "ErrorResponse", "SYMBOL_PATTERN"]
+           "HorizonProbabilities", "ModelInfo", "ModelsResponse", "ChallengerInfo", "ErrorResponse", "SYMBOL_PATTERN"]
 
 SYMBOL_PATTERN = r"^[A-Za-z0-9^._=-]{1,32}$"     # the model store's file-name rule
 MAX_HISTORY = 20_000      # closes per request (80 years of trading days)
@@ -80,6 +80,9 @@ class _Served(BaseModel):
     source: Literal["mamba", "momentum"] = Field(description="mamba: a stored model; momentum: the fallback rule")
     reason: str | None = Field(description="why the momentum fallback answered (null for mamba)")
     model_version: str | None = Field(description="<training date>/<weights SHA-256 prefix> of the model that answered")
+    role: Literal["champion", "challenger"] = Field(
+        "champion", description="which model served: the store's current one (champion) or the configured "
+                                "challenger (traffic split)")
     request_id: str = Field(description="the id this forecast is logged under for live accuracy monitoring")
 
 
@@ -108,9 +111,19 @@ class ModelInfo(BaseModel):
     error: str | None = Field(None, description="why the model is unusable (the service then answers with momentum)")
 
 
+class ChallengerInfo(BaseModel):
+    symbols: list[str] | None = Field(description="symbols it challenges; null: every symbol (a global model)")
+    global_model: bool = Field(description="the store's current global model is the challenger")
+    versions: dict[str, str] = Field(description="stored version per symbol (SYMBOL=VERSION challengers)")
+    traffic: float = Field(description="share of requests the challenger serves (the rest: shadow only)")
+    seed: int = Field(description="seed of the per-request-id traffic split")
+    models: list[ModelInfo] = Field(description="the challenger's loaded models")
+
+
 class ModelsResponse(BaseModel):
     store: str
     models: list[ModelInfo]
+    challenger: ChallengerInfo | None = Field(None, description="the challenger forecasting beside the champion")
 
 
 class ErrorResponse(BaseModel):

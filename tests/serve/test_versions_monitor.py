@@ -117,15 +117,15 @@ def test_forecasts_logged_then_scored_from_a_later_price_file(store_copy, tmp_pa
                      "--report", "--out", str(tmp_path / "report")]) == 0
         out = capsys.readouterr().out
         text = c.get("/metrics").text
-    # 7 dated forecasts x 4 horizons, each served and shadowed by the two baselines
-    assert "scored 84 forecast horizon(s)" in out
+    # 7 dated forecasts x 4 horizons, each served; its shadow baselines are added when it is scored
+    assert "scored 28 forecast horizon(s)" in out
     assert (tmp_path / "report" / "monitor.csv").exists()
     with sqlite3.connect(log_path) as db:
         rows = db.execute("SELECT as_of, horizon, current_price, realised, crps, covered, se, se_nochange, lo80, "
                           "hi80, loc FROM forecasts WHERE scored_at IS NOT NULL").fetchall()
         unscored = db.execute("SELECT COUNT(*) FROM forecasts WHERE scored_at IS NULL").fetchone()[0]
         briers = db.execute("SELECT strike, p_above, brier FROM probabilities").fetchall()
-    assert len(rows) == 84 and unscored == 12
+    assert len(rows) == 28 * 4 and unscored == 4
     closes = history["close"]
     for as_of, h, price, realised, crps, covered, se, se0, lo, hi, loc in rows:
         pos = closes.index.get_loc(np.datetime64(as_of))
@@ -134,15 +134,15 @@ def test_forecasts_logged_then_scored_from_a_later_price_file(store_copy, tmp_pa
         assert se0 == pytest.approx(np.log(realised / price) ** 2)
         assert se == pytest.approx((np.log(realised / price) - loc) ** 2)
     realised_30 = float(closes.iloc[cut + 30])
-    assert len(briers) == 36                                   # 3 strikes x 4 horizons x (model + 2 baselines)
+    assert len(briers) == 48                                   # 3 strikes x 4 horizons x (model + 3 baselines)
     for _strike, p, brier in briers:
         assert 0 <= p <= 1 and brier is not None
     assert any(b == pytest.approx((p - (realised_30 > k)) ** 2) for k, p, b in briers)
     lines = [ln.split() for ln in out.splitlines() if ln.startswith("AAPL") and ln.split()[3] == "30"]
-    assert {ln[1] for ln in lines} >= {"baseline:momentum", "baseline:hist_vol"} and len(lines) == 3
-    assert [ln[2] for ln in lines] == ["champion", "baseline", "baseline"]
-    # forecasts, served, scored: the same requests for all three; only the champion's were served
-    assert [ln[4:7] for ln in lines] == [["8", "8", "7"], ["8", "0", "7"], ["8", "0", "7"]]
+    assert {ln[1] for ln in lines} >= {"baseline:momentum", "baseline:hist_vol", "baseline:garch_t"}
+    assert [ln[2] for ln in lines] == ["champion", "baseline", "baseline", "baseline"]
+    # forecasts, served, scored: the baselines forecast exactly the champion's scored requests, in the shadow
+    assert [ln[4:7] for ln in lines] == [["8", "8", "7"]] + [["7", "0", "7"]] * 3
     assert "mambacast_live_coverage80{horizon=\"30\"}" in text and "mambacast_live_crps{horizon=\"1\"}" in text
 
 

@@ -42,6 +42,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="where prices come from when a request sends none (default sample)")
     p.add_argument("--data", help="file or folder for --source csv/parquet")
     p.add_argument("--log", help=f"SQLite forecast log for live monitoring (default SAVE_DIR/{DEFAULT_LOG})")
+    p.add_argument("--log-url", help="the forecast log as a SQLAlchemy URL instead (sqlite:///path, "
+                                     "postgresql://user@host/db with its driver installed)")
     p.add_argument("--no-log", action="store_true", help="do not log served forecasts")
     p.add_argument("--reload-interval", type=float, default=1.0,
                    help="seconds between checks of the store for a promoted or retrained model (0: never)")
@@ -102,10 +104,34 @@ def _serve_options(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"model store {args.save_dir} does not exist (train first: mambacast train --save-dir ...)")
     if not ModelStore(args.save_dir).symbols():
         raise CLIError(f"model store {args.save_dir} has no trained model (train first: mambacast train ...)")
-    log_path = None if args.no_log else (args.log or str(Path(args.save_dir) / DEFAULT_LOG))
+    target = _log_target(args)                 # checked with --no-log too: conflicting flags are a mistake
+    log_path = None if args.no_log else target
+    if log_path is not None:
+        _open_log(log_path).close()            # a bad URL or unreachable database: one line now, not per worker
     return {"store_dir": args.save_dir, "source": args.source, "data": args.data, "model": args.model,
             "max_workers": args.threads, "log_path": log_path, "reload_interval_s": args.reload_interval,
             "challenger": _challenger(args)}
+
+
+def _log_target(args: argparse.Namespace) -> str:
+    """The forecast log's path or URL from --log / --log-url (default: inside the model store)."""
+    given = [flag for flag, value in (("--log", args.log), ("--log-url", args.log_url),
+                                      ("--no-log", getattr(args, "no_log", False))) if value]
+    if len(given) > 1:
+        raise CLIError(f"{' and '.join(given)} cannot be combined: pick one")
+    if args.log_url is not None and "://" not in args.log_url:
+        raise CLIError(f"--log-url {args.log_url!r} is not a URL: use e.g. sqlite:///path/forecasts.sqlite or "
+                       "postgresql://user@host/db (or --log PATH for a SQLite file)")
+    return args.log_url or args.log or str(Path(args.save_dir) / DEFAULT_LOG)
+
+
+def _open_log(target: str) -> Any:
+    try:
+        from ..monitor import ForecastLog
+
+        return ForecastLog(target)
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def app_from_env() -> Any:
@@ -201,6 +227,7 @@ def _add_monitor(sub: argparse._SubParsersAction) -> None:
                                    "--source/--data (CRPS, 80%% interval coverage, Brier of served probabilities, "
                                    "squared error vs no change) and report them per symbol, version and horizon.")
     p.add_argument("--log", help=f"the forecast log (default SAVE_DIR/{DEFAULT_LOG})")
+    p.add_argument("--log-url", help="the forecast log as a SQLAlchemy URL (as given to serve --log-url)")
     p.add_argument("--save-dir", default="models/mamba", help="model store folder the log is in by default")
     p.add_argument("--score", action="store_true", help="score what has an outcome in the price source first")
     p.add_argument("--source", default="sample", choices=_SOURCES, help="price source with the later prices")
@@ -212,19 +239,19 @@ def _add_monitor(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from ..data.sources import load_prices
-    from ..monitor import REPORT_COLUMNS, ForecastLog
+    from ..monitor import REPORT_COLUMNS
 
-    path = Path(args.log or Path(args.save_dir) / DEFAULT_LOG)
-    if not path.exists():
-        raise CLIError(f"forecast log {path} does not exist (mambacast serve writes it; see --log)")
+    target = _log_target(args)
+    if args.log_url is None and not Path(target).exists():
+        raise CLIError(f"forecast log {target} does not exist (mambacast serve writes it; see --log)")
     if not (args.score or args.report or args.out):
         raise CLIError("say what to do: --score, --report and/or --out DIR")
     if args.score and args.source in ("csv", "parquet") and not args.data:
         raise CLIError(f"--source {args.source} needs --data PATH")
-    flog = ForecastLog(path)
+    flog = _open_log(target)
     if args.score:
         n = flog.score(lambda symbol: load_prices(symbol, days=None, source=args.source, path=args.data))
-        print(f"scored {n} forecast horizon(s)")
+        print(f"scored {n} forecast horizon(s), each with its shadow baselines")
     rows = flog.report()
     table = [REPORT_COLUMNS] + [tuple(_fmt(r[c]) for c in REPORT_COLUMNS) for r in rows]
     if args.report:

@@ -41,7 +41,7 @@ from ..monitor import ForecastLog
 from ..predict import PredictionResult
 from ..store import ModelStore
 from .challenger import CHALLENGER, CHAMPION, ChallengerConfig, route
-from .metrics import Counter, Gauge, Histogram, Registry
+from .metrics import Counter, CounterValue, Gauge, Histogram, Registry
 from .runtime import Batcher, HistoryCache, ModelHolder
 from .schemas import (
     ChallengerInfo,
@@ -106,6 +106,14 @@ class ServiceState:
         self.versions = self.registry.add(Gauge("mambacast_model_loaded", "1 for each loaded model version",
                                                 ("symbol", "version")))
         self.reloads = self.registry.add(Gauge("mambacast_model_reloads", "times the served models were (re)loaded"))
+        self.log_written = self.registry.add(CounterValue(
+            "mambacast_log_written_total", "requests whose forecasts the forecast log has written"))
+        self.log_pending = self.registry.add(Gauge("mambacast_log_pending", "requests queued for the forecast log"))
+        self.log_dropped = self.registry.add(CounterValue(
+            "mambacast_log_dropped_total", "requests not logged: the log's queue was full (the database fell far "
+                                           "behind)"))
+        self.log_failed = self.registry.add(CounterValue(
+            "mambacast_log_failed_total", "requests whose forecasts the database refused (see the service's log)"))
         self.live_crps = self.registry.add(Gauge("mambacast_live_crps", "mean CRPS (log-return) of the latest "
                                                  "scored forecasts, by horizon", ("horizon",)))
         self.live_coverage = self.registry.add(Gauge("mambacast_live_coverage80", "share of the latest scored "
@@ -126,6 +134,11 @@ class ServiceState:
         self.versions.replace({(s, i.version): 1.0 for s, i in self.holder.models.items() if i.version})
         self.reloads.set(value=self.holder.reloads)
         if self.forecast_log is not None:
+            flog = self.forecast_log
+            self.log_written.set(value=flog.written)
+            self.log_pending.set(value=flog.pending)
+            self.log_dropped.set(value=flog.dropped)
+            self.log_failed.set(value=flog.failed)
             rolling = self.forecast_log.rolling()
             self.live_crps.replace({(str(h),): v["crps"] for h, v in rolling.items()})
             self.live_coverage.replace({(str(h),): v["coverage80"] for h, v in rolling.items()})
@@ -211,8 +224,8 @@ class _Answer:
     """One request's answer: the served forecast, its role, and every model forecast to log."""
 
     def __init__(self, result: PredictionResult, role: str, logged: list[tuple[str, PredictionResult, bool]],
-                 history: Any, request_id: str):
-        self.result, self.role, self.logged, self.history, self.request_id = result, role, logged, history, request_id
+                 request_id: str):
+        self.result, self.role, self.logged, self.request_id = result, role, logged, request_id
 
 
 async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesRequest, quantiles: list[float],
@@ -246,7 +259,7 @@ async def _serve(state: ServiceState, req: ForecastRequest | ProbabilitiesReques
     state.served.inc(role)
     if served.reason:
         state.fallbacks.inc(_fallback_kind(served.reason))
-    return _Answer(served, role, logged, history, request_id)
+    return _Answer(served, role, logged, request_id)
 
 
 def _served_fields(served: _Answer) -> dict[str, Any]:
@@ -264,7 +277,7 @@ def _add_routes(app: FastAPI) -> None:
         result = served.result
         keys = _horizon_keys(result, req.horizons)
         if state.forecast_log is not None:
-            state.forecast_log.record(served.request_id, served.logged, history=served.history)
+            state.forecast_log.record(served.request_id, served.logged)
         return ForecastResponse(
             **_served_fields(served), prices={k: result.prices[k] for k in keys},
             log_returns={k: result.log_returns[k] for k in keys},
@@ -277,7 +290,7 @@ def _add_routes(app: FastAPI) -> None:
         result = served.result
         keys = _horizon_keys(result, req.horizons)
         if state.forecast_log is not None:
-            state.forecast_log.record(served.request_id, served.logged, req.strikes, history=served.history)
+            state.forecast_log.record(served.request_id, served.logged, req.strikes)
         table = {}
         for k in keys:
             above = result.prob_above_many(req.strikes, k)

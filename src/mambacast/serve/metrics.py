@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry", "LATENCY_BUCKETS"]
+__all__ = ["Counter", "CounterValue", "Gauge", "Histogram", "Registry", "LATENCY_BUCKETS"]
 
 #: request latency buckets in seconds: 1 ms to 2.5 s, dense where the service's targets are (15-250 ms)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -96,6 +96,12 @@ class Gauge(Counter):
         checked = {self._key(k): float(v) for k, v in values.items()}
         with self._lock:
             self._values = checked
+
+
+class CounterValue(Gauge):
+    """A counter kept elsewhere (e.g. by the forecast log's writer) and copied in with `set` before rendering."""
+
+    kind = "counter"
 
 
 class Histogram(_Metric):

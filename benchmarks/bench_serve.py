@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="server processes (mambacast serve --workers)")
     ap.add_argument("--per-client", type=int, default=40, help="requests per client of the 32 (default 40)")
     ap.add_argument("--no-log", action="store_true",
-                    help="serve without the forecast log (and its shadow baselines), to see what monitoring costs")
+                    help="serve without the forecast log, to see what monitoring costs (run both in one session)")
     ap.add_argument("--max-seconds", type=float, default=60, help="time limit per measurement (default 60)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))

@@ -1,6 +1,7 @@
-"""Build and load the fused CPU selective-scan kernel (``csrc/selective_scan.cpp``) on first use.
+"""Build and load the fused CPU selective-scan kernel (``csrc/selective_scan.cpp`` and its header
+``csrc/simd.h``) on first use.
 
-The kernel is compiled once per (source, flags, torch, Python, CPU) combination with
+The kernel is compiled once per (sources, flags, torch, Python, CPU) combination with
 ``torch.utils.cpp_extension.load`` into ``$MAMBACAST_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/mambacast`` or ``~/.cache/mambacast``), under ``ext/mambacast_scan_<key>``.
 It is compiled with ``-march=native``, so the key includes the CPU's model name and flag list:
@@ -29,10 +30,13 @@ __all__ = ["ExtensionUnavailable", "load", "available", "cache_dir", "SOURCE"]
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
+# Every file the translation unit includes from csrc/: part of the cache key, so an edit to a header
+# builds afresh.
+HEADERS = (SOURCE.parent / "simd.h",)
 _COMMON_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
 _FLAG_SETS = (["-march=native"], [])
 
-_OPS = ("scan_fwd", "scan_bwd", "conv_fwd", "conv_bwd", "mamba_step")
+_OPS = ("scan_fwd", "scan_bwd", "conv_fwd", "conv_bwd", "mamba_step", "simd_exp2")
 
 _lock = threading.Lock()
 _ops: Any = None
@@ -73,7 +77,7 @@ def _cpu_signature() -> str:
 def _build() -> Any:
     from torch.utils import cpp_extension
 
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.read_bytes() for path in (SOURCE, *HEADERS))
     errors = []
     for extra in _FLAG_SETS:
         flags = _COMMON_FLAGS + extra

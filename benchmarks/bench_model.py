@@ -6,6 +6,12 @@ Rows (one process, one run, rounds interleaved so that load on a shared machine 
 alike):
   mambapy (pscan)          the peer: mambapy's Mamba stack with our embedding and heads
   mambacast fused          the default on CPU: the fused block (C++ kernels, hand-written backward)
+  fused, bf16 autocast     the same under torch.autocast("cpu", bfloat16): the Linear layers in bf16
+                           (oneDNN, fp32 accumulation, fp32 master weights), the fused block in fp32
+  fused, fused Adam        the same with torch.optim.Adam(fused=True) (one kernel over all parameters)
+  fused, kernel of REF     with --baseline-kernel REF: the fused model on the kernel source of git REF
+                           (e.g. main), built beside this tree's under another op namespace: old
+                           kernel against new in one process
   mambacast chunked        MAMBACAST_SCAN=chunked: the block in PyTorch ops, chunked scan
   mambacast ref            MAMBACAST_SCAN=ref: the block in PyTorch ops, sequential reference scan
 
@@ -26,16 +32,63 @@ in the same run with a 2048x2048 torch.mm.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import math
 import os
 import statistics
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from mambacast import MambaConfig, MambaModel
+from mambacast.ops import _loader
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def baseline_kernel(ref: str) -> SimpleNamespace:
+    """The fused kernel as git `ref` has it (e.g. "main"), built into the kernel cache under the op
+    namespace `mambacast_<ref>`, so that it loads beside this tree's kernel in one process."""
+    from torch.utils import cpp_extension
+
+    csrc = "src/mambacast/ops/csrc"
+    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{ref}:{csrc}"], check=True,
+                           capture_output=True, text=True).stdout.split()
+    files = {n: subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:{csrc}/{n}"], check=True, capture_output=True,
+                               text=True).stdout for n in names}
+    ns = "mambacast_" + "".join(c if c.isalnum() else "_" for c in ref)
+    main_tu = files["selective_scan.cpp"]
+    files["selective_scan.cpp"] = main_tu.replace("TORCH_LIBRARY(mambacast,", f"TORCH_LIBRARY({ns},")
+    flags = _loader._COMMON_FLAGS + ["-march=native"]
+    key = hashlib.sha256("\0".join([*files.values(), " ".join(flags), torch.__version__]).encode()).hexdigest()[:16]
+    build = _loader.cache_dir() / "ext" / f"{ns}_{key}"
+    build.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (build / name).write_text(text)
+    cpp_extension.load(name=f"{ns}_{key}", sources=[str(build / "selective_scan.cpp")], extra_cflags=flags,
+                       extra_ldflags=["-fopenmp"], build_directory=str(build), is_python_module=False, verbose=False)
+    lib = getattr(torch.ops, ns)
+    return SimpleNamespace(**{op: getattr(lib, op) for op in _loader._OPS if hasattr(lib, op)}, name=ns, flags=flags)
+
+
+@contextlib.contextmanager
+def using_kernel(ops: SimpleNamespace | None) -> Iterator[None]:
+    """Route the fused path through `ops` (None: this tree's kernel) for the duration."""
+    if ops is None:
+        yield
+        return
+    saved = _loader.load()
+    _loader._ops = ops
+    try:
+        yield
+    finally:
+        _loader._ops = saved
 
 
 class MambapyForecaster(nn.Module):
@@ -82,9 +135,10 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 
 class Row:
-    def __init__(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: str | None):
-        self.name, self.model, self.env = name, model, env
-        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def __init__(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: str | None,
+                 bf16: bool = False, fused_adam: bool = False, kernel: SimpleNamespace | None = None):
+        self.name, self.model, self.env, self.bf16, self.kernel = name, model, env, bf16, kernel
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused_adam or None)
         self.x, self.y = x, y
         self.fwd: list[float] = []
         self.step: list[float] = []
@@ -94,22 +148,28 @@ class Row:
         if self.env is not None:
             os.environ["MAMBACAST_SCAN"] = self.env
         try:
-            for _ in range(n):
-                t0 = time.perf_counter()
-                fn()
-                out.append(time.perf_counter() - t0)
+            with using_kernel(self.kernel):
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    fn()
+                    out.append(time.perf_counter() - t0)
         finally:
             if old is None:
                 os.environ.pop("MAMBACAST_SCAN", None)
             else:
                 os.environ["MAMBACAST_SCAN"] = old
 
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
     def forward(self) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             self.model(self.x)
 
     def train_step(self) -> None:
-        loss = nn.functional.mse_loss(self.model(self.x), self.y)
+        with self._autocast():
+            out = self.model(self.x)
+        loss = nn.functional.mse_loss(out.float(), self.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -127,6 +187,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-ref", action="store_true", help="leave out the (slow) reference-scan row")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--baseline-kernel", metavar="REF", default=None,
+                        help="add a row with the fused kernel of git REF (e.g. main), old against new")
+    parser.add_argument("--skip-variants", action="store_true", help="leave out the bf16 and fused-Adam rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,10 +208,18 @@ def main() -> None:
 
     fused = scan_impl(x, torch.empty(1, cfg.d_state)) == "fused"
     rows.append(Row("mambacast fused" if fused else "mambacast default (kernel unavailable)", ours, x, y, None))
+    if fused and not args.skip_variants:
+        rows.append(Row("fused, bf16 autocast", ours, x, y, None, bf16=True))
+        rows.append(Row("fused, fused Adam", ours, x, y, None, fused_adam=True))
+        rows.append(Row("fused, bf16 + fused Adam", ours, x, y, None, bf16=True, fused_adam=True))
+    if fused and args.baseline_kernel:
+        rows.append(Row(f"fused, kernel of {args.baseline_kernel}", ours, x, y, None,
+                        kernel=baseline_kernel(args.baseline_kernel)))
     rows.append(Row("mambacast chunked", ours, x, y, "chunked"))
     if not args.skip_ref:
         rows.append(Row("mambacast ref", ours, x, y, "ref"))
 
+    load_start = os.getloadavg()[0]
     for row in rows:                                   # warm-up (and the kernel build, if any)
         row.measure(3, record=False)
     peak = matmul_peak_gflops()
@@ -162,19 +233,25 @@ def main() -> None:
     print(f"batch={args.batch} seq_len={args.seq_len} d_model={cfg.d_model} layers={cfg.num_layers} "
           f"d_state={cfg.d_state} d_inner={cfg.d_inner} features={args.features} "
           f"threads={torch.get_num_threads()} torch={torch.__version__} runs/row={rounds * 5} "
-          f"load average={os.getloadavg()[0]:.1f}")
+          f"load average={load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(f"counted FLOPs per train step: {flops['train'] / 1e9:.3f} G "
           f"(matmul {flops['matmul_train'] / 1e9:.3f} G, scan {flops['scan_train'] / 1e9:.3f} G); "
           f"fp32 matmul peak (2048^3 torch.mm, this run): {peak:.0f} GFLOP/s")
     peer = rows[0] if rows[0].name.startswith("mambapy") else None
     peer_step = statistics.median(peer.step) if peer else None
-    print(f"{'model':<28} {'forward ms':>11} {'train step ms':>14} {'step vs mambapy':>16} {'GFLOP/s':>8} "
-          f"{'% of peak':>9}")
+    print(f"{'model':<30} {'forward ms':>11} {'train step ms':>14} {'(min)':>6} {'step vs mambapy':>16} "
+          f"{'GFLOP/s':>8} {'% of peak':>9}")
+    summary = []
     for row in rows:
         fwd, step = statistics.median(row.fwd) * 1e3, statistics.median(row.step) * 1e3
         ratio = f"{peer_step * 1e3 / step:.2f}x faster" if peer_step else "-"
         rate = flops["train"] / (step / 1e3) / 1e9
-        print(f"{row.name:<28} {fwd:>11.1f} {step:>14.1f} {ratio:>16} {rate:>8.1f} {100 * rate / peak:>8.1f}%")
+        print(f"{row.name:<30} {fwd:>11.1f} {step:>14.1f} {min(row.step) * 1e3:>6.1f} {ratio:>16} {rate:>8.1f} "
+              f"{100 * rate / peak:>8.1f}%")
+        if peer_step and row is not peer and row.name.startswith(("mambacast fused", "fused")):
+            summary.append(f"{row.name} {step:.1f} ms = {peer_step * 1e3 / step:.1f}x")
+    if summary:
+        print(f"SUMMARY train step (median; mambapy {peer_step * 1e3:.1f} ms; target 13x): " + "; ".join(summary))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Many symbols: one model per symbol trained one after another vs stacked (`--stack`).
 
 Run: OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_stacked.py [--symbols 20] [--epochs 5] [--days 1000]
-     [--early-stopping]
+     [--early-stopping] [--stacked-only] [--baseline-kernel main] [--bf16]
 
 Both runs go through `train_symbols` end to end (data, training, validation, callbacks,
 checkpoints, final files), at the guide's model config and batch size, with early stopping
@@ -13,7 +13,10 @@ peak resident memory (the stack holds every symbol's activations at once).
 The symbols are the first `--symbols` bundled stocks with at least `--days` days. Printed: wall
 time of each, the ratio, seconds per symbol-epoch, the projection to the guide's 50 symbols x 50
 epochs (linear in symbols x epochs, as every epoch costs the same), and the largest weight
-difference between the two runs (they must agree).
+difference between the two runs (they must agree). `--stacked-only` leaves out the one-after-another
+run; `--baseline-kernel REF` adds a stacked run on the fused kernel of git REF (old kernel against new,
+same process); `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1). The last line
+(SUMMARY) repeats the projections with the load average each run started at.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import sys
 import tempfile
 
 import torch
-from bench_train import timed_training  # benchmarks/ is on sys.path when this script runs
+from bench_model import baseline_kernel, using_kernel  # benchmarks/ is on sys.path when this script runs
+from bench_train import timed_training
 
 from mambacast import TrainConfig
 from mambacast.data.sources import load_prices
@@ -56,8 +60,14 @@ def main() -> None:
     parser.add_argument("--early-stopping", action="store_true", help="the default callbacks, not fixed epochs")
     parser.add_argument("--memory", action="store_true", help="peak RSS of each way, each in its own process")
     parser.add_argument("--only", choices=["serial", "stacked"], help=argparse.SUPPRESS)   # --memory's child runs
+    parser.add_argument("--stacked-only", action="store_true", help="leave out the one-after-another run")
+    parser.add_argument("--baseline-kernel", metavar="REF", default=None,
+                        help="add a stacked run on the fused kernel of git REF (e.g. main)")
+    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (MAMBACAST_CPU_BF16=1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.bf16:
+        os.environ["MAMBACAST_CPU_BF16"] = "1"
     symbols = pick_symbols(args.symbols, args.days)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
@@ -77,32 +87,54 @@ def main() -> None:
                             str(args.epochs), "--days", str(args.days)], check=True)
         return
     timed_training(symbols[:1], TrainConfig(epochs=1), args.days, device="cpu")   # one-time costs: kernel, imports
+    old = baseline_kernel(args.baseline_kernel) if args.baseline_kernel else None
+    per = len(symbols) * args.epochs
+    loads: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as serial_root, tempfile.TemporaryDirectory() as stack_root:
-        serial = timed_training(symbols, cfg, args.days, serial_root, device="cpu")
+        serial = None
+        if not args.stacked_only:
+            loads["one after another"] = os.getloadavg()[0]
+            serial = timed_training(symbols, cfg, args.days, serial_root, device="cpu")
+        loads["stacked"] = os.getloadavg()[0]
         stacked = timed_training(symbols, cfg, args.days, stack_root, device="cpu", stack=True)
+        stacked_old = None
+        if old is not None:
+            loads[f"stacked, kernel of {args.baseline_kernel}"] = os.getloadavg()[0]
+            with using_kernel(old):
+                stacked_old = timed_training(symbols, cfg, args.days, device="cpu", stack=True)
         worst, epochs = 0.0, []
         for s in symbols:
-            a, meta = ModelStore(serial_root).load_model(s)
             b, meta_b = ModelStore(stack_root).load_model(s)
-            sb = b.state_dict()
-            worst = max(worst, max((v - sb[k]).abs().max().item() for k, v in a.state_dict().items()))
-            epochs.append(meta["performance_metrics"]["total_epochs"])
-            if meta_b["performance_metrics"]["total_epochs"] != epochs[-1]:
-                print(f"{s}: {epochs[-1]} epochs alone, {meta_b['performance_metrics']['total_epochs']} stacked")
+            epochs.append(meta_b["performance_metrics"]["total_epochs"])
+            if serial is not None:
+                a, meta = ModelStore(serial_root).load_model(s)
+                sb = b.state_dict()
+                worst = max(worst, max((v - sb[k]).abs().max().item() for k, v in a.state_dict().items()))
+                if meta["performance_metrics"]["total_epochs"] != epochs[-1]:
+                    print(f"{s}: {meta['performance_metrics']['total_epochs']} epochs alone, {epochs[-1]} stacked")
     if args.early_stopping:
-        print(f"epochs run per symbol (early stopping): {epochs}, total {sum(epochs)}")
-    per = sum(epochs)
-    print(f"one after another: {serial:7.1f} s  ({serial / per:.3f} s per symbol-epoch)")
-    print(f"stacked:           {stacked:7.1f} s  ({stacked / per:.3f} s per symbol-epoch)   "
-          f"speed-up {serial / stacked:.2f}x")
-    if args.early_stopping:
-        n = len(symbols)
-        print(f"projected 50 symbols with early stopping (x 50/{n}): one after another {serial * 50 / n / 60:.1f} "
-              f"min, stacked {stacked * 50 / n / 60:.1f} min   (guide: 3-4 h CPU, 20-30 min GPU)")
-    else:
-        print(f"projected 50 symbols x 50 epochs: one after another {serial / per * 2500 / 60:.1f} min, "
-              f"stacked {stacked / per * 2500 / 60:.1f} min   (guide: 3-4 h CPU, 20-30 min GPU)")
-    print(f"largest weight difference between the two runs: {worst:.2e}")
+        print(f"epochs run per symbol (early stopping, stacked): {epochs}, total {sum(epochs)}")
+        per = sum(epochs)
+    times = {"one after another": serial, "stacked": stacked}
+    if stacked_old is not None:
+        times[f"stacked, kernel of {args.baseline_kernel}"] = stacked_old
+    projections = []
+    for name, seconds in times.items():
+        if seconds is None:
+            continue
+        if args.early_stopping:
+            minutes = seconds * 50 / len(symbols) / 60
+        else:
+            minutes = seconds / per * 2500 / 60
+        print(f"{name + ':':<32} {seconds:7.1f} s  ({seconds / per:.3f} s per symbol-epoch; load {loads[name]:.1f})"
+              f"  projected {minutes:.1f} min")
+        projections.append(f"{name} {minutes:.1f} min (load {loads[name]:.1f})")
+    if serial is not None:
+        print(f"stacked speed-up over one after another {serial / stacked:.2f}x; "
+              f"largest weight difference between the two runs: {worst:.2e}")
+    what = f"with early stopping (x 50/{len(symbols)})" if args.early_stopping else "x 50 epochs"
+    print(f"SUMMARY projected 50 symbols {what} (target <= 15 min; guide: 3-4 h CPU, 20-30 min GPU): "
+          + "; ".join(projections))
 
 
 if __name__ == "__main__":

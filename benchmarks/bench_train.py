@@ -1,10 +1,13 @@
 """Wall time of training at the guide's config, and what `--parallel` buys on this machine.
 
 Run: .venv/bin/python benchmarks/bench_train.py [--epochs 50] [--days 1000] [--skip-parallel]
+     [--baseline-kernel main] [--bf16]
 
 1. One symbol (AAPL, ~1000 days) for `--epochs` full epochs with early stopping OFF (patience
    larger than the run), the guide's model and batch size; beside the guide's
-   "1 symbol, 50 epochs: 2-4 min CPU, 30-50 s on an RTX 3090".
+   "1 symbol, 50 epochs: 2-4 min CPU, 30-50 s on an RTX 3090". With `--baseline-kernel REF` the same
+   run follows on the fused kernel of git REF (old kernel against new, one process, same load);
+   `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1, `mambacast.ops.amp`).
 2. Three symbols (AAPL, MSFT, GOOGL) through `train_symbols` with parallel=1 and parallel=2
    (each a fresh model store), for the speed-up of worker processes on 2 cores.
 """
@@ -18,6 +21,7 @@ import tempfile
 import time
 
 import torch
+from bench_model import baseline_kernel, using_kernel  # benchmarks/ is on sys.path when this script runs
 
 from mambacast import MambaConfig, TrainConfig
 from mambacast.nn.scan import scan_impl
@@ -45,15 +49,32 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=1000)
     parser.add_argument("--parallel-epochs", type=int, default=10, help="epochs per symbol for the parallel runs")
     parser.add_argument("--skip-parallel", action="store_true")
+    parser.add_argument("--baseline-kernel", metavar="REF", default=None,
+                        help="repeat the 1-symbol run on the fused kernel of git REF (e.g. main)")
+    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (MAMBACAST_CPU_BF16=1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.bf16:
+        os.environ["MAMBACAST_CPU_BF16"] = "1"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"scan implementation: {scan_impl(torch.zeros(1, 1, 1), torch.zeros(1, 16))}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
+          f"scan implementation: {scan_impl(torch.zeros(1, 1, 1), torch.zeros(1, 16))}, "
+          f"bf16 autocast {'on' if args.bf16 else 'off'}")
 
     full = TrainConfig(epochs=args.epochs, patience=10**6, lr_patience=10**6)
-    seconds = timed_training(["AAPL"], full, args.days)
-    print(f"\n1 symbol x {args.epochs} full epochs, {args.days} days, guide config, batch 32: {seconds:.1f} s "
-          f"({seconds / args.epochs:.2f} s/epoch)   guide: 2-4 min CPU, 30-50 s RTX 3090")
+    kernels = {"this tree": None}
+    if args.baseline_kernel:
+        kernels[f"kernel of {args.baseline_kernel}"] = baseline_kernel(args.baseline_kernel)
+    summary = []
+    for name, ops in kernels.items():
+        with using_kernel(ops):
+            load = os.getloadavg()[0]
+            seconds = timed_training(["AAPL"], full, args.days)
+        print(f"\n1 symbol x {args.epochs} full epochs, {args.days} days, guide config, batch 32, {name}: "
+              f"{seconds:.1f} s ({seconds / args.epochs:.2f} s/epoch; load {load:.1f} -> {os.getloadavg()[0]:.1f})   "
+              f"guide: 2-4 min CPU, 30-50 s RTX 3090")
+        summary.append(f"{name} {seconds:.1f} s (load {load:.1f})")
+    print(f"SUMMARY 1 symbol x {args.epochs} epochs (target <= 30 s): " + "; ".join(summary))
 
     if not args.skip_parallel:
         cfg = TrainConfig(epochs=args.parallel_epochs, patience=10**6, lr_patience=10**6)

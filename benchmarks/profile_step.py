@@ -1,27 +1,50 @@
 """Where a training step's time goes: torch.profiler over train steps at the guide config.
 
-Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25]
+Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25] [--bf16] [--fused-adam]
+                                                 [--baseline-kernel main]
 
 The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
 Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam.
-Prints the median step time without the profiler, then the profiler's operators by self CPU time,
-and the matmul rate (counted matmul FLOPs, as in bench_model.py, over the time in aten::mm/addmm/bmm)
-beside the measured matmul peak.
+`--bf16` runs the forward under torch.autocast("cpu", bfloat16) (the Linear layers in bf16 with fp32
+master weights; the fused block stays fp32), `--fused-adam` uses torch.optim.Adam(fused=True).
+
+Prints the median step time without the profiler (with `--baseline-kernel REF` also the same step on the
+kernel of git REF, interleaved in one run: old kernel against new), then the profiler's operators by self
+CPU time, each part's share of the step (matmuls, scan forward/backward, conv, Adam, norms, the rest), and
+the achieved rates: the matmuls' counted FLOPs (as in bench_model.py) over their time, beside the fp32
+matmul peak measured in the same run; the scan's counted FLOPs (7 per step, channel and state forward, 14
+backward) over the kernel's time, beside the same peak (the scan is not a matmul: its exp costs 8 vector
+instructions per 16 exponentials, counted as 16 FLOPs).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 
 import torch
-from bench_model import matmul_peak_gflops, model_flops  # benchmarks/ is on sys.path when this script runs
+from bench_model import baseline_kernel, matmul_peak_gflops, model_flops, using_kernel  # benchmarks/ is on sys.path
 from torch.profiler import ProfilerActivity, profile
 
 from mambacast.config import MambaConfig
 from mambacast.nn.mamba import MambaModel
 from mambacast.train.objective import objective
+
+# profiler operator names -> the part of the step they belong to (self time; the rest is "other")
+PARTS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_",
+               "aten::_addmm_activation", "mkldnn::_linear_pointwise"),
+    "scan forward": ("mambacast::scan_fwd",),
+    "scan backward": ("mambacast::scan_bwd",),
+    "conv (fused kernel)": ("mambacast::conv_fwd", "mambacast::conv_bwd"),
+    "Adam": ("aten::_fused_adam_", "aten::_foreach_sqrt", "aten::_foreach_add_", "aten::_foreach_mul_",
+             "aten::_foreach_lerp_", "aten::_foreach_addcmul_", "aten::_foreach_addcdiv_", "aten::_foreach_div_",
+             "aten::sqrt", "aten::addcdiv_", "aten::addcmul_", "aten::lerp_"),
+    "LayerNorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "bf16 casts": ("aten::_to_copy", "aten::copy_"),
+}
 
 
 def main() -> None:
@@ -29,46 +52,77 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rows", type=int, default=25, help="operators to list")
+    parser.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', bfloat16)")
+    parser.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
+    parser.add_argument("--baseline-kernel", metavar="REF", default=None,
+                        help="also time the step on the fused kernel of git REF (e.g. main), interleaved")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = MambaConfig()
     model = MambaModel(cfg, 26)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=args.fused_adam or None)
     X, Y = torch.randn(700, 60, 26), torch.randn(700, 4)
 
     def step() -> None:
         idx = torch.randperm(len(X))[:args.batch]
         x, y = X[idx], Y[idx]
-        loc, scale, df = model.forward_distribution(x)
-        loss, _ = objective("nll", y, loc, scale, df)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext():
+            loc, scale, df = model.forward_distribution(x)
+        loss, _ = objective("nll", y, loc.float(), scale.float(), df.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    for _ in range(5):
-        step()
-    times = []
+    kernels = {"this tree": None}
+    if args.baseline_kernel:
+        kernels[f"kernel of {args.baseline_kernel}"] = baseline_kernel(args.baseline_kernel)
+    times: dict[str, list[float]] = {name: [] for name in kernels}
+    for ops in kernels.values():
+        with using_kernel(ops):
+            for _ in range(5):
+                step()
+    load = os.getloadavg()[0]
     for _ in range(args.steps * 2):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    times.sort()
+        for name, ops in kernels.items():   # interleaved, so that load hits both alike
+            with using_kernel(ops):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, load {os.getloadavg()[0]:.1f}")
-    print(f"train step, batch {args.batch}, guide config: median {times[len(times) // 2] * 1e3:.1f} ms "
-          f"over {len(times)} steps (no profiler)")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, load {load:.1f} -> {os.getloadavg()[0]:.1f}, "
+          f"bf16 autocast {'on' if args.bf16 else 'off'}, Adam {'fused' if args.fused_adam else 'single-tensor'}")
+    median = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
+    for name, t in times.items():
+        print(f"train step, batch {args.batch}, guide config, {name}: median {median[name]:.1f} ms, "
+              f"min {min(t) * 1e3:.1f} ms over {len(t)} steps (no profiler)")
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             step()
     table = prof.key_averages()
     print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows))
-    mm_us = sum(e.self_cpu_time_total for e in table if e.key in ("aten::mm", "aten::addmm", "aten::addmm_",
-                                                                   "aten::bmm"))
-    flops = model_flops(cfg, 26, args.batch, 60)["matmul_train"]     # counted as bench_model.py counts them
-    rate = flops / (mm_us / args.steps * 1e-6) / 1e9
-    print(f"matmuls: {mm_us / args.steps / 1e3:.1f} ms per step for {flops / 1e9:.2f} GFLOP = {rate:.0f} GFLOP/s; "
-          f"fp32 matmul peak (2048^3 torch.mm, this run): {matmul_peak_gflops():.0f} GFLOP/s")
+    total = sum(e.self_cpu_time_total for e in table)
+    part_us = {part: sum(e.self_cpu_time_total for e in table if e.key in names) for part, names in PARTS.items()}
+    part_us["other (small ops, Python, autograd)"] = total - sum(part_us.values())
+    per_step = total / args.steps / 1e3
+    print(f"each part's share of the profiled step ({per_step:.1f} ms of self CPU time per step under the profiler):")
+    for part, us in part_us.items():
+        print(f"  {part:<38} {us / args.steps / 1e3:6.2f} ms  {100 * us / total:5.1f}%")
+
+    peak = matmul_peak_gflops()
+    flops = model_flops(cfg, 26, args.batch, 60)     # counted as bench_model.py counts them
+    mm_s = part_us["matmul"] / args.steps * 1e-6
+    scan_s = (part_us["scan forward"] + part_us["scan backward"]) / args.steps * 1e-6
+    mm_rate, scan_rate = flops["matmul_train"] / mm_s / 1e9, flops["scan_train"] / scan_s / 1e9
+    print(f"matmuls: {mm_s * 1e3:.1f} ms per step for {flops['matmul_train'] / 1e9:.2f} GFLOP = {mm_rate:.0f} GFLOP/s; "
+          f"scan kernel: {scan_s * 1e3:.1f} ms for {flops['scan_train'] / 1e9:.2f} GFLOP = {scan_rate:.0f} GFLOP/s; "
+          f"fp32 matmul peak (2048^3 torch.mm, this run): {peak:.0f} GFLOP/s")
+    shares = ", ".join(f"{part.split(' (')[0]} {100 * us / total:.0f}%" for part, us in part_us.items())
+    ab = "; ".join(f"{name} {m:.1f} ms" for name, m in median.items())
+    print(f"SUMMARY step median {ab} (load {load:.1f}); {shares}; matmul {mm_rate:.0f} and scan {scan_rate:.0f} "
+          f"GFLOP/s vs peak {peak:.0f}")
+
 
 if __name__ == "__main__":
     main()

@@ -118,3 +118,27 @@ def test_checkpointed_encode_long_recomputes_under_the_forwards_autocast(impl, m
         out.float().square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in (*model.embed.parameters(), *model.layers.parameters())]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_bf16_switch_turns_the_trainers_autocast_on(monkeypatch):
+    """MAMBACAST_CPU_BF16=1: the Trainer's forward passes on the CPU run under bfloat16 autocast; unset or 0:
+    float32; anything else is refused rather than read as either."""
+    from mambacast import TrainConfig
+    from mambacast.ops.amp import CPU_BF16_ENV, cpu_bf16_autocast
+    from mambacast.train.trainer import Trainer
+
+    trainer = Trainer(MambaModel(MambaConfig(d_model=16, num_layers=1, d_state=4), n_features=3), TrainConfig(),
+                      device="cpu")
+    for value, on in (("1", True), ("0", False), (None, False)):
+        if value is None:
+            monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+        else:
+            monkeypatch.setenv(CPU_BF16_ENV, value)
+        assert cpu_bf16_autocast() is on
+        with trainer._autocast():
+            assert torch.is_autocast_enabled("cpu") is on
+            assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == (
+                torch.bfloat16 if on else torch.float32)
+    monkeypatch.setenv(CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match=CPU_BF16_ENV):
+        cpu_bf16_autocast()

@@ -14,21 +14,37 @@ block run on the CPU and on CUDA, so the decorators here apply them for both dev
     (per device type) the forward ran under, for Functions whose backward recomputes the forward
     (activation checkpointing) and must recompute it exactly, and for kernels that read any input
     dtype and compute in float32 themselves (the Triton scan).
+
+`cpu_bf16_autocast`: whether training on the CPU runs under `torch.autocast("cpu", dtype=torch.bfloat16)`
+    (`MAMBACAST_CPU_BF16=1`; off by default). The Linear layers (in_proj, out_proj, the embedding, the
+    heads) then run as oneDNN bf16 matmuls with float32 accumulation on float32 master weights; the fused
+    block, the norms and the loss stay float32. About 10% off the train step on an AVX512_BF16 CPU
+    (docs/benchmarks.md), but not the default: see there for the validation-loss comparison.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 __all__ = ["float32_forward", "autocast_backward", "same_autocast_forward", "same_autocast_backward",
-           "autocast_enabled"]
+           "autocast_enabled", "cpu_bf16_autocast", "CPU_BF16_ENV"]
 
 _DEVICE_TYPES = ("cpu", "cuda")
+CPU_BF16_ENV = "MAMBACAST_CPU_BF16"
+
+
+def cpu_bf16_autocast() -> bool:
+    """Whether CPU training runs under bfloat16 autocast: `MAMBACAST_CPU_BF16` is 1 (read at each call)."""
+    value = os.environ.get(CPU_BF16_ENV, "0").strip()
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{CPU_BF16_ENV}={value!r}: use 1 (bfloat16 autocast on the CPU) or 0 (float32)")
+    return value == "1"
 
 
 def autocast_enabled(device: torch.device) -> bool:

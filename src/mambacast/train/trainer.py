@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TrainConfig
+from ..ops.amp import cpu_bf16_autocast
 from .callbacks import Callback
 from .objective import crps_student_t_np, objective
 
@@ -93,6 +94,8 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.type == "cpu" and cpu_bf16_autocast():   # opt-in: MAMBACAST_CPU_BF16=1 (ops.amp)
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ---- loop --------------------------------------------------------------------------------

@@ -107,3 +107,20 @@ def test_model_learns_ar1_to_oracle_accuracy():
         mse = torch.nn.functional.mse_loss(model(x[split:]), y[split:]).item()
     oracle = torch.nn.functional.mse_loss(phi * x[split:, -1], y[split:]).item()
     assert mse < 1.10 * oracle, (mse, oracle)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_heads_read_the_last_step_computed_alone(dtype):
+    """forward_distribution computes the last block's out_proj, residual and final norm at the last step only:
+    equal to encode(x)[:, -1] in value and in every parameter's gradient."""
+    torch.manual_seed(0)
+    model = MambaModel(MambaConfig(d_model=16, num_layers=3, d_state=4), n_features=5).to(dtype)
+    x = torch.randn(3, 21, 5, dtype=dtype)
+    w = torch.randn(3, 16, dtype=dtype)
+    fast, whole = model._last_hidden(x), model.encode(x)[:, -1]
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, whole, **tol)
+    params = [*model.embed.parameters(), *model.layers.parameters(), *model.norm_f.parameters()]
+    for a, b in zip(torch.autograd.grad((fast * w).sum(), params), torch.autograd.grad((whole * w).sum(), params),
+                    strict=True):
+        torch.testing.assert_close(a, b, **tol)

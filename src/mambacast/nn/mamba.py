@@ -86,17 +86,19 @@ class MambaBlock(nn.Module):
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.softplus(self.dt_proj(dt)), B, C
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        """hidden (batch, seq_len, d_model) -> same; the sequence starts from the zero state."""
-        return self.forward_with_state(hidden, None, need_state=False)[0]
+    def forward(self, hidden: Tensor, last_only: bool = False) -> Tensor:
+        """hidden (batch, seq_len, d_model) -> same; the sequence starts from the zero state. `last_only`: only the
+        last step's output (batch, d_model), `forward(hidden)[:, -1]` without `out_proj` and the residual add
+        at the other steps (the heads read only the last step of the last block)."""
+        return self.forward_with_state(hidden, None, need_state=False, last_only=last_only)[0]
 
     def forward_with_state(self, hidden: Tensor, state: LayerState | None,
-                           need_state: bool = True) -> tuple[Tensor, LayerState | None]:
+                           need_state: bool = True, last_only: bool = False) -> tuple[Tensor, LayerState | None]:
         """Continue a sequence from `state` (None: zeros); returns (output, state after the last step).
 
         The state is the one `step()` carries: the last d_conv conv inputs and the SSM state, so
         chunks of a long sequence, and `step()` after them, compute exactly what one `forward`
-        over the whole sequence computes.
+        over the whole sequence computes. `last_only`: the output is the last step's, (batch, d_model).
         """
         xz = self.in_proj(self.norm(hidden))                               # (b, l, 2 * d_inner)
         conv_prev = None if state is None else state.conv[:, :, 1:].transpose(1, 2)   # (b, d_conv-1, d_inner)
@@ -108,7 +110,7 @@ class MambaBlock(nn.Module):
         y, ssm = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
                              self.dt_proj.weight, self.dt_proj.bias, A, D, conv_prev,
                              None if state is None else state.ssm)
-        out = hidden + self.out_proj(y)
+        out = hidden[:, -1] + self.out_proj(y[:, -1]) if last_only else hidden + self.out_proj(y)
         if not need_state:
             return out, None
         # New conv state: the last d_conv inputs of (previous inputs, this chunk's x).
@@ -286,6 +288,18 @@ class MambaModel(nn.Module):
             hidden = layer(hidden)
         return self.norm_f(hidden)
 
+    def _last_hidden(self, x: Tensor) -> Tensor:
+        """`encode(x)[:, -1]` (batch, d_model): the last block's `out_proj`, residual and the final norm at the last
+        step only (LayerNorm is per step), which is all the heads read; the other blocks as in `encode`.
+        Long inputs without autograd go through `encode`'s route to `encode_long`."""
+        self._check_input(x, 3)
+        if x.shape[1] > LONG_INPUT_STEPS and not self._records_grad(x):
+            return self.encode(x)[:, -1]
+        hidden = self.embed(x)
+        for layer in self.layers[:-1]:
+            hidden = layer(hidden)
+        return self.norm_f(self.layers[-1](hidden, last_only=True))
+
     def _encode_chunk(self, x: Tensor, state: list[LayerState]) -> tuple[Tensor, list[LayerState]]:
         hidden = self.embed(x)
         new_state = []
@@ -373,7 +387,7 @@ class MambaModel(nn.Module):
     def forward_distribution(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Student-t per horizon of the standardised log-return (`nn.heads`): loc, scale (batch, n_horizons),
         df (n_horizons,)."""
-        h = self.encode(x)[:, -1]
+        h = self._last_hidden(x)
         log_scale_corr, df_raw = self.dist_head(h)
         return student_t_params(self.head(h), log_scale_corr, df_raw, self.baseline(x[:, -1]))
 

@@ -82,10 +82,13 @@ def _last_hidden(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Ten
         y, _ = mamba_inner(xz.view(M * batch, seq_len, -1), params[p + "conv1d.weight"].squeeze(2),
                            params[p + "conv1d.bias"], params[p + "x_proj.weight"], params[p + "dt_proj.weight"],
                            params[p + "dt_proj.bias"], A, params[p + "D"])
-        hidden = hidden + _linear(y.view(M, batch * seq_len, -1), params[p + "out_proj.weight"])
-    last = hidden.view(M, batch, seq_len, -1)[:, :, -1]
+        if i + 1 < cfg.num_layers:
+            hidden = hidden + _linear(y.view(M, batch * seq_len, -1), params[p + "out_proj.weight"])
+        else:   # the heads read the last step only: the last block's out_proj and residual there alone
+            hidden = hidden.view(M, batch, seq_len, -1)[:, :, -1] + _linear(
+                y.view(M, batch, seq_len, -1)[:, :, -1], params[p + "out_proj.weight"])
     # LayerNorm is per time step, so normalising only the last step equals MambaModel's encode()[:, -1].
-    return _layer_norm(last, params["norm_f.weight"], params["norm_f.bias"], cfg.norm_eps)
+    return _layer_norm(hidden, params["norm_f.weight"], params["norm_f.bias"], cfg.norm_eps)
 
 
 def stacked_forward_distribution(params: dict[str, Tensor], model: MambaModel, x: Tensor,

@@ -134,6 +134,33 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
+def scan_kernel_ab(ops: dict[str, SimpleNamespace], batch: int, seq_len: int, cfg: MambaConfig,
+                   repeats: int = 50) -> dict[str, tuple[float, float]]:
+    """The scan kernel alone, one layer at the model's shapes (fused dt_proj, z gate, softplus, as training
+    calls it): minimum forward and backward ms of each kernel in `ops`, calls interleaved."""
+    g = torch.Generator().manual_seed(0)
+    d, n, r = cfg.d_inner, cfg.d_state, cfg.dt_rank_value
+    u, z, dout = (torch.randn(batch, seq_len, d, generator=g) for _ in range(3))
+    dt_low, B, C = torch.randn(batch, seq_len, r, generator=g) * 0.3, *(torch.randn(batch, seq_len, n, generator=g)
+                                                                        for _ in range(2))
+    At, D = -torch.rand(n, d, generator=g) * 4 - 0.2, torch.randn(d, generator=g)
+    bias, Wt = torch.randn(d, generator=g) * 0.2, torch.randn(r, d, generator=g) * 0.3
+    from mambacast.nn.scan import fused_chunk
+
+    chunk = fused_chunk(n)
+    best = {name: [math.inf, math.inf] for name in ops}
+    for i in range(repeats + 3):
+        for name, k in ops.items():
+            t0 = time.perf_counter()
+            _, _, hsave, ypre = k.scan_fwd(u, dt_low, At, B, C, D, z, bias, Wt, None, True, chunk, True)
+            t1 = time.perf_counter()
+            k.scan_bwd(u, dt_low, At, B, C, D, z, bias, Wt, hsave, ypre, dout, None, True, chunk, None, False)
+            t2 = time.perf_counter()
+            if i >= 3:
+                best[name] = [min(best[name][0], t1 - t0), min(best[name][1], t2 - t1)]
+    return {name: (f * 1e3, b * 1e3) for name, (f, b) in best.items()}
+
+
 class Row:
     def __init__(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: str | None,
                  bf16: bool = False, fused_adam: bool = False, kernel: SimpleNamespace | None = None):
@@ -250,6 +277,13 @@ def main() -> None:
               f"{100 * rate / peak:>8.1f}%")
         if peer_step and row is not peer and row.name.startswith(("mambacast fused", "fused")):
             summary.append(f"{row.name} {step:.1f} ms = {peer_step * 1e3 / step:.1f}x")
+    if fused and args.baseline_kernel:
+        old = next(row.kernel for row in rows if row.kernel is not None)
+        kernels = {"this tree": _loader.load(), f"kernel of {args.baseline_kernel}": old}
+        ab = scan_kernel_ab(kernels, args.batch, args.seq_len, cfg)
+        print(f"scan kernel alone, one layer ({args.batch}, {args.seq_len}, {cfg.d_inner}, {cfg.d_state}), "
+              f"{torch.get_num_threads()} threads, minimum of 50 interleaved: "
+              + "; ".join(f"{name} forward {f:.3f} ms, backward {b:.3f} ms" for name, (f, b) in ab.items()))
     if summary:
         print(f"SUMMARY train step (median; mambapy {peer_step * 1e3:.1f} ms; target 13x): " + "; ".join(summary))
 

@@ -38,6 +38,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stack", action="store_true",
                    help="train every symbol's own model together as one batched computation on the CPU (same "
                         "results as one at a time; per-symbol time is then the whole stack's)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="train the symbols as tasks on a Ray cluster: ADDRESS (HOST:PORT, auto, ray://HOST:PORT) "
+                        "joins one, none starts a local one sized to this machine; with --stack each task trains "
+                        "a stacked group. The --save-dir must be on a filesystem every node sees "
+                        "(docs/scaling.md; needs pip install 'mambacast[ray]')")
     p.add_argument("--source", default="sample", choices=["sample", "csv", "parquet", "yahoo"],
                    help="price source (default: sample, real prices bundled with the install)")
     p.add_argument("--data", help="file or folder for --source csv/parquet")
@@ -72,6 +77,10 @@ class _TrainPrinter:
 
     def __call__(self, event: str, symbol: str, data: dict[str, Any]) -> None:
         tag = f"[{symbol}]"
+        if event == "retry":
+            self._line(f"{tag} its Ray worker died ({data['error']}); retrying (attempt {data['attempt']}/"
+                       f"{data['max_attempts']}) from its last checkpoint")
+            return
         if event == "done":
             if data.get("status") == "failed":
                 self._line(f"{tag} ✗ Failed: {data['error']}")
@@ -147,20 +156,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--source {args.source} needs --data PATH (a file, or a folder with one file per symbol)")
     if args.stack and args.parallel > 1:
         raise CLIError("--stack and --parallel are alternatives: --stack trains every symbol in one process")
+    if args.ray is not None and (args.parallel > 1 or args.global_model):
+        raise CLIError("--ray runs the symbols as tasks on a Ray cluster: drop --parallel and --global")
     if args.global_model and (args.stack or args.parallel > 1 or args.with_volume or args.with_range):
         raise CLIError("--global trains one pooled model of the closes in one process: drop --stack, --parallel, "
                        "--with-volume and --with-range")
     check_device(args.device)
     check_store(args.save_dir)
-    printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack)
+    printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack
+                            and args.ray is None)
     t0 = time.perf_counter()
     if args.global_model:
         return _train_global(args, symbols, model_config, train_config, printer, t0)
-    results = train_symbols(symbols, parallel=args.parallel, stack=args.stack, progress=printer,
-                            model_config=model_config,
-                            train_config=train_config, days=args.days, source=args.source, data_path=args.data,
-                            save_dir=args.save_dir, resume=args.resume, device=args.device,
-                            include_volume=args.with_volume, include_range=args.with_range)
+    common = dict(progress=printer, model_config=model_config, train_config=train_config, days=args.days,
+                  source=args.source, data_path=args.data, save_dir=args.save_dir, resume=args.resume,
+                  device=args.device, include_volume=args.with_volume, include_range=args.with_range)
+    if args.ray is not None:
+        from ..train.distributed import train_symbols_ray
+
+        try:
+            results = train_symbols_ray(symbols, None if args.ray == "local" else args.ray, stack=args.stack,
+                                        **common)
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
+    else:
+        results = train_symbols(symbols, parallel=args.parallel, stack=args.stack, **common)
     for r in results:
         if r["status"] == "skipped":
             print(f"[{r['symbol']}] already trained in {args.save_dir} (--resume); skipped")

@@ -44,7 +44,8 @@ from .stacked import StackedTrainer
 from .trainer import NonFiniteLossError, Trainer, resolve_device
 
 __all__ = ["PreparedData", "prepare_data", "configure_baseline", "fit_baseline_tail", "calibrate_distribution",
-           "train_symbol", "train_single_symbol", "train_symbols", "DEFAULT_WINDOWS", "ProgressFn", "render_curves"]
+           "train_symbol", "train_single_symbol", "train_symbols", "DEFAULT_WINDOWS", "ProgressFn", "render_curves",
+           "ModelArtifacts", "model_artifacts", "store_artifacts"]
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +235,12 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
                  days: int | None = 2000, source: str = "sample", data_path: str | Path | None = None,
                  prices: Any = None, save_dir: str | Path = "models/mamba", resume: bool = False,
                  device: str | None = None, include_volume: bool = False, include_range: bool = False,
-                 progress: ProgressFn | None = None) -> _Run | dict[str, Any]:
+                 progress: ProgressFn | None = None, continue_run: bool = False) -> _Run | dict[str, Any]:
     """Load, check and window the data and build the model and its Trainer; a complete stored model
-    under `resume` returns its result (status "skipped") instead."""
+    under `resume` returns its result (status "skipped") instead.
+
+    continue_run: continue the symbol's saved training state when it matches (as `resume` does) without
+    skipping a complete stored model: a retried distributed task picks up its own interrupted run."""
     model_config = model_config or MambaConfig()
     train_config = train_config or TrainConfig()
     store = ModelStore(save_dir)
@@ -271,7 +275,8 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
     configure_baseline(model, data.feature_names, data.feature_scaler, data.target_scaler)
     fit_baseline_tail(model, X_train, y_train)
     trainer, tracker, resume_from = stored_trainer(model, model_config, train_config, store, symbol,
-                                                   data.data_hash, len(data.feature_names), device, resume, progress)
+                                                   data.data_hash, len(data.feature_names), device,
+                                                   resume or continue_run, progress)
     return _Run(symbol, store, data, model_config, train_config, trainer, tracker,
                 (X_train, y_train, data.X[data.val_idx], data.y_scaled[data.val_idx]), resume_from, n_params,
                 source, include_volume, include_range, emit, t0)
@@ -303,9 +308,30 @@ def stored_trainer(model: MambaModel, model_config: MambaConfig, train_config: T
     return trainer, tracker, resume_from
 
 
+@dataclass
+class ModelArtifacts:
+    """Everything `ModelStore.save_model` writes for one trained symbol, built where it was trained and stored
+    wherever the store's one writer runs (the same process, or the driver of a Ray run)."""
+
+    symbol: str
+    model_config: MambaConfig
+    n_features: int
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    plot_png: bytes | None
+    elapsed: float          # seconds from the symbol's start to these artifacts
+
+
 def _finish_run(run: _Run) -> dict[str, Any]:
     """After training: validation report, distribution calibration, plots, metadata, final weights."""
-    symbol, store, data, trainer, tracker = run.symbol, run.store, run.data, run.trainer, run.tracker
+    return store_artifacts(run.store, model_artifacts(run), run.emit)
+
+
+def model_artifacts(run: _Run) -> ModelArtifacts:
+    """The trained run's final weights, metadata (validation report, calibration, GARCH blend), metrics and
+    training plot, ready for the store."""
+    symbol, data, trainer, tracker = run.symbol, run.data, run.trainer, run.tracker
     model_config, train_config, include_volume = run.model_config, run.train_config, run.include_volume
     include_range = run.include_range
     summary = tracker.get_summary()
@@ -357,14 +383,28 @@ def _finish_run(run: _Run) -> dict[str, Any]:
         "mambacast_version": __version__,
         "torch_version": torch.__version__,
     }
-    paths = store.save_model(symbol, trainer.model.cpu(), metadata, metrics=tracker.to_dict(),
-                             plot_png=render_curves(tracker.history, symbol))
-    ModelVersions(store).record(symbol)          # an immutable copy for `mambacast models promote|rollback`
-    elapsed = time.perf_counter() - run.t0
-    result = {**_result_from_metadata(symbol, store.load_metadata(symbol), store), "status": "ok",
+    model = trainer.model.cpu()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return ModelArtifacts(symbol, model_config, model.n_features, state, metadata, tracker.to_dict(),
+                          render_curves(tracker.history, symbol), time.perf_counter() - run.t0)
+
+
+def store_artifacts(store: ModelStore, art: ModelArtifacts, emit: ProgressFn | None = None,
+                    extra_time: float = 0.0) -> dict[str, Any]:
+    """Make a trained model current in `store` (one atomic switch) and record its version; returns the
+    symbol's result and emits its "done" event. extra_time: seconds to add to the training time (e.g. the
+    transfer from a remote worker)."""
+    t0 = time.perf_counter()
+    model = MambaModel(art.model_config, art.n_features)
+    model.load_state_dict(art.state_dict)
+    paths = store.save_model(art.symbol, model, art.metadata, metrics=art.metrics, plot_png=art.plot_png)
+    ModelVersions(store).record(art.symbol)      # an immutable copy for `mambacast models promote|rollback`
+    elapsed = art.elapsed + extra_time + time.perf_counter() - t0
+    result = {**_result_from_metadata(art.symbol, store.load_metadata(art.symbol), store), "status": "ok",
               "training_time": elapsed, "plot": str(paths["plot"]) if "plot" in paths else None,
               **{k: str(v) for k, v in paths.items() if k != "plot"}}
-    run.emit("done", symbol, result)
+    if emit:
+        emit("done", art.symbol, result)
     return result
 
 
@@ -498,9 +538,10 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
     return [by_symbol[s] for s in symbols]
 
 
-def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None,
-                   kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    """Prepare every symbol, train the models of one feature count as one stack, store each."""
+def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: dict[str, Any],
+                   finish: Callable[[_Run], dict[str, Any]] = _finish_run) -> list[dict[str, Any]]:
+    """Prepare every symbol, train the models of one feature count as one stack, `finish` each (default:
+    store it)."""
     def fail(symbol: str, exc: BaseException) -> None:
         results[symbol] = _failure(symbol, exc)
         if progress:
@@ -534,7 +575,7 @@ def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None,
             try:
                 if error is not None:
                     raise error
-                results[run.symbol] = _finish_run(run)
+                results[run.symbol] = finish(run)
             except Exception as exc:
                 fail(run.symbol, exc)
     return [results[s] for s in symbols]

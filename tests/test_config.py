@@ -82,3 +82,32 @@ def test_unknown_keys_are_refused_when_loading():
         MambaConfig.from_dict(data)
     with pytest.raises(ValueError, match="JSON object"):
         MambaConfig.from_json("[1, 2]")
+
+
+def test_a_preset_file_round_trips_and_overrides_the_defaults(tmp_path):
+    from mambacast.config import save_preset
+
+    model, train = MambaConfig(d_model=48, num_layers=3), TrainConfig(batch_size=64, sequence_length=30)
+    path = save_preset(tmp_path / "tuned.json", model, train, about={"study": "s", "value": 0.5})
+    assert preset(str(path)) == (model, train)
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"model_config": {"d_model": 16}}')
+    assert preset(str(partial)) == (MambaConfig(d_model=16), TrainConfig())
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{", "is not valid JSON"),
+    ("[1]", "must hold a JSON object"),
+    ('{"model": {}}', r"has the key\(s\) \['model'\]"),
+    ('{"about": "x"}', "a preset holds model_config and/or train_config"),
+    ('{"model_config": []}', "model_config must be a JSON object"),
+    ('{"model_config": {"d_model": 0}}', "model_config: d_model=0 is invalid"),
+    ('{"train_config": {"epoch": 3}}', r"train_config: unknown TrainConfig key\(s\) \['epoch'\]"),
+])
+def test_a_bad_preset_file_names_the_file_and_the_problem(tmp_path, text, match):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"preset file {path}.*{match}"):
+        preset(str(path))
+    with pytest.raises(ValueError, match="does not exist"):
+        preset(str(tmp_path / "missing.json"))

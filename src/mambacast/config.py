@@ -12,9 +12,10 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["MambaConfig", "TrainConfig", "PRESETS", "preset"]
+__all__ = ["MambaConfig", "TrainConfig", "PRESETS", "preset", "load_preset", "save_preset"]
 
 _C = TypeVar("_C", bound="_JsonConfig")
 
@@ -200,10 +201,59 @@ class TrainConfig(_JsonConfig):
 
 
 PRESETS = ("default", "small", "large", "high_variance")
+#: the top-level keys of a preset file; "about" is free-form provenance (e.g. the study that found it)
+PRESET_FILE_KEYS = ("model_config", "train_config", "about")
 
 
 def preset(name: str) -> tuple[MambaConfig, TrainConfig]:
-    """Return the (model, training) configs of one row set of the guide's tuning table."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return getattr(MambaConfig, name)(), getattr(TrainConfig, name)()
+    """Return the (model, training) configs of one row set of the guide's tuning table, or of a preset JSON
+    file (`name` ending in .json or naming a file; see `load_preset`)."""
+    if name in PRESETS:
+        return getattr(MambaConfig, name)(), getattr(TrainConfig, name)()
+    if name.endswith(".json") or Path(name).exists():
+        return load_preset(name)
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}, or a preset JSON file")
+
+
+def load_preset(path: str | Path) -> tuple[MambaConfig, TrainConfig]:
+    """The configs of a preset file: a JSON object with "model_config" and/or "train_config" objects whose keys
+    override the defaults (what `mambacast tune` writes: both in full, and "about"). ValueError naming the file
+    and the problem otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"preset file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"preset file {path} is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise ValueError(f"preset file {path} cannot be read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"preset file {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"preset file {path} must hold a JSON object with model_config and/or train_config")
+    unknown = sorted(set(data) - set(PRESET_FILE_KEYS))
+    if unknown or not ({"model_config", "train_config"} & set(data)):
+        raise ValueError(f"preset file {path} has the key(s) {unknown or sorted(data)}; a preset holds "
+                         "model_config and/or train_config (and about)")
+    configs: list[Any] = []
+    for key, cls in (("model_config", MambaConfig), ("train_config", TrainConfig)):
+        section = data.get(key, {})
+        if not isinstance(section, dict):
+            raise ValueError(f"preset file {path}: {key} must be a JSON object")
+        try:
+            configs.append(cls.from_dict(section))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"preset file {path}: {key}: {exc}") from None
+    return configs[0], configs[1]
+
+
+def save_preset(path: str | Path, model_config: MambaConfig, train_config: TrainConfig,
+                about: dict[str, Any] | None = None) -> Path:
+    """Write a preset file `--preset PATH` reads (both configs in full, `about` as provenance)."""
+    path = Path(path)
+    data = {"model_config": model_config.to_dict(), "train_config": train_config.to_dict(), **({"about": about}
+                                                                                               if about else {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path

@@ -13,7 +13,6 @@ CASES = [
     ([*TRAIN, "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
     ([*TRAIN, "--batch-size", "1.5"], "argument --batch-size: invalid int value"),
     ([*TRAIN, "--learning-rate", "fast"], "argument --learning-rate: invalid float value"),
-    ([*TRAIN, "--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     ([*TRAIN, "--loss", "mae"], "argument --loss: invalid choice"),
     ([*TRAIN, "--source", "ftp"], "argument --source: invalid choice"),
     ([*TRAIN, "--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -74,6 +73,21 @@ def test_a_wrong_flag_is_one_line(good, tmp_path, argv, match):
     assert_one_line(code, out, err, 2, match)
     assert good.unchanged()
     assert not (tmp_path / "report").exists() or not any((tmp_path / "report").iterdir())
+
+
+@pytest.mark.parametrize("value, match", [
+    ("huge", "unknown preset 'huge'; choose one of default, small, large, high_variance, or a preset JSON file"),
+    ("nowhere.json", "preset file nowhere.json does not exist"),
+    ("{folder}", "is a folder, not a JSON file"),
+    ("{bad}", "train_config: unknown TrainConfig key(s) ['epoch']"),
+])
+def test_a_wrong_preset_is_one_line(good, tmp_path, value, match):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train_config": {"epoch": 3}}')
+    value = value.format(folder=tmp_path, bad=bad)
+    code, out, err = run_cli([*TRAIN, "--save-dir", str(good.root), "--preset", value])
+    assert_one_line(code, out, err, 2, match)
+    assert good.unchanged()
 
 
 def test_help_still_shows_the_usage(capsys):

@@ -52,7 +52,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-volume", action="store_true",
                    help="add volume features (needs a source with volume, e.g. AAPL, MSFT, GOOGL from bokeh)")
     p.add_argument("--save-dir", default="models/mamba", help="model store folder (default models/mamba)")
-    p.add_argument("--preset", choices=PRESETS, default="default", help="row of the guide's tuning table")
+    p.add_argument("--preset", default="default",
+                   help=f"row of the guide's tuning table ({', '.join(PRESETS)}) or a preset JSON file "
+                        "(model_config, train_config; `mambacast tune` writes one)")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default from the preset: 0.001)")
     p.add_argument("--seed", type=int, default=42, help="random seed; same seed + data = same weights on CPU")
     p.add_argument("--resume", action="store_true",

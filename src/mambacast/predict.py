@@ -367,7 +367,8 @@ class MambaPredictor:
             features = loaded.engineer.extract_features(tail)
         scaled = loaded.feature_scaler.transform(features[-(loaded.sequence_length + n_windows - 1):])
         windows = np.lib.stride_tricks.sliding_window_view(scaled, loaded.sequence_length, axis=0).transpose(0, 2, 1)
-        # GARCH-t's filter reads the whole history: it is cheap, and its memory (beta^n) can outlast keep_days
+        # The pool reads the whole history: GARCH-t's filter is cheap and its memory (beta^n) can outlast
+        # keep_days; HAR-t needs the last 66 returns
         return _Prepared(loaded, windows, as_of, closes, tail if rolling else None, key, factor)
 
     def _infer(self, loaded: _LoadedModel, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -393,7 +393,7 @@ def create_app(store_dir: str | Path = "models/mamba", *, source: str = "sample"
 
     app = FastAPI(title="mambacast forecast service", version=__version__, lifespan=lifespan,
                   description="Mamba state-space forecasts of daily stock prices: the Student-t per horizon pooled "
-                              "with a per-stock GARCH(1,1)-t, with a momentum fallback.")
+                              "with a per-stock GARCH(1,1)-t and HAR-t, with a momentum fallback.")
     app.state.service = state
     _add_routes(app)
     _add_error_handlers(app)

@@ -8,6 +8,8 @@ only when a plot is drawn (the `plots` extra).
 
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,9 @@ if TYPE_CHECKING:
     from .predict import PredictionResult
 
 __all__ = ["plot_fan_chart", "plot_backtest_forecasts", "plot_cumulative_loss", "plot_calibration", "pit_of",
-           "plot_reliability", "plot_pit_histograms"]
+           "plot_reliability", "plot_pit_histograms", "render_curves"]
+
+log = logging.getLogger(__name__)
 
 
 def _pyplot() -> Any:
@@ -258,3 +262,33 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def render_curves(history: list[dict[str, float]], symbol: str) -> bytes | None:
+    """PNG of a training run's loss, MAE and learning-rate curves (None without matplotlib); stored with the model."""
+    try:
+        plt = _pyplot()
+    except ValueError:
+        log.info("matplotlib is not installed (pip install 'mambacast[plots]'); no training plot for %s", symbol)
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    # "loss" is the training objective: the Student-t NLL by default, the MSE with --loss mse.
+    for ax, (key, title) in zip(axes, [("loss", "loss (standardised)"), ("mae", "MAE (standardised)"),
+                                       ("lr", "learning rate")], strict=True):
+        if key == "lr":
+            ax.plot(epochs, [h["lr"] for h in history], color="tab:green")
+            ax.set_yscale("log")
+        else:
+            ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+            ax.legend()
+        ax.set_title(f"{symbol}: {title}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    # Fixed margins: tight_layout measured every text box and took longer than drawing the figure.
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.22)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()

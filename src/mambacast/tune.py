@@ -272,7 +272,7 @@ def run_study(spec: TuneSpec, address: str | None = None, *, progress: TuneProgr
 def _check_same_study(optuna: Any, storage_url: str, spec: TuneSpec) -> None:
     """A study resumes only on the data, symbols and base configuration it started with (its values would not
     compare otherwise); the first run records them in the study. ValueError otherwise."""
-    from .train.pipeline import data_fingerprint
+    from .train.prepare import data_fingerprint
 
     signature = {"symbols": spec.symbols, "data": {s: data_fingerprint(f) for s, f in spec.prices.items()},
                  "base_model": spec.base_model.to_dict(), "base_train": spec.base_train.to_dict(),

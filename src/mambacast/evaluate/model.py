@@ -35,8 +35,8 @@ from ..data.sequences import FeatureScaler, TargetScaler
 from ..nn.mamba import MambaModel
 from ..train.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
 from ..train.distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
-from ..train.pipeline import DEFAULT_WINDOWS, prepare_data
 from ..train.pooled import PooledData, prepare_pooled
+from ..train.prepare import DEFAULT_WINDOWS, prepare_data
 from ..train.trainer import Trainer
 from .baselines import (
     DEFAULT_QUANTILES,

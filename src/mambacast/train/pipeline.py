@@ -9,21 +9,18 @@ symbol's own model trained in one batched computation, `train.stacked`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import logging
 import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .. import __version__
@@ -31,15 +28,15 @@ from ..blend import Blend
 from ..config import MambaConfig, TrainConfig
 from ..data.augment import DataAugmentor
 from ..data.errors import DataError
-from ..data.features import TimeSeriesFeatureEngineer, forward_fill_closes
-from ..data.quality import check_data_quality
-from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, temporal_split
+from ..data.features import forward_fill_closes
 from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
+from ..plots import render_curves
 from ..store import ModelStore, StoreError
 from ..versions import ModelVersions
 from .callbacks import Callback, MetricsTracker, TrainingCallbacks, TrainingStateCheckpoint
 from .distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
+from .prepare import DEFAULT_WINDOWS, PreparedData, prepare_data
 from .stacked import StackedTrainer
 from .trainer import NonFiniteLossError, Trainer, resolve_device
 
@@ -49,76 +46,9 @@ __all__ = ["PreparedData", "prepare_data", "configure_baseline", "fit_baseline_t
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOWS = (5, 10, 20, 60)
 # progress(event, symbol, data): events are "start", "loaded", "samples", "model", "baseline", "batch", "epoch",
 # "done".
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
-
-
-@dataclass
-class PreparedData:
-    """Windows, targets and scalers of one symbol, split by time with an embargo.
-
-    X: (n_samples, seq_len, n_features) standardised with training statistics;
-    y: (n_samples, n_horizons) future log-returns (raw); y_scaled standardised per horizon.
-    """
-
-    symbol: str
-    prices: pd.DataFrame
-    feature_names: list[str]
-    warmup: int
-    X: np.ndarray
-    y: np.ndarray
-    y_scaled: np.ndarray
-    window_end: np.ndarray
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    feature_scaler: FeatureScaler
-    target_scaler: TargetScaler
-    data_hash: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def date_at(self, row: int) -> str:
-        value = self.prices.index[row]
-        return value.date().isoformat() if isinstance(value, pd.Timestamp) else str(value)
-
-
-def data_fingerprint(prices: pd.DataFrame) -> str:
-    """SHA-256 of the dates and closes used for training (identifies the exact training data)."""
-    h = hashlib.sha256()
-    h.update(np.asarray(prices.index.astype(str)).astype("U").tobytes())
-    h.update(np.ascontiguousarray(prices["close"].to_numpy(dtype=np.float64)).tobytes())
-    return h.hexdigest()
-
-
-def prepare_data(symbol: str, prices: Any, model_config: MambaConfig, train_config: TrainConfig,
-                 windows: Sequence[int] = DEFAULT_WINDOWS, include_volume: bool = False,
-                 include_range: bool = False) -> PreparedData:
-    """Quality-check prices, extract causal features, cut windows, split with embargo, fit scalers.
-
-    include_volume / include_range: add the volume features / the range-based (Parkinson) volatility, which
-    need `volume` / `high` and `low` columns."""
-    frame = as_price_frame(prices)
-    frame.attrs.setdefault("symbol", symbol)  # so data errors name the symbol, also for plain arrays
-    check_data_quality(frame, symbol)
-    engineer = TimeSeriesFeatureEngineer(windows=list(windows), include_volume=include_volume,
-                                         include_range=include_range)
-    features = engineer.extract_features(frame)
-    gen = SequenceGenerator(train_config.sequence_length, model_config.prediction_horizons, stride=1)
-    _, y_dict = gen.generate_sequences(features, frame, start=engineer.warmup_)
-    y = np.hstack([y_dict[h] for h in model_config.prediction_horizons]).astype(np.float32)
-    train_idx, val_idx = temporal_split(len(y), train_config.validation_split, embargo=model_config.max_horizon)
-    # Scale the (n_days, n_features) matrix with statistics of the rows the training windows read
-    # (each day once), then window it again: X stays a zero-copy view of the scaled matrix.
-    feature_scaler = FeatureScaler().fit(features[gen.rows_covered(train_idx)])
-    X, _ = gen.generate_sequences(feature_scaler.transform(features), frame, start=engineer.warmup_)
-    target_scaler = TargetScaler(model_config.prediction_horizons).fit(y[train_idx])
-    return PreparedData(
-        symbol=symbol, prices=frame, feature_names=list(engineer.feature_names_), warmup=int(engineer.warmup_),
-        X=X, y=y, y_scaled=target_scaler.transform(y), window_end=np.asarray(gen.window_end_index_),
-        train_idx=train_idx, val_idx=val_idx, feature_scaler=feature_scaler, target_scaler=target_scaler,
-        data_hash=data_fingerprint(frame),
-    )
 
 
 class _ProgressCallback(Callback):
@@ -155,39 +85,6 @@ def _validation_report(trainer: Trainer, data: PreparedData, horizons: list[int]
             "n": int(len(actual)),
         }
     return report
-
-
-def render_curves(history: list[dict[str, float]], symbol: str) -> bytes | None:
-    """PNG of the loss, MAE and learning-rate curves (None without matplotlib); stored with the model."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed (pip install 'mambacast[plots]'); no training plot for %s", symbol)
-        return None
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    # "loss" is the training objective: the Student-t NLL by default, the MSE with --loss mse.
-    for ax, (key, title) in zip(axes, [("loss", "loss (standardised)"), ("mae", "MAE (standardised)"),
-                                       ("lr", "learning rate")], strict=True):
-        if key == "lr":
-            ax.plot(epochs, [h["lr"] for h in history], color="tab:green")
-            ax.set_yscale("log")
-        else:
-            ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
-            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
-            ax.legend()
-        ax.set_title(f"{symbol}: {title}")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    # Fixed margins: tight_layout measured every text box and took longer than drawing the figure.
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.15, top=0.9, wspace=0.22)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,

@@ -35,16 +35,12 @@ from ..data.quality import check_data_quality
 from ..data.sequences import FeatureScaler, SequenceGenerator, TargetScaler, temporal_split
 from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
+from ..plots import render_curves
 from ..store import GLOBAL_MODEL, ModelStore
 from ..versions import ModelVersions
 from .distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
-from .pipeline import (
-    DEFAULT_WINDOWS,
-    ProgressFn,
-    data_fingerprint,
-    render_curves,
-    stored_trainer,
-)
+from .pipeline import ProgressFn, stored_trainer
+from .prepare import DEFAULT_WINDOWS, data_fingerprint
 from .trainer import resolve_device
 
 __all__ = ["PooledData", "prepare_pooled", "train_global"]

@@ -5,20 +5,22 @@ Run (one GPU; `benchmarks/gpu_check.sh` runs it after the tests):
     PYTHONPATH=src python benchmarks/bench_gpu.py --smoke        # tiny sizes: checks the script, on any device
 
 Sections, in this order; one that would start after --budget-s seconds is skipped and says so:
-1. train step at the guide's config (d_model 64, 4 layers, d_state 16, 30 features, 60 steps), batch 32 and
+1. one symbol x 50 full epochs (early stopping off) on 1000 days, as `mambacast train --device cuda` runs it
+   (bf16 autocast, the step as a CUDA graph, checkpoints, calibration, the GARCH-t/HAR-t fits, metadata);
+   after a 1-epoch warm-up run. The time outside the epochs (data, fits, files) is reported beside it.
+2. 50 symbols `--stack` on CUDA for --stack-epochs full epochs; projected to 50 epochs as the measured wall
+   time plus (50 - epochs) x the mean measured epoch (epochs are alike without early stopping).
+3. train step at the guide's config (d_model 64, 4 layers, d_state 16, 30 features, 60 steps), batch 32 and
    1024: forward + MSE + backward + Adam, as benchmarks/bench_model.py, in float32 and under bf16 autocast.
    Rows: mambacast with the Triton scan (the default on CUDA), the same model with the pure-PyTorch chunked
    scan (MAMBACAST_SCAN=chunked), mambapy (if importable), a same-size causal Transformer (bench_long's),
    and the Triton row captured as one CUDA graph (launch overhead removed; capture failures are reported).
    Median of CUDA-event timings after warm-up (which also compiles the Triton kernels).
-2. forward over 1,000,000 steps, batch 1, no autograd: `encode_long` with several piece lengths and
+4. forward over 1,000,000 steps, batch 1, no autograd: `encode_long` with several piece lengths and
    `encode` whole; wall time and peak CUDA memory (torch.cuda.max_memory_allocated, input and output
    included). mambapy on the same input if importable.
-3. one symbol x 50 full epochs (early stopping off) on 1000 days, as `mambacast train --device cuda` runs it
-   (bf16 autocast, checkpoints, calibration, metadata); after a 1-epoch warm-up run.
-4. 50 symbols `--stack` on CUDA for --stack-epochs full epochs; projected to 50 epochs as the measured wall
-   time plus (50 - epochs) x the mean measured epoch (epochs are alike without early stopping).
-Prices in 3 and 4 are synthetic random walks (training time does not depend on the values), so no sample
+5. the GPU kernels of the batch-1024 step by CUDA time (torch.profiler), fp32 and bf16.
+Prices in 1 and 2 are synthetic random walks (training time does not depend on the values), so no sample
 data package is needed. Without CUDA the script runs the smoke sizes on the CPU and says so: those are no
 GPU figures.
 """
@@ -161,6 +163,37 @@ def train_step_rows(device: torch.device, cfg: MambaConfig, batches: list[int], 
     return rows
 
 
+def profile_rows(device: torch.device, cfg: MambaConfig, batch: int, top: int = 12) -> list[dict]:
+    """The GPU kernels of the eager train step at `batch` (fp32 and bf16 autocast), by total CUDA time over
+    five steps: where the step's time goes once launches are gone (what a CUDA graph still replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return [{"skipped": "kernel times are profiled on CUDA only"}]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, SEQ_LEN, FEATURES, generator=g).to(device)
+    y = torch.randn(batch, len(cfg.prediction_horizons), generator=g).to(device)
+    rows = []
+    for precision in ("fp32", "bf16 autocast"):
+        torch.manual_seed(0)
+        step = make_step(MambaModel(cfg, FEATURES).to(device).train(), x, y, precision != "fp32")
+        for _ in range(3):
+            step()
+        sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            sync(device)
+        events = [e for e in prof.key_averages() if e.device_time_total > 0]
+        events.sort(key=lambda e: e.device_time_total, reverse=True)
+        total = sum(e.device_time_total for e in events)
+        rows.append({"batch": batch, "precision": precision, "gpu_ms_per_step": total / 5 / 1e3,
+                     "kernels": [{"name": e.key[:90], "ms_per_step": e.device_time_total / 5 / 1e3,
+                                  "calls_per_step": e.count / 5} for e in events[:top]]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def long_forward_rows(device: torch.device, cfg: MambaConfig, length: int, pieces: list[int]) -> list[dict]:
     torch.manual_seed(0)
     model = MambaModel(cfg, FEATURES).to(device).eval()
@@ -227,7 +260,8 @@ def one_symbol(device: torch.device, cfg: MambaConfig, days: int, epochs: int) -
         history = json.loads(ModelStore(root).metrics_path("BENCH").read_text()).get("history", [])
     epoch_times = [h["epoch_time"] for h in history if "epoch_time" in h]
     return {"symbols": 1, "days": days, "epochs": epochs, "seconds": seconds,
-            "median_epoch_s": statistics.median(epoch_times) if epoch_times else None}
+            "median_epoch_s": statistics.median(epoch_times) if epoch_times else None,
+            "outside_epochs_s": seconds - sum(epoch_times)}
 
 
 def stacked(device: torch.device, cfg: MambaConfig, n_symbols: int, days: int, epochs: int, target_epochs: int
@@ -302,12 +336,14 @@ def main() -> None:
         print(json.dumps({name: results[name]}, default=float), flush=True)
         save()
 
-    section("train_step", lambda: train_step_rows(device, cfg, [4] if smoke else [32, 1024], smoke))
-    section("forward_1m", lambda: long_forward_rows(device, cfg, 5000 if smoke else 1_000_000,
-                                                    [512] if smoke else [2048, 65536, 262144]))
+    # the end-to-end targets first: they are what a user waits for
     section("one_symbol_50_epochs", lambda: one_symbol(device, cfg, 300 if smoke else 1000, 1 if smoke else 50))
     section("stack", lambda: stacked(device, cfg, 2 if smoke else args.stack_symbols, 300 if smoke else 1000,
                                      1 if smoke else args.stack_epochs, 50))
+    section("train_step", lambda: train_step_rows(device, cfg, [4] if smoke else [32, 1024], smoke))
+    section("forward_1m", lambda: long_forward_rows(device, cfg, 5000 if smoke else 1_000_000,
+                                                    [512] if smoke else [2048, 65536, 262144]))
+    section("profile", lambda: profile_rows(device, cfg, 4 if smoke else 1024))
     if path is not None:
         print(f"wrote {path}")
 

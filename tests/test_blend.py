@@ -12,6 +12,8 @@ from mambacast.data.sources import load_prices
 from mambacast.evaluate.baselines import GarchT
 from mambacast.evaluate.har import HarT
 
+from .samples import needs_sample
+
 HORIZONS = [1, 5, 10, 30]
 
 
@@ -51,6 +53,7 @@ def test_weights_are_checked_where_users_set_them():
     assert TrainConfig().garch_weight == TrainConfig().har_weight == pytest.approx(1 / 3)
 
 
+@needs_sample("KO")
 def test_stored_fits_forecast_as_the_fitted_ones(closes):
     garch = fit_garch(closes[:1200])
     har = fit_har(closes[:1200], HORIZONS)
@@ -65,6 +68,7 @@ def test_stored_fits_forecast_as_the_fitted_ones(closes):
         HarT.from_dict(har.to_dict()).predict_many(closes, [1300], [2])
 
 
+@needs_sample("KO")
 def test_metadata_round_trip_and_refusals(closes):
     blend = Blend.fit({"KO": closes}, HORIZONS)
     again = Blend.from_metadata({"blend": blend.to_dict()})
@@ -92,6 +96,7 @@ def test_metadata_round_trip_and_refusals(closes):
         Blend.from_metadata({"blend": bad})
 
 
+@needs_sample("KO")
 def test_unseen_symbol_gets_fits_on_its_history(closes):
     blend = Blend(horizons=HORIZONS)
     garch, har = blend._fits_for("NEW", closes)
@@ -100,6 +105,7 @@ def test_unseen_symbol_gets_fits_on_its_history(closes):
     assert blend._fits_for("NEW", closes[:300]) == (garch, har)         # fitted once, then kept
 
 
+@needs_sample("KO")
 def test_apply_is_the_rule_on_the_stored_fits(closes):
     blend = Blend.fit({"KO": closes[:1200]}, HORIZONS)
     origins = [1250, 1499]

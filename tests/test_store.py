@@ -258,7 +258,9 @@ def test_horizons_other_than_asked_for_are_refused(tmp_path):
         store.load_model("AAPL", horizons=[1, 5, 10, 30])
 
 
-def test_a_model_from_a_newer_mambacast_is_refused(tmp_path):
+def test_a_model_from_a_newer_mambacast_is_refused(tmp_path, monkeypatch):
+    # a source checkout run with PYTHONPATH=src knows no version (0.0.0+unknown) and checks nothing: pin one
+    monkeypatch.setattr("mambacast.store.__version__", "0.1.0")
     store, _ = saved_store(tmp_path)
     meta = json.loads(store.metadata_path("AAPL").read_text()) | {"mambacast_version": "99.0.0"}
     store.metadata_path("AAPL").write_text(json.dumps(meta))

@@ -229,11 +229,14 @@ class _Stack:
         losses[finite].sum().backward()
         self._adam(sel)
         abs_err = err.detach().abs()
+        maes = torch.stack([abs_err[k, :s].mean() for k, s in enumerate(sizes)])
+        # one transfer for all models' figures: a sync per model and figure costs more than the step on a GPU
+        loss_list, mae_list = torch.stack([losses.detach(), maes]).tolist()
         for k, (m, s) in enumerate(zip(members, sizes, strict=True)):
-            m.sum_loss += losses[k].item() * s
-            m.sum_ae += abs_err[k, :s].mean().item() * s
+            m.sum_loss += loss_list[k] * s
+            m.sum_ae += mae_list[k] * s
             for cb in m.trainer.callbacks:
-                cb.on_batch_end(m.trainer, b, n_batches[rows[k]], losses[k].item())
+                cb.on_batch_end(m.trainer, b, n_batches[rows[k]], loss_list[k])
 
     @torch.no_grad()
     def _adam(self, sel: Tensor | None) -> None:
@@ -303,13 +306,16 @@ class _Stack:
     def write_back(self) -> None:
         """Copy each member's weights and Adam state into its own Trainer (for validation, callbacks,
         checkpoints and the next epoch's stack)."""
+        steps = self.step.tolist()   # one transfer, not one per model and parameter
         with torch.no_grad():
             for k, m in enumerate(self.members):
                 t = m.trainer
+                # a capturable Adam (CUDA graphs, train.graphs) keeps its step count on the GPU
+                step_device = self.device if t.optimizer.defaults.get("capturable") else None
                 for n in self.names:
                     p = t.model.get_parameter(n)
                     p.copy_(self.params[n][k])
-                    t.optimizer.state[p] = {"step": torch.tensor(float(self.step[k])),
+                    t.optimizer.state[p] = {"step": torch.tensor(steps[k], dtype=torch.float32, device=step_device),
                                             "exp_avg": self.exp_avg[n][k].clone(),
                                             "exp_avg_sq": self.exp_avg_sq[n][k].clone()}
 

@@ -11,6 +11,9 @@ without `forward_distribution` is trained on the MSE.
 Everything the loop needs to continue after a crash — weights, Adam moments, learning rate,
 shuffle-generator state, callback counters — is exposed by `training_state()` and restored by
 `fit(resume_from=...)`, and a resumed run on CPU reproduces the uninterrupted one exactly.
+
+On CUDA the step runs under bf16 autocast and is replayed as a CUDA graph (`train.graphs`: the guide-sized
+step is launch-bound there); MAMBACAST_CUDA_GRAPHS=0 runs it kernel by kernel.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..ops.amp import cpu_bf16_autocast
 from .callbacks import Callback
+from .graphs import GraphedSteps, graphs_enabled
 from .objective import crps_student_t_np, objective
 
 __all__ = ["Trainer", "NonFiniteLossError", "resolve_device"]
@@ -74,8 +78,11 @@ class Trainer:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.callbacks = list(callbacks)
+        # On CUDA the step is replayed as a CUDA graph (train.graphs), so Adam keeps its step count there.
+        self._graphs = graphs_enabled(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
-                                          weight_decay=config.weight_decay)
+                                          weight_decay=config.weight_decay, capturable=self._graphs)
+        self._graphed: GraphedSteps | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self._has_distribution = hasattr(model, "forward_distribution")
         self.stop_training = False
@@ -91,9 +98,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = float(value)
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def _autocast(self, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on CUDA (and on the CPU when opted in); `cache=False` inside a CUDA graph capture,
+        where autocast's cache of cast weights would go stale."""
         if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
         if self.device.type == "cpu" and cpu_bf16_autocast():   # opt-in: MAMBACAST_CPU_BF16=1 (ops.amp)
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -155,33 +164,57 @@ class Trainer:
         bs = self.config.batch_size
         n_batches = math.ceil(n / bs)
         sum_loss = sum_ae = 0.0
+        if self._graphs and self._graphed is None:
+            self._graphed = GraphedSteps(self._graph_step, self.optimizer, self.device)
         for b in range(n_batches):
             idx = order[b * bs:(b + 1) * bs]
             xb, yb = X[idx], y[idx]
-            with self._autocast():
-                if self._has_distribution:
-                    pred, scale, df = (t.float() for t in self.model.forward_distribution(xb))
-                else:
-                    pred = self.model(xb).float()
-            err = pred - yb
-            if self._has_distribution:
-                loss, mse = objective(self.config.loss, yb, pred, scale, df)
+            if self._graphed is not None:
+                # One sync per batch for the progress callbacks; the graph's outputs are reused by the next replay.
+                loss, ae = torch.stack(self._graphed(xb, yb)).tolist()
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch}, batch {b}; "
+                                             "the best checkpoint so far is kept. Try a lower --learning-rate "
+                                             "and check the data for extreme values")
             else:
-                mse = err.pow(2).mean()
-                loss = mse
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, batch {b}; "
-                                         "the best checkpoint so far is kept. Try a lower --learning-rate "
-                                         "and check the data for extreme values")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clipnorm)
-            self.optimizer.step()
-            sum_loss += loss.item() * len(idx)
-            sum_ae += err.detach().abs().mean().item() * len(idx)
+                loss_t, ae_t = self._forward_loss(xb, yb)
+                if not torch.isfinite(loss_t):   # checked before the step, so the weights stay finite
+                    raise NonFiniteLossError(f"training loss became {loss_t.item()} at epoch {epoch}, batch {b}; "
+                                             "the best checkpoint so far is kept. Try a lower --learning-rate "
+                                             "and check the data for extreme values")
+                self.optimizer.zero_grad(set_to_none=True)
+                self._update(loss_t)
+                loss, ae = loss_t.item(), ae_t.item()
+            sum_loss += loss * len(idx)
+            sum_ae += ae * len(idx)
             for cb in self.callbacks:
-                cb.on_batch_end(self, b, n_batches, loss.item())
+                cb.on_batch_end(self, b, n_batches, loss)
         return sum_loss / n, sum_ae / n
+
+    def _forward_loss(self, xb: Tensor, yb: Tensor, cache: bool = True) -> tuple[Tensor, Tensor]:
+        """The objective and the location's mean absolute error on one batch (two 0-d tensors)."""
+        with self._autocast(cache):
+            if self._has_distribution:
+                pred, scale, df = (t.float() for t in self.model.forward_distribution(xb))
+            else:
+                pred = self.model(xb).float()
+        if self._has_distribution:
+            loss, _ = objective(self.config.loss, yb, pred, scale, df)
+        else:
+            loss = (pred - yb).pow(2).mean()
+        return loss, (pred.detach() - yb).abs().mean()
+
+    def _update(self, loss: Tensor) -> None:
+        """Backward, clipping by global norm, Adam; the gradients must be None or zero beforehand."""
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clipnorm)
+        self.optimizer.step()
+
+    def _graph_step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """The whole step as `GraphedSteps` captures it."""
+        loss, ae = self._forward_loss(xb, yb, cache=False)
+        self._update(loss)
+        return loss.detach(), ae
 
     @torch.no_grad()
     def predict(self, X: np.ndarray | Tensor) -> Tensor:
@@ -242,7 +275,10 @@ class Trainer:
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        # The saved run may have used the other device: Adam is capturable exactly when this one graphs.
+        groups = [dict(g, capturable=self._graphs) for g in info["param_groups"]]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self._graphed = None   # captured graphs point at the optimizer's old state tensors
         self.generator.set_state(tensors["rng.shuffle"])
         if len(info["callbacks"]) != len(self.callbacks):
             raise ValueError(f"the saved training state has {len(info['callbacks'])} callbacks, this run has "

@@ -8,8 +8,10 @@
 #   bash benchmarks/gpu_check.sh --smoke    anywhere: checks this script (CUDA tests skip, a few tests, tiny benchmark)
 # The machine needs Python with torch (CUDA build) and Triton, numpy, pandas, scipy, safetensors, pytest and
 # hypothesis. What it lacks (scoringrules, arch, bokeh-sampledata, mambapy, ...) comes as wheels in .whl/, made
-# beforehand on a networked machine (../shared/tools/cuda-wheels.sh .whl [pytest hypothesis ...]) and carried
-# along; they go into a temporary directory, never into the machine's Python. Each step has its own time limit
+# beforehand on a networked machine and carried along: ../shared/tools/cuda-wheels.sh .whl fastapi starlette pydantic
+# pydantic_core annotated-types typing-inspection typing_extensions annotated-doc opentelemetry-api uvicorn sqlalchemy
+# (the serve extra and what fastapi imports beyond the GPU image: opentelemetry-api, typing_extensions >= 4.16), then
+# they go into a temporary directory, never into the machine's Python. Each step has its own time limit
 # (a step that runs out is cut off and the next one starts); the exit status is 1 if any test failed.
 set -uo pipefail
 
@@ -34,12 +36,18 @@ fi
 stamp "environment"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
 $PY - <<'EOF' 2>&1 | tee "$OUT/env.txt"
-import importlib.util, platform, torch
+import importlib, importlib.util, platform, torch
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 print(f"python {platform.python_version()}  torch {torch.__version__}  cuda {torch.version.cuda}  gpu {gpu}")
 for name in ("triton", "numpy", "pandas", "scipy", "safetensors", "pytest", "hypothesis", "scoringrules", "arch",
-             "statsmodels", "bokeh_sampledata", "skfolio", "mambapy", "matplotlib"):
-    print(f"  {name:<17} {'yes' if importlib.util.find_spec(name) else 'MISSING'}")
+             "statsmodels", "bokeh_sampledata", "skfolio", "mambapy", "matplotlib", "fastapi", "uvicorn", "httpx",
+             "sqlalchemy"):
+    try:   # imported, not only found: a package whose own dependencies are missing fails here, with the reason
+        importlib.import_module(name)
+        state = "yes"
+    except Exception as exc:  # noqa: BLE001
+        state = "MISSING" if importlib.util.find_spec(name) is None else f"FAILS: {type(exc).__name__}: {exc}"
+    print(f"  {name:<17} {state}")
 EOF
 
 stamp "1. the whole suite in seven shards side by side: the CUDA, graph, Triton and autocast tests first among them"

@@ -134,6 +134,10 @@ def _load_tensors(path: Path, expected_sha256: str | None = None) -> tuple[dict[
         raise StoreError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
+# 64 characters, as a SHA-256 hex digest; quoted in the header, it cannot come from the JSON-escaped info text.
+_PLACEHOLDER = "0" * 64
+
+
 def _header(data: bytes, path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (already known to parse)."""
     length = int.from_bytes(data[:8], "little")
@@ -308,11 +312,15 @@ class ModelStore:
         # Callback counters may hold +inf ("no best yet"); Python's JSON round-trips it.
         info_text = json.dumps(info or {})
         cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        plain = st_save(cpu)
-        digest = _content_digest(plain, _header(plain, path), info_text)
-        data = st_save(cpu, metadata={"mambacast": info_text, "sha256": digest})
-        atomic_write_bytes(path, data)
-        return sha256_bytes(data)
+        # Serialised once with a placeholder digest of the digest's length: the digest does not cover the
+        # metadata, so it is computed on this file and written over the placeholder (the header keeps its size).
+        data = bytearray(st_save(cpu, metadata={"mambacast": info_text, "sha256": _PLACEHOLDER}))
+        digest = _content_digest(bytes(data), _header(bytes(data), path), info_text)
+        header_end = 8 + int.from_bytes(data[:8], "little")
+        slot = bytes(data[:header_end]).find(b'"' + _PLACEHOLDER.encode() + b'"')
+        data[slot + 1:slot + 1 + len(digest)] = digest.encode()
+        atomic_write_bytes(path, bytes(data))
+        return sha256_bytes(bytes(data))
 
     def load_tensors(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and info of a `save_tensors` file; StoreError when it is unreadable or not what it says."""

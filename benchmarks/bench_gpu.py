@@ -22,6 +22,8 @@ Sections, in this order; one that would start after --budget-s seconds is skippe
    `encode` whole; wall time and peak CUDA memory (torch.cuda.max_memory_allocated, input and output
    included). mambapy on the same input if importable.
 5. the GPU kernels of the batch-1024 step by CUDA time (torch.profiler), fp32 and bf16.
+6. section 1's run again under cProfile: mambacast's functions by cumulative time (what the time outside the
+   epochs is made of).
 Prices in 1 and 2 are synthetic random walks (training time does not depend on the values), so no sample
 data package is needed. Without CUDA the script runs the smoke sizes on the CPU and says so: those are no
 GPU figures.
@@ -266,6 +268,27 @@ def one_symbol(device: torch.device, cfg: MambaConfig, days: int, epochs: int) -
             "outside_epochs_s": seconds - sum(epoch_times)}
 
 
+def one_symbol_profile(device: torch.device, cfg: MambaConfig, days: int, epochs: int, top: int = 30) -> dict:
+    """Where the one-symbol run's wall time goes, by cProfile (cumulative seconds of mambacast's own functions;
+    the profiler slows Python, so the timed figure is section 1's, this only splits it)."""
+    import cProfile
+    import pstats
+
+    from mambacast.train import train_symbol
+
+    with tempfile.TemporaryDirectory() as root:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        train_symbol("BENCH", prices=walk(0, days), model_config=cfg, save_dir=root, device=str(device),
+                     train_config=TrainConfig(epochs=epochs, patience=10**6, lr_patience=10**6))
+        profiler.disable()
+    stats = pstats.Stats(profiler).stats   # (file, line, name) -> (calls, primitive calls, tottime, cumtime, callers)
+    rows = [{"function": f"{Path(f).name}:{line}({name})", "calls": v[1], "cumulative_s": round(v[3], 4)}
+            for (f, line, name), v in stats.items() if "mambacast" in f]
+    rows.sort(key=lambda r: r["cumulative_s"], reverse=True)
+    return {"epochs": epochs, "functions": rows[:top]}
+
+
 def stacked(device: torch.device, cfg: MambaConfig, n_symbols: int, days: int, epochs: int, target_epochs: int
             ) -> dict:
     """`train_symbols(..., stack=True)` for `epochs` epochs, projected to `target_epochs`: the measured wall time
@@ -351,6 +374,7 @@ def main() -> None:
     section("forward_1m", lambda: long_forward_rows(device, cfg, 5000 if smoke else 1_000_000,
                                                     [512] if smoke else [2048, 65536, 262144]))
     section("profile", lambda: profile_rows(device, cfg, 4 if smoke else 1024))
+    section("one_symbol_profile", lambda: one_symbol_profile(device, cfg, 300 if smoke else 1000, 1 if smoke else 50))
     if path is not None:
         print(f"wrote {path}")
 

@@ -61,7 +61,7 @@ def test_a_learning_rate_change_is_captured_again(monkeypatch):
     graphed, _ = fit(True, monkeypatch, CONFIG, callbacks=[HalveLrAfterFirstEpoch()])
     eager, _ = fit(False, monkeypatch, CONFIG, callbacks=[HalveLrAfterFirstEpoch()])
     assert graphed.lr == eager.lr == CONFIG.learning_rate / 2
-    assert all(c.lr == graphed.lr for c in graphed._graphed._graphs.values())
+    assert all(c.key == graphed.lr for c in graphed._graphed._graphs.values())
     for p, q in zip(graphed.model.parameters(), eager.model.parameters(), strict=True):
         assert torch.allclose(p, q, rtol=1e-3, atol=1e-4)
     # a stale learning rate would show: the same run at the first rate throughout ends elsewhere
@@ -94,3 +94,50 @@ def test_a_non_finite_loss_stops_graphed_training(monkeypatch):
     trainer = Trainer(MambaModel(SMALL, 6), TrainConfig(epochs=2, batch_size=64, seed=3), device="cuda")
     with pytest.raises(NonFiniteLossError, match="training loss became nan"):
         trainer.fit(X[:250], y[:250], X[250:], y[250:].nan_to_num())
+
+
+def stacked_trainers(seeds, epochs=3):
+    trainers = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        cfg = TrainConfig(epochs=epochs, batch_size=64, seed=seed, patience=10, lr_patience=10)
+        trainers.append(Trainer(MambaModel(SMALL, 6), cfg, device="cuda"))
+    return trainers
+
+
+def stacked_data(seed: int, n: int = 300):
+    g = torch.Generator().manual_seed(seed)
+    X, y = torch.randn(n, 30, 6, generator=g), torch.randn(n, 4, generator=g)
+    return X[:256], y[:256], X[256:], y[256:]   # 256 windows: four full batches of 64 for every member
+
+
+def test_graphed_stack_equals_the_eager_stack(monkeypatch):
+    from mambacast.train.stacked import StackedTrainer
+
+    runs = {}
+    for graphs in (True, False):
+        monkeypatch.setenv("MAMBACAST_CUDA_GRAPHS", "1" if graphs else "0")
+        trainers = stacked_trainers([1, 2, 3])
+        histories = StackedTrainer(trainers).fit([stacked_data(s) for s in (1, 2, 3)])
+        runs[graphs] = trainers, histories
+    (graphed, h_graph), (eager, h_eager) = runs[True], runs[False]
+    for a, b in zip(h_graph, h_eager, strict=True):
+        assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-3)
+    for g, e in zip(graphed, eager, strict=True):
+        for (name, p), q in zip(g.model.named_parameters(), e.model.parameters(), strict=True):
+            assert torch.allclose(p, q, rtol=1e-3, atol=1e-4), name
+        assert float(g.optimizer.state[next(g.model.parameters())]["step"]) == 12   # 3 epochs x 4 batches
+
+
+def test_a_diverging_member_leaves_the_graphed_stack(monkeypatch):
+    from mambacast.train import NonFiniteLossError
+    from mambacast.train.stacked import StackedTrainer
+
+    monkeypatch.setenv("MAMBACAST_CUDA_GRAPHS", "1")
+    Xt, yt, Xv, yv = stacked_data(2)
+    yt = yt.clone()
+    yt[::8] = float("nan")           # every batch of member 1 holds NaN targets, from the first (eager) one on
+    trainer = StackedTrainer(stacked_trainers([1, 2]))
+    histories = trainer.fit([stacked_data(1), (Xt, yt, Xv, yv)])
+    assert trainer.errors[0] is None and isinstance(trainer.errors[1], NonFiniteLossError)
+    assert len(histories[0]) == 3 and np.isfinite([h["train_loss"] for h in histories[0]]).all()

@@ -119,6 +119,38 @@ def test_stacked_training_equals_training_alone(tmp_path):
     assert any(h["lr"] < 0.01 for hs in histories for h in hs), "the test should exercise ReduceLROnPlateau"
 
 
+def test_the_graphable_full_step_trains_as_the_eager_step(tmp_path, monkeypatch):
+    """`_Stack._full_step` (what CUDA captures for batches every member fills: `where` instead of boolean
+    indexing, step counts advanced in place) run eagerly on the CPU, against the ordinary step."""
+    from mambacast.train import stacked as stacked_module
+
+    original_init = stacked_module._Stack.__init__
+    full_steps = []
+
+    def with_full_step(self, members):
+        original_init(self, members)
+
+        def step(x, y):
+            full_steps.append(x.shape[0])
+            self._zero_grad()
+            return self._full_step(x, y)
+
+        self._graphed = step
+
+    seeds = (1, 2, 3)
+    datasets = [data(n, seed) for n, seed in zip((64, 56, 64), seeds, strict=True)]
+    plain = [make_trainer(tmp_path / "plain", f"S{i}", seed) for i, seed in enumerate(seeds)]
+    plain_histories = StackedTrainer(plain).fit(datasets)
+    monkeypatch.setattr(stacked_module._Stack, "__init__", with_full_step)
+    full = [make_trainer(tmp_path / "full", f"S{i}", seed) for i, seed in enumerate(seeds)]
+    full_histories = StackedTrainer(full).fit(datasets)
+    assert full_steps and set(full_steps) == {3}     # the full batches went through it; the padded one did not
+    for a, b, ha, hb in zip(plain, full, plain_histories, full_histories, strict=True):
+        for key in ("train_loss", "val_loss", "train_mae", "lr"):
+            np.testing.assert_allclose([h[key] for h in hb], [h[key] for h in ha], rtol=LOSS_RTOL, err_msg=key)
+        assert_same_weights(a, b)
+
+
 def test_early_stopped_member_leaves_the_stack(tmp_path):
     datasets = [data(48, 5, signal=0.0), data(48, 6)]
     # Member 0 stops when its patience runs out (patience 1, a target of pure noise);
@@ -245,8 +277,19 @@ def test_stacked_validation_equals_trainer_evaluate(tmp_path, monkeypatch):
         assert crps == pytest.approx(want_crps, rel=LOSS_RTOL)
 
 
-def test_diverging_member_leaves_the_stack_and_the_others_finish(tmp_path):
+@pytest.mark.parametrize("step", ["ordinary", "graphable"])
+def test_diverging_member_leaves_the_stack_and_the_others_finish(tmp_path, monkeypatch, step):
+    from mambacast.train import stacked as stacked_module
     from mambacast.train.trainer import NonFiniteLossError
+
+    if step == "graphable":   # every batch here is full: all go through `_full_step`, as CUDA replays it
+        original_init = stacked_module._Stack.__init__
+
+        def with_full_step(self, members):
+            original_init(self, members)
+            self._graphed = lambda x, y: (self._zero_grad(), self._full_step(x, y))[1]
+
+        monkeypatch.setattr(stacked_module._Stack, "__init__", with_full_step)
 
     good = data(48, 8)
     Xt, yt, Xv, yv = data(48, 9)

@@ -33,8 +33,9 @@ __all__ = ["GraphedSteps", "graphs_enabled"]
 
 log = logging.getLogger(__name__)
 
-# step(x, y) -> (loss, mean absolute error), each a 0-d tensor; it runs forward, backward, clip and Adam.
-StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+# step(x, y) -> a tuple of tensors (the Trainer's: loss and mean absolute error, 0-d; the stack's: per-model
+# losses, errors and finiteness); it runs forward, backward, clipping and the optimizer step.
+StepFn = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
 
 
 def graphs_enabled(device: torch.device) -> bool:
@@ -43,63 +44,63 @@ def graphs_enabled(device: torch.device) -> bool:
 
 
 class _Captured:
-    """One batch size's graph with its static input buffers and outputs."""
+    """One input shape's graph with its static input buffers and outputs."""
 
-    def __init__(self, step: StepFn, x: Tensor, y: Tensor, lr: float):
-        self.x, self.y, self.lr = x.clone(), y.clone(), lr
+    def __init__(self, step: StepFn, x: Tensor, y: Tensor, key: object):
+        self.x, self.y, self.key = x.clone(), y.clone(), key
         self.graph = torch.cuda.CUDAGraph()
         # Each graph keeps its own memory pool: two graphs sharing one would have to replay in capture order.
         with torch.cuda.graph(self.graph):
-            self.loss, self.ae = step(self.x, self.y)
+            self.outputs = step(self.x, self.y)
 
-    def replay(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def replay(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
         self.x.copy_(x)
         self.y.copy_(y)
         self.graph.replay()
-        return self.loss, self.ae
+        return self.outputs
 
 
 class GraphedSteps:
-    """Runs `step` through CUDA graphs, one per batch size, re-captured when the learning rate changes.
+    """Runs `step` through CUDA graphs, one per input shape, captured again when `key()` changes.
 
-    `step` must zero nothing itself: before each eager step and each capture the gradients are set to
-    None here, so the backward writes fresh ones. Outputs of a replay are overwritten by the next one.
+    `zero_grad` sets the gradients to None; it is called before each eager step and each capture, so the
+    backward writes fresh gradients, never accumulates. `key` returns what the graph bakes in as a constant
+    (the Trainer's learning rate). Outputs of a replay are overwritten by the next one.
     """
 
-    def __init__(self, step: StepFn, optimizer: torch.optim.Optimizer, device: torch.device):
-        self.step, self.optimizer = step, optimizer
+    def __init__(self, step: StepFn, zero_grad: Callable[[], None], device: torch.device,
+                 key: Callable[[], object] = lambda: None):
+        self.step, self.zero_grad, self.key = step, zero_grad, key
         self._graphs: dict[tuple[int, ...], _Captured] = {}
         self._seen: set[tuple[int, ...]] = set()
         self._eager_only = False
         self._side = torch.cuda.Stream(device)
 
-    def _lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """x: (batch, seq_len, n_features), y: (batch, n_horizons), on the GPU -> (loss, mae) 0-d tensors."""
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        """x, y: the batch's inputs and targets on the GPU -> `step`'s outputs."""
         with torch.cuda.device(x.device):   # streams and graphs belong to the current device
             return self._run(x, y)
 
-    def _run(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _run(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
         n = (*x.shape, *y.shape)   # one graph per batch size (the last batch of an epoch is smaller)
         captured = self._graphs.get(n)
-        if captured is not None and captured.lr == self._lr():
+        key = self.key()
+        if captured is not None and captured.key == key:
             return captured.replay(x, y)
         if n not in self._seen or self._eager_only:
-            # The real first step of this size, on a side stream as capture asks: it compiles the kernels
-            # and creates Adam's state, so the capture after it needs no throw-away warm-up steps.
+            # The real first step of this shape, on a side stream as capture asks: it compiles the kernels and
+            # creates the optimizer's state, so the capture after it needs no throw-away warm-up steps.
             self._seen.add(n)
             self._side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(self._side):
-                self.optimizer.zero_grad(set_to_none=True)
-                loss, ae = self.step(x, y)
+                self.zero_grad()
+                outputs = self.step(x, y)
             torch.cuda.current_stream().wait_stream(self._side)
-            return loss, ae
+            return outputs
         self._graphs.pop(n, None)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         try:
-            captured = _Captured(self.step, x, y, self._lr())
+            captured = _Captured(self.step, x, y, key)
         except RuntimeError as exc:   # an op that cannot be captured: train on, one kernel at a time
             log.warning("the training step could not be captured as a CUDA graph (%s); training goes on "
                         "without graphs", str(exc).splitlines()[0])
@@ -107,5 +108,5 @@ class GraphedSteps:
             self._graphs.clear()
             return self._run(x, y)
         self._graphs[n] = captured
-        log.debug("captured the training step for batch %d at lr %g", x.shape[0], captured.lr)
+        log.debug("captured the training step for inputs %s (key %s)", tuple(x.shape), key)
         return captured.replay(x, y)

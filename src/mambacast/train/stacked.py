@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..nn.stacked import stack_buffers, stack_parameters, stacked_forward_distribution
+from .graphs import GraphedSteps
 from .objective import crps_student_t_np, objective
 from .trainer import _EVAL_BATCH, NonFiniteLossError, Trainer, _as_tensor
 
@@ -157,6 +158,9 @@ class _Stack:
         self.model = first.model
         self.device = first.device
         self.autocast = first._autocast
+        # On CUDA the batches that every member fills are replayed as a CUDA graph (train.graphs), captured
+        # again each epoch: the stack, and so the tensors the graph reads, is rebuilt between epochs.
+        self._graphed = GraphedSteps(self._full_step, self._zero_grad, self.device) if first._graphs else None
         self.params = stack_parameters([t.model for t in trainers])
         self.buffers = stack_buffers([t.model for t in trainers])
         self.loss = first.config.loss
@@ -202,16 +206,36 @@ class _Stack:
         sizes = [len(i) for i in idx]
         width = max(sizes)
         everyone = len(rows) == len(self.members)
-        sel = None if everyone else torch.tensor(rows, device=self.device)
-        params = self.params if everyone else {n: p.index_select(0, sel) for n, p in self.params.items()}
         # One (M, width, seq_len, n_features) batch; a short last batch is padded and its padding
         # rows left out of the loss (models see each row independently, so padding changes nothing).
         xb = torch.stack([_pad(m.Xt[i], width) for m, i in zip(members, idx, strict=True)])
         yb = torch.stack([_pad(m.yt[i], width) for m, i in zip(members, idx, strict=True)])
+        if self._graphed is not None and everyone and all(s == width for s in sizes):
+            losses, maes, finite = self._graphed(xb, yb)
+        else:
+            losses, maes, finite = self._eager_step(rows, sizes, xb, yb, everyone)
+        # one transfer for all models' figures: a sync per model and figure costs more than the step on a GPU
+        loss_list, mae_list, finite_list = torch.stack([losses, maes, finite.to(losses.dtype)]).tolist()
+        for k, (m, s) in enumerate(zip(members, sizes, strict=True)):
+            if not finite_list[k]:
+                m.error = NonFiniteLossError(
+                    f"training loss became {loss_list[k]} at epoch {m.epoch}, batch {b}; the best checkpoint so "
+                    "far is kept. Try a lower --learning-rate and check the data for extreme values")
+            m.sum_loss += loss_list[k] * s
+            m.sum_ae += mae_list[k] * s
+            for cb in m.trainer.callbacks:
+                cb.on_batch_end(m.trainer, b, n_batches[rows[k]], loss_list[k])
+
+    def _eager_step(self, rows: list[int], sizes: list[int], xb: Tensor, yb: Tensor, everyone: bool
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward, backward and Adam of the selected models on one (padded) batch -> per-model losses, mean
+        absolute errors and finiteness, (len(rows),) each."""
+        sel = None if everyone else torch.tensor(rows, device=self.device)
+        params = self.params if everyone else {n: p.index_select(0, sel) for n, p in self.params.items()}
         buffers = self.buffers if everyone else {n: b.index_select(0, sel) for n, b in self.buffers.items()}
         with self.autocast():
             pred, scale, df = (t.float() for t in stacked_forward_distribution(params, self.model, xb, buffers))
-        err = pred - yb
+        width = xb.shape[1]
         # Trainer's objective per model; their sum gives every model its own gradient.
         if all(s == width for s in sizes):
             losses, _ = objective(self.loss, yb, pred, scale, df, dim=(1, 2))          # (M,)
@@ -219,24 +243,29 @@ class _Stack:
             losses = torch.stack([objective(self.loss, yb[k, :s], pred[k, :s], scale[k, :s], df[k])[0]
                                   for k, s in enumerate(sizes)])
         finite = torch.isfinite(losses.detach())
-        for k in torch.nonzero(~finite).flatten().tolist():
-            members[k].error = NonFiniteLossError(
-                f"training loss became {losses[k].item()} at epoch {members[k].epoch}, batch {b}; the best "
-                "checkpoint so far is kept. Try a lower --learning-rate and check the data for extreme values")
-        for p in self.params.values():
-            p.grad = None
-        # A diverged model's loss is left out: its gradient is zero and it leaves the stack after this epoch.
+        self._zero_grad()
+        # A diverged model's loss is left out: it leaves the stack after this epoch.
         losses[finite].sum().backward()
         self._adam(sel)
-        abs_err = err.detach().abs()
+        abs_err = (pred - yb).detach().abs()
         maes = torch.stack([abs_err[k, :s].mean() for k, s in enumerate(sizes)])
-        # one transfer for all models' figures: a sync per model and figure costs more than the step on a GPU
-        loss_list, mae_list = torch.stack([losses.detach(), maes]).tolist()
-        for k, (m, s) in enumerate(zip(members, sizes, strict=True)):
-            m.sum_loss += loss_list[k] * s
-            m.sum_ae += mae_list[k] * s
-            for cb in m.trainer.callbacks:
-                cb.on_batch_end(m.trainer, b, n_batches[rows[k]], loss_list[k])
+        return losses.detach(), maes, finite
+
+    def _full_step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """`_eager_step` for a batch every member fills, in the ops a CUDA graph can capture: no boolean
+        indexing (a diverged model's loss is masked by `where`), the step counts advanced in place."""
+        with self.autocast(cache=False):
+            pred, scale, df = (t.float() for t in stacked_forward_distribution(self.params, self.model, xb,
+                                                                               self.buffers))
+        losses, _ = objective(self.loss, yb, pred, scale, df, dim=(1, 2))
+        finite = torch.isfinite(losses.detach())
+        torch.where(finite, losses, torch.zeros_like(losses)).sum().backward()
+        self._adam(None)
+        return losses.detach(), (pred - yb).detach().abs().mean(dim=(1, 2)), finite
+
+    def _zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
 
     @torch.no_grad()
     def _adam(self, sel: Tensor | None) -> None:
@@ -250,10 +279,10 @@ class _Stack:
         for g in grads.values():
             sq += g.reshape(M, -1).pow(2).sum(1)
         coef = (self.clipnorm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        step = pick(self.step) + 1
         if sel is None:
-            self.step = step
+            step = self.step.add_(1)     # in place: a captured graph reads and advances the same tensor
         else:
+            step = pick(self.step) + 1
             self.step.index_copy_(0, sel, step)
         bc1 = 1 - self.beta1 ** step
         bc2_sqrt = (1 - self.beta2 ** step).sqrt()

@@ -165,7 +165,8 @@ class Trainer:
         n_batches = math.ceil(n / bs)
         sum_loss = sum_ae = 0.0
         if self._graphs and self._graphed is None:
-            self._graphed = GraphedSteps(self._graph_step, self.optimizer, self.device)
+            self._graphed = GraphedSteps(self._graph_step, lambda: self.optimizer.zero_grad(set_to_none=True),
+                                        self.device, key=lambda: self.lr)
         for b in range(n_batches):
             idx = order[b * bs:(b + 1) * bs]
             xb, yb = X[idx], y[idx]

@@ -5,10 +5,12 @@ Run: .venv/bin/python benchmarks/bench_model.py [--batch 32 --seq-len 60 --repea
 Rows (one process, one run, rounds interleaved so that load on a shared machine hits every row
 alike):
   mambapy (pscan)          the peer: mambapy's Mamba stack with our embedding and heads
-  mambacast fused          the default on CPU: the fused block (C++ kernels, hand-written backward)
+  mambacast fused          the default block on CPU: the fused block (C++ kernels, hand-written backward),
+                           with torch.optim.Adam's default (a Python loop over the parameters on the CPU)
   fused, bf16 autocast     the same under torch.autocast("cpu", bfloat16): the Linear layers in bf16
                            (oneDNN, fp32 accumulation, fp32 master weights), the fused block in fp32
-  fused, fused Adam        the same with torch.optim.Adam(fused=True) (one kernel over all parameters)
+  fused, fused Adam        the same with torch.optim.Adam(fused=True) (one kernel over all parameters):
+                           the Trainer's step on the CPU
   fused, kernel of REF     with --baseline-kernel REF: the fused model on the kernel source of git REF
                            (e.g. main), built beside this tree's under another op namespace: old
                            kernel against new in one process

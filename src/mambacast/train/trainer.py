@@ -78,10 +78,13 @@ class Trainer:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.callbacks = list(callbacks)
-        # On CUDA the step is replayed as a CUDA graph (train.graphs), so Adam keeps its step count there.
+        # On CUDA the step is replayed as a CUDA graph (train.graphs), so Adam keeps its step count there. On the
+        # CPU Adam is one fused kernel over all parameters: the default there loops over them in Python.
         self._graphs = graphs_enabled(self.device)
+        self._fused = self.device.type == "cpu"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
-                                          weight_decay=config.weight_decay, capturable=self._graphs)
+                                          weight_decay=config.weight_decay, capturable=self._graphs,
+                                          fused=self._fused or None)
         self._graphed: GraphedSteps | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self._has_distribution = hasattr(model, "forward_distribution")
@@ -276,8 +279,8 @@ class Trainer:
             if key.startswith("optim."):
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
-        # The saved run may have used the other device: Adam is capturable exactly when this one graphs.
-        groups = [dict(g, capturable=self._graphs) for g in info["param_groups"]]
+        # The saved run may have used the other device: Adam's implementation is this device's.
+        groups = [dict(g, capturable=self._graphs, fused=self._fused or None) for g in info["param_groups"]]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         self._graphed = None   # captured graphs point at the optimizer's old state tensors
         self.generator.set_state(tensors["rng.shuffle"])

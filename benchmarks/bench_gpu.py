@@ -24,6 +24,8 @@ Sections, in this order; one that would start after --budget-s seconds is skippe
 5. the GPU kernels of the batch-1024 step by CUDA time (torch.profiler), fp32 and bf16.
 6. section 1's run again under cProfile: mambacast's functions by cumulative time (what the time outside the
    epochs is made of).
+7. the Triton scan alone (forward + backward, batch 1024, bf16 activations) for the launch configurations in
+   SWEEP (channels per program, warps, steps per saved state), each checked against the default's gradients.
 Prices in 1 and 2 are synthetic random walks (training time does not depend on the values), so no sample
 data package is needed. Without CUDA the script runs the smoke sizes on the CPU and says so: those are no
 GPU figures.
@@ -195,6 +197,63 @@ def profile_rows(device: torch.device, cfg: MambaConfig, batch: int, top: int = 
                      "kernels": [{"name": e.key[:90], "ms_per_step": e.device_time_total / 5 / 1e3,
                                   "calls_per_step": e.count / 5} for e in events[:top]]})
         print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# (channels per program, warps, steps per saved state): the default first, then the candidates
+SWEEP = [(16, 2, 16), (16, 1, 16), (32, 2, 16), (32, 4, 16), (64, 4, 16), (64, 8, 16), (32, 4, 32)]
+
+
+def scan_sweep(device: torch.device, cfg: MambaConfig, batch: int) -> list[dict]:
+    """The Triton scan alone, forward + backward, at the guide's shapes and the training's dtypes (bf16
+    activations, float32 A, D, bias), for the launch configurations in SWEEP: what the batch-1024 step's largest
+    kernel would gain from another one. Each row's gradients are compared with the default's."""
+    if device.type != "cuda" or not triton_ops.available():
+        return [{"skipped": "the Triton scan's launch configurations are timed on CUDA only"}]
+    import triton
+
+    from mambacast.ops.triton import scan as tscan
+
+    d_inner, n = cfg.expand * cfg.d_model, cfg.d_state
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def leaf(*shape: int, dtype: torch.dtype = torch.bfloat16, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(*shape, device=device, generator=g)).to(dtype).requires_grad_()
+
+    u, delta, z = (leaf(batch, SEQ_LEN, d_inner) for _ in range(3))
+    B, C = leaf(batch, SEQ_LEN, n), leaf(batch, SEQ_LEN, n)
+    A = (-torch.exp(torch.randn(d_inner, n, device=device, generator=g))).requires_grad_()
+    D, bias = leaf(d_inner, dtype=torch.float32), leaf(d_inner, dtype=torch.float32, scale=0.1)
+    dy = torch.randn(batch, SEQ_LEN, d_inner, device=device, generator=g).to(torch.bfloat16)
+    inputs = (u, delta, A, B, C, D, z, bias)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        y, _ = tscan.triton_selective_scan(u, delta, A, B, C, D, z, bias, None, True)
+        return torch.autograd.grad(y, inputs, dy)
+
+    defaults = (tscan.BLOCK_D, tscan.SEG, tscan._launch_config)
+    rows: list[dict] = []
+    reference: tuple[torch.Tensor, ...] | None = None
+    try:
+        for block_d, warps, seg in SWEEP:
+            row: dict = {"batch": batch, "block_d": block_d, "num_warps": warps, "seg": seg}
+            try:
+                # the launcher reads these module globals at every call
+                tscan.BLOCK_D, tscan.SEG = block_d, seg
+                tscan._launch_config = lambda d_state, w=warps: (max(2, triton.next_power_of_2(d_state)), w)
+                grads = run()
+                if reference is None:
+                    reference = tuple(t.float() for t in grads)
+                row["max_rel_diff_vs_default"] = max(
+                    float((a.float() - r).abs().max() / r.abs().max().clamp_min(1e-30))
+                    for a, r in zip(grads, reference, strict=True))
+                row["fwd_bwd_ms"] = median_ms(run, device, warmup=3, repeats=20)
+            except Exception as exc:  # noqa: BLE001 - a configuration that fails says why; the others go on
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    finally:
+        tscan.BLOCK_D, tscan.SEG, tscan._launch_config = defaults
     return rows
 
 
@@ -375,6 +434,7 @@ def main() -> None:
                                                     [512] if smoke else [2048, 65536, 262144]))
     section("profile", lambda: profile_rows(device, cfg, 4 if smoke else 1024))
     section("one_symbol_profile", lambda: one_symbol_profile(device, cfg, 300 if smoke else 1000, 1 if smoke else 50))
+    section("scan_sweep", lambda: scan_sweep(device, cfg, 4 if smoke else 1024))
     if path is not None:
         print(f"wrote {path}")
 

@@ -158,7 +158,7 @@ def plot_cumulative_loss(result: BacktestResult, symbol: str, path: str | Path, 
     r = result.symbols[symbol]
     H = len(r.horizons)
     fig, axes = plt.subplots(2, H, figsize=(3.4 * H, 6), squeeze=False)
-    from .evaluate.backtest import _crps_scores
+    from .evaluate.scoring import crps_scores
 
     for j, h in enumerate(r.horizons):
         mask = r.valid(j)
@@ -168,13 +168,13 @@ def plot_cumulative_loss(result: BacktestResult, symbol: str, path: str | Path, 
         if base is None:
             continue
         b_se = (y - base.mean[mask, j]) ** 2
-        b_crps = _crps_scores(y, base, j, mask)
+        b_crps = crps_scores(y, base, j, mask)
         for name, fc in r.forecasts.items():
             if name == benchmark:
                 continue
             lw = 1.6 if name == result.config.reference else 0.9
             axes[0, j].plot(x, np.cumsum((y - fc.mean[mask, j]) ** 2 - b_se), lw=lw, label=name)
-            c = _crps_scores(y, fc, j, mask)
+            c = crps_scores(y, fc, j, mask)
             if c is not None and b_crps is not None:
                 axes[1, j].plot(x, np.cumsum(c - b_crps), lw=lw, label=name)
         for i, what in enumerate(("squared error", "CRPS")):

@@ -78,7 +78,7 @@ def desk_tables(results: Mapping[str, SymbolBacktest], references: Sequence[str]
     results: {symbol: SymbolBacktest}; references: the model forecasters (one per seed) DM-tested against
     `BRIER_DM_AGAINST`.
     """
-    from .backtest import _dm_row
+    from .scoring import dm_row
 
     if not results:
         return {}
@@ -134,7 +134,7 @@ def desk_tables(results: Mapping[str, SymbolBacktest], references: Sequence[str]
                         else:
                             a, b = losses[scope, ref, m], losses[scope, other, m]
                         brier_dm.append({"symbol": scope, "horizon": h, "moneyness": m, "reference": ref,
-                                         "other": other, **_dm_row(a.to_numpy(), b.to_numpy(), h)})
+                                         "other": other, **dm_row(a.to_numpy(), b.to_numpy(), h)})
     return {"brier": pd.DataFrame(brier), "brier_dm": pd.DataFrame(brier_dm),
             "reliability": pd.DataFrame(reliability), "coverage_by_year": pd.DataFrame(coverage),
             "pit": pd.DataFrame(pits)}

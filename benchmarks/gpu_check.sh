@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one GPU check of issue 13, sized to finish in under 6 minutes on one H100 (16 cores):
-#   1. the whole suite in seven shards run side by side, one of them the CUDA tests (marked `cuda`), the
-#      CUDA-graph step, the Triton scan against the reference and the autocast tests;
+#   1. the suite (less one CPU-pinned test) in six shards run side by side, one of them the CUDA tests (marked
+#      `cuda`), the CUDA-graph step, the Triton scan against the reference and the autocast tests;
 #   2. benchmarks/bench_gpu.py (1 symbol x 50 epochs, --stack, train step, 1,000,000-step forward, profile).
 # Run from the repository root:
 #   bash benchmarks/gpu_check.sh            on the GPU machine; logs and bench_gpu.json land in $OUT (default out/gpu)
@@ -50,7 +50,7 @@ for name in ("triton", "numpy", "pandas", "scipy", "safetensors", "pytest", "hyp
     print(f"  {name:<17} {state}")
 EOF
 
-stamp "1. the whole suite in seven shards side by side: the CUDA, graph, Triton and autocast tests first among them"
+stamp "1. the suite in six shards side by side: the CUDA, graph, Triton and autocast tests first among them"
 $PY -c "from mambacast import ops; print('CPU kernel available:', ops.available())" > "$OUT/cpu-kernel.txt" 2>&1
 cat "$OUT/cpu-kernel.txt"
 FIRST="tests/test_cuda.py tests/train/test_graphs.py tests/nn/test_scan_triton.py tests/nn/test_autocast.py"
@@ -60,8 +60,9 @@ for f in $FIRST; do ignore+=(--ignore "$f"); done
 if (( smoke )); then
     shards=("$FIRST" "tests/test_devices.py")
 else
-    # the crash-and-resume test alone: nine training processes, each importing CUDA's torch
-    shards=("$FIRST" "tests/nn tests/data" "$SIGKILL"
+    # Left out: the crash-and-resume test. It pins the CPU (bit-identical resumption is the CPU's promise) and
+    # took 168 s there (nine training processes, each importing CUDA's torch); CI runs it.
+    shards=("$FIRST" "tests/nn tests/data"
             "tests/train/test_pipeline.py tests/train/test_stacked.py --deselect $SIGKILL"
             "tests/train --ignore tests/train/test_pipeline.py --ignore tests/train/test_stacked.py"
             "tests/evaluate $(ls tests/test_*.py | tr '\n' ' ')" "tests/serve tests/badinput")
@@ -71,7 +72,7 @@ for i in "${!shards[@]}"; do
     skip=("${ignore[@]}")
     (( i == 0 )) && skip=()
     # shellcheck disable=SC2086 # a shard is a list of paths
-    OMP_NUM_THREADS=2 timeout 180 $PY -m pytest -v -p no:cacheprovider -rs "${skip[@]}" ${shards[$i]} \
+    OMP_NUM_THREADS=2 timeout 150 $PY -m pytest -v -p no:cacheprovider -rs "${skip[@]}" ${shards[$i]} \
         > "$OUT/tests-shard$i.log" 2>&1 &
     pids+=($!)
 done
@@ -79,7 +80,7 @@ status=0
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}"
     rc=$?
-    echo "shard $i (${shards[$i]:0:60}...): exit $rc$([[ $rc == 124 ]] && echo ' (cut off at 180 s)')"
+    echo "shard $i (${shards[$i]:0:60}...): exit $rc$([[ $rc == 124 ]] && echo ' (cut off at 150 s)')"
     tail -n 1 "$OUT/tests-shard$i.log"
     (( rc != 0 && rc != 5 )) && status=1
 done

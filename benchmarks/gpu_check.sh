@@ -2,7 +2,8 @@
 # The one GPU check of issue 13, sized to finish in under 6 minutes on one H100 (16 cores):
 #   1. the suite (less one CPU-pinned test) in six shards run side by side, one of them the CUDA tests (marked
 #      `cuda`), the CUDA-graph step, the Triton scan against the reference and the autocast tests;
-#   2. benchmarks/bench_gpu.py (1 symbol x 50 epochs, --stack, train step, 1,000,000-step forward, profile).
+#   2. benchmarks/bench_gpu.py (1 symbol x 50 epochs, --stack, train step, 1,000,000-step forward, kernel
+#      profile, the one-symbol run under cProfile, a launch-configuration sweep of the Triton scan).
 # Run from the repository root:
 #   bash benchmarks/gpu_check.sh            on the GPU machine; logs and bench_gpu.json land in $OUT (default out/gpu)
 #   bash benchmarks/gpu_check.sh --smoke    anywhere: checks this script (CUDA tests skip, a few tests, tiny benchmark)

@@ -1,10 +1,11 @@
 """Causal, scale-free technical features (the guide's `TimeSeriesFeatureEngineer`).
 
-Every feature at row ``t`` is computed from prices (and volumes) of rows ``0..t`` only: pandas
-rolling windows without centring and exponential averages with ``adjust=False``, never a
-backward fill. Every feature is a ratio, a return or a bounded oscillator, never a price level,
-so one model can serve symbols and years of any price scale. The formulas are listed in
-``docs/data.md``.
+Every feature at row ``t`` is computed from prices (and volumes) of rows ``0..t`` only: trailing
+rolling windows and exponential averages with pandas' ``adjust=False`` recursion, never a backward
+fill. They are computed with NumPy (`data.rolling`, equal to the pandas formulas to rounding), and
+only at the rows asked for: a forecast needs the features of its last window, not of the history.
+Every feature is a ratio, a return or a bounded oscillator, never a price level, so one model can
+serve symbols and years of any price scale. The formulas are listed in ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import rolling
 from .errors import DataError, DataQualityError, MissingVolumeError
 from .sources import as_close_array
 
@@ -60,8 +62,9 @@ def _ratio(num: np.ndarray, den: np.ndarray, scale: np.ndarray, flat_value: floa
     return np.where(flat, flat_value, out)
 
 
-def _ema(series: pd.Series, span: int) -> pd.Series:
-    return series.ewm(span=span, adjust=False, min_periods=span).mean()
+def _ema(x: np.ndarray, span: int) -> np.ndarray:
+    """``ewm(span=span, adjust=False, min_periods=span).mean()`` at every row (n,)."""
+    return rolling.ewm_mean(x, rolling.span_alpha(span), span)
 
 
 def garch_filter(log_ret: np.ndarray, long_run_var: np.ndarray, alpha: float = GARCH_ALPHA,
@@ -80,7 +83,7 @@ def garch_filter(log_ret: np.ndarray, long_run_var: np.ndarray, alpha: float = G
     if not ok.any():
         return out
     first = int(np.argmax(ok))
-    d = pd.Series(drive[first:]).ffill().to_numpy()
+    d = rolling.ffill(drive[first:])
     # Start at the long-run variance: s2[first-1] = vbar[first], so s2[first] = drive + beta * vbar.
     zi = np.array([beta * long_run_var[first]])
     out[first:] = signal.lfilter([1.0], [1.0, -beta], d, zi=zi)[0]
@@ -112,7 +115,7 @@ def forward_fill_closes(close: np.ndarray, symbol: str = "prices") -> tuple[np.n
         raise DataQualityError(f"{symbol}: every close is missing")
     lead = int(np.argmax(~missing))
     if missing.any():
-        close = pd.Series(close).ffill().to_numpy()
+        close = rolling.ffill(close)
     return close, lead
 
 
@@ -188,8 +191,9 @@ class TimeSeriesFeatureEngineer:
 
     # ----------------------------------------------------------------------------------------
 
-    def extract_features(self, prices: PriceInput, volumes: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
-        """Features of every day.
+    def extract_features(self, prices: PriceInput, volumes: np.ndarray | Sequence[float] | None = None, *,
+                         last: int | None = None, dtype: type = np.float32) -> np.ndarray:
+        """Features of every day, or of the last `last` days.
 
         Args:
             prices: a frame with a ``close`` column (and ``volume``), a Series or an array of
@@ -197,31 +201,38 @@ class TimeSeriesFeatureEngineer:
                 or infinite closes raise `DataQualityError`.
             volumes: ``(n_days,)`` volumes; when None and ``include_volume``, the frame's
                 ``volume`` column.
+            last: return only the rows of the last `last` days (a forecast reads its last window):
+                the same values as the full matrix's last rows, for a fraction of the work (the
+                exponential averages still run over the whole history). None: every day.
+            dtype: of the result; float64 keeps the computed values unrounded (for checks).
 
         Returns:
-            float32 array ``(n_days, n_features)``, columns as in ``feature_names_``; rows before
-            ``warmup_`` are 0.
+            array ``(n_days, n_features)`` (``(min(last, n_days), n_features)`` with `last`), columns as
+            in ``feature_names_``; rows before ``warmup_`` (counted from the first day) are 0.
         """
         symbol = getattr(prices, "attrs", {}).get("symbol") or "the price series"
         close, lead = forward_fill_closes(as_close_array(prices), symbol)
-        columns = self._price_features(close)
-        columns.update(self._volatility_features(close))
+        n = len(close)
+        start = 0 if last is None else max(n - int(last), 0)
+        columns = self._price_features(close, start)
+        columns.update(self._volatility_features(close, start))
         if self.include_range:
-            columns.update(self._range_features(self._high_low(prices, len(close), symbol)))
+            columns.update(self._range_features(self._high_low(prices, n, symbol), start))
         if self.include_volume:
-            columns.update(self._volume_features(self._volumes(prices, volumes, len(close), symbol)))
+            columns.update(self._volume_features(self._volumes(prices, volumes, n, symbol), start))
         elif volumes is not None:
             logger.warning("volumes passed but include_volume=False: volume features are not computed")
         self.warmup_ = lead + self._base_warmup
-        out = np.empty((len(close), self.n_features), dtype=np.float32)
+        out = np.empty((n - start, self.n_features), dtype=dtype)
         for j, name in enumerate(self.feature_names_):
             out[:, j] = columns[name]
-        out[: self.warmup_] = np.nan_to_num(out[: self.warmup_], nan=0.0)
-        bad = ~np.isfinite(out[self.warmup_:])
+        cut = max(self.warmup_ - start, 0)      # rows of `out` before the warm-up ends
+        out[:cut] = np.nan_to_num(out[:cut], nan=0.0)
+        bad = ~np.isfinite(out[cut:])
         if bad.any():
             row, col = np.argwhere(bad)[0]
             raise DataQualityError(f"{symbol}: feature {self.feature_names_[col]} is not finite at row "
-                                   f"{row + self.warmup_}; check the prices/volumes there (validate_data_quality)")
+                                   f"{row + cut + start}; check the prices/volumes there (validate_data_quality)")
         return out
 
     def _volumes(self, prices: PriceInput, volumes: Any, n: int, symbol: str) -> np.ndarray:
@@ -239,61 +250,64 @@ class TimeSeriesFeatureEngineer:
         if np.isinf(vol).any() or (vol < 0).any():
             raise DataQualityError(f"{symbol}: volumes must be finite and >= 0")
         # Missing volumes: carry the last one forward; volumes before the first known are 0.
-        return pd.Series(vol).ffill().fillna(0.0).to_numpy()
+        return np.nan_to_num(rolling.ffill(vol), nan=0.0)
 
-    def _price_features(self, close: np.ndarray) -> dict[str, np.ndarray]:
-        s = pd.Series(close)
+    def _price_features(self, close: np.ndarray, start: int) -> dict[str, np.ndarray]:
+        """The guide's price features at rows start..n-1, each (n - start,)."""
         longest = max(self.windows)
         log_close = np.log(close)
-        log_ret = pd.Series(log_close).diff()
+        log_ret = rolling.diff(log_close)
+        c = close[start:]
+        prices = rolling.Trailing(close, [*self.windows, BOLLINGER_WINDOW], start)
+        returns = rolling.Trailing(log_ret, self.windows, start)
         cols: dict[str, np.ndarray] = {}
 
-        sma_long = s.rolling(longest).mean().to_numpy()
-        std_long = s.rolling(longest).std(ddof=0).to_numpy()
-        cols["norm_price"] = _ratio(close - sma_long, std_long, sma_long, 0.0)
-        cols["return"] = s.pct_change(fill_method=None).to_numpy()
-        cols["log_return"] = log_ret.to_numpy()
+        sma_long = prices.mean(longest)
+        cols["norm_price"] = _ratio(c - sma_long, prices.std(longest, ddof=0), sma_long, 0.0)
+        cols["return"] = c / rolling.lag(close, 1)[start:] - 1.0
+        cols["log_return"] = log_ret[start:]
         for w in self.windows:
-            cols[f"sma_ratio_{w}"] = close / s.rolling(w).mean().to_numpy() - 1.0
-            cols[f"ema_ratio_{w}"] = close / _ema(s, w).to_numpy() - 1.0
-            cols[f"volatility_{w}"] = log_ret.rolling(w).std().to_numpy()
-            cols[f"momentum_{w}"] = log_close - pd.Series(log_close).shift(w).to_numpy()
-        cols[f"roc_{ROC_PERIOD}"] = close / s.shift(ROC_PERIOD).to_numpy() - 1.0
+            cols[f"sma_ratio_{w}"] = c / prices.mean(w) - 1.0
+            cols[f"ema_ratio_{w}"] = c / _ema(close, w)[start:] - 1.0
+            cols[f"volatility_{w}"] = returns.std(w, ddof=1)
+            cols[f"momentum_{w}"] = log_close[start:] - rolling.lag(log_close, w)[start:]
+        cols[f"roc_{ROC_PERIOD}"] = c / rolling.lag(close, ROC_PERIOD)[start:] - 1.0
 
         # RSI with Wilder's smoothing (alpha = 1/period), mapped from [0, 100] to [-1, 1].
-        change = s.diff()
-        gain = change.clip(lower=0).ewm(alpha=1 / RSI_PERIOD, adjust=False, min_periods=RSI_PERIOD).mean()
-        loss = (-change).clip(lower=0).ewm(alpha=1 / RSI_PERIOD, adjust=False, min_periods=RSI_PERIOD).mean()
-        total = (gain + loss).to_numpy()
-        cols[f"rsi_{RSI_PERIOD}"] = 2.0 * _ratio(gain.to_numpy(), total, close, 0.5) - 1.0
+        change = rolling.diff(close)
+        with np.errstate(invalid="ignore"):
+            gain = rolling.ewm_mean(np.maximum(change, 0.0), 1 / RSI_PERIOD, RSI_PERIOD)[start:]
+            loss = rolling.ewm_mean(np.maximum(-change, 0.0), 1 / RSI_PERIOD, RSI_PERIOD)[start:]
+        cols[f"rsi_{RSI_PERIOD}"] = 2.0 * _ratio(gain, gain + loss, c, 0.5) - 1.0
 
         # Bollinger position: 0 at the middle band, +1 / -1 at the upper / lower band (2 sigma).
-        mid = s.rolling(BOLLINGER_WINDOW).mean().to_numpy()
-        sigma = s.rolling(BOLLINGER_WINDOW).std(ddof=0).to_numpy()
-        cols["bollinger_position"] = _ratio(close - mid, BOLLINGER_WIDTH * sigma, mid, 0.0)
+        mid = prices.mean(BOLLINGER_WINDOW)
+        sigma = prices.std(BOLLINGER_WINDOW, ddof=0)
+        cols["bollinger_position"] = _ratio(c - mid, BOLLINGER_WIDTH * sigma, mid, 0.0)
 
-        macd = _ema(s, MACD_FAST) - _ema(s, MACD_SLOW)
-        signal = macd.ewm(span=MACD_SIGNAL, adjust=False, min_periods=MACD_SIGNAL).mean()
-        cols["macd"] = macd.to_numpy() / close
-        cols["macd_signal"] = signal.to_numpy() / close
-        cols["macd_hist"] = (macd - signal).to_numpy() / close
+        macd = _ema(close, MACD_FAST) - _ema(close, MACD_SLOW)
+        signal = rolling.ewm_mean(macd, rolling.span_alpha(MACD_SIGNAL), MACD_SIGNAL)
+        cols["macd"] = macd[start:] / c
+        cols["macd_signal"] = signal[start:] / c
+        cols["macd_hist"] = (macd - signal)[start:] / c
 
-        low = s.rolling(longest).min().to_numpy()
-        high = s.rolling(longest).max().to_numpy()
-        cols["range_position"] = _ratio(close - low, high - low, high, 0.5)
+        low, high = prices.extremes(longest)
+        cols["range_position"] = _ratio(c - low, high - low, high, 0.5)
         return cols
 
     @staticmethod
-    def _volatility_features(close: np.ndarray) -> dict[str, np.ndarray]:
+    def _volatility_features(close: np.ndarray, start: int) -> dict[str, np.ndarray]:
         """Log realised volatility over the HAR windows, the GARCH baseline's log variance and the
-        long-run log variance (the last two raw, in log daily variance: the baseline reads them)."""
-        r = pd.Series(np.log(close)).diff()
+        long-run log variance (the last two raw, in log daily variance: the baseline reads them), at
+        rows start..n-1. The long-run variance and the GARCH filter run over every row (the filter's
+        state carries the whole history)."""
+        r = rolling.diff(np.log(close))
         r2 = r ** 2
-        cols = {f"log_rv_{w}": 0.5 * np.log(r2.rolling(w).mean().to_numpy() + _VAR_FLOOR) for w in HAR_WINDOWS}
-        longest = max(HAR_WINDOWS)
-        vbar = r2.rolling(LONG_RUN_WINDOW, min_periods=longest).mean().to_numpy() + _VAR_FLOOR
-        cols["garch_logvar"] = np.log(garch_filter(r.to_numpy(), vbar) + _VAR_FLOOR)
-        cols["longrun_logvar"] = np.log(vbar)
+        rv = rolling.Trailing(r2, HAR_WINDOWS, start, spread=False)
+        cols = {f"log_rv_{w}": 0.5 * np.log(rv.mean(w) + _VAR_FLOOR) for w in HAR_WINDOWS}
+        vbar = rolling.rolling_mean_min_periods(r2, LONG_RUN_WINDOW, max(HAR_WINDOWS)) + _VAR_FLOOR
+        cols["garch_logvar"] = np.log(garch_filter(r, vbar)[start:] + _VAR_FLOOR)
+        cols["longrun_logvar"] = np.log(vbar[start:])
         return cols
 
     @staticmethod
@@ -309,22 +323,21 @@ class TimeSeriesFeatureEngineer:
         return high, low
 
     @staticmethod
-    def _range_features(high_low: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    def _range_features(high_low: tuple[np.ndarray, np.ndarray], start: int) -> dict[str, np.ndarray]:
         """Parkinson (1980) log volatility: variance = mean (ln H/L)^2 / (4 ln 2) over 1/5/22 days."""
         high, low = high_low
         with np.errstate(divide="ignore", invalid="ignore"):
             hl = np.log(high / low)
         # A missing or inverted bar carries the previous day's range (causal, like forward-filled closes).
-        hl = pd.Series(np.where(np.isfinite(hl) & (hl >= 0), hl, np.nan)).ffill().fillna(0.0)
-        var = hl ** 2 / (4 * np.log(2))
-        return {f"log_range_vol_{w}": 0.5 * np.log(var.rolling(w).mean().to_numpy() + _VAR_FLOOR)
-                for w in RANGE_WINDOWS}
+        hl = np.nan_to_num(rolling.ffill(np.where(np.isfinite(hl) & (hl >= 0), hl, np.nan)), nan=0.0)
+        var = rolling.Trailing(hl ** 2 / (4 * np.log(2)), RANGE_WINDOWS, start, spread=False)
+        return {f"log_range_vol_{w}": 0.5 * np.log(var.mean(w) + _VAR_FLOOR) for w in RANGE_WINDOWS}
 
-    def _volume_features(self, volume: np.ndarray) -> dict[str, np.ndarray]:
+    def _volume_features(self, volume: np.ndarray, start: int) -> dict[str, np.ndarray]:
         # +1 keeps days with zero volume finite; on real volumes (>= 1e4 shares) it changes nothing visible.
         log_vol = np.log1p(volume)
-        v = pd.Series(volume)
-        cols = {"volume_change": pd.Series(log_vol).diff().to_numpy()}
+        mean = rolling.Trailing(volume, self.windows, start, spread=False)
+        cols = {"volume_change": rolling.diff(log_vol)[start:]}
         for w in self.windows:
-            cols[f"volume_ratio_{w}"] = log_vol - np.log1p(v.rolling(w).mean().to_numpy())
+            cols[f"volume_ratio_{w}"] = log_vol[start:] - np.log1p(mean.mean(w))
         return cols

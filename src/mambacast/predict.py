@@ -63,6 +63,7 @@ from .data.features import (
     TimeSeriesFeatureEngineer,
     volatility_memory_days,
 )
+from .data.rolling import ffill
 from .data.sequences import FeatureScaler, TargetScaler
 from .data.sources import as_close_array, as_price_frame
 from .evaluate.baselines import Momentum
@@ -162,7 +163,7 @@ def _checked_closes(symbol: str, closes: np.ndarray, current_price: float) -> np
         if missing.mean() > _MAX_MISSING:
             raise ValueError(f"{symbol}: {int(missing.sum())} of {closes.size} closes of price_history are missing "
                              f"(more than {_MAX_MISSING:.0%}); fill the gaps in the data")
-        closes = pd.Series(closes).ffill().to_numpy()   # causal, as the features and training targets fill them
+        closes = ffill(closes)       # causal, as the features and training targets fill them
     return closes
 
 
@@ -360,12 +361,13 @@ class MambaPredictor:
         # the current window, and before it (rolling, not cached) the windows of the residual origins
         n_windows = 1 if factor is not None or not rolling else \
             min(lookback, keep - loaded.needed_days) + 1
+        rows = loaded.sequence_length + n_windows - 1     # the feature rows the windows read: the last ones
         if loaded.engineer.include_volume or loaded.engineer.include_range:
             part = price_history.iloc[-keep:] if isinstance(price_history, (pd.DataFrame, pd.Series)) else tail
-            features = loaded.engineer.extract_features(as_price_frame(part))
+            features = loaded.engineer.extract_features(as_price_frame(part), last=rows)
         else:
-            features = loaded.engineer.extract_features(tail)
-        scaled = loaded.feature_scaler.transform(features[-(loaded.sequence_length + n_windows - 1):])
+            features = loaded.engineer.extract_features(tail, last=rows)
+        scaled = loaded.feature_scaler.transform(features)
         windows = np.lib.stride_tricks.sliding_window_view(scaled, loaded.sequence_length, axis=0).transpose(0, 2, 1)
         # The pool reads the whole history: GARCH-t's filter is cheap and its memory (beta^n) can outlast
         # keep_days; HAR-t needs the last 66 returns

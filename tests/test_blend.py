@@ -118,3 +118,27 @@ def test_apply_is_the_rule_on_the_stored_fits(closes):
     np.testing.assert_allclose(got[0], expected[0])
     np.testing.assert_allclose(got[1], expected[1])
     np.testing.assert_allclose(got[2], pool_student_t(loc, 2 * scale, df, others)[1])
+
+
+def test_serving_with_stored_fits_refits_nothing(closes, monkeypatch):
+    """A served forecast only filters the request's closes through the stored fits: no estimation per request."""
+    state = Blend.fit({"KO": closes[:1200]}, HORIZONS).to_dict()
+    blend = Blend.from_metadata({"blend": state})
+
+    def refit(*_: object, **__: object) -> None:
+        raise AssertionError("a served forecast refitted a classical model")
+
+    monkeypatch.setattr(GarchT, "fit", refit)
+    monkeypatch.setattr(HarT, "fit", refit)
+    monkeypatch.setattr("mambacast.evaluate.har.HarFit._fit", refit)
+    loc, scale, df = np.full((1, 4), 1e-3), np.full((1, 4), 0.02), np.array([4.0, 5.0, 6.0, 7.0])
+    for end in (1300, 1400, 1500):
+        blend.apply("KO", closes[:end], [end - 1], HORIZONS, loc, df, scale)
+    # ... and its law is `predict_many`'s without the quantiles
+    g, h = blend.garch["KO"], blend.har["KO"]
+    for model in (g, h):
+        law = model.law_many(closes, [1499], HORIZONS)
+        full = model.predict_many(closes, [1499], HORIZONS)
+        np.testing.assert_array_equal(law[0], full.mean)
+        np.testing.assert_array_equal(law[1], full.scale)
+    assert g.law_many(closes, [1499], HORIZONS)[2] == g.nu_

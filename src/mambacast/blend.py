@@ -168,8 +168,7 @@ class Blend:
         garch, har = self._fits_for(symbol, closes)
         others: list[Component] = []
         for w, model in ((self.garch_weight, garch), (self.har_weight, har)):
-            if w > 0:
-                f = model.predict_many(closes, origins, horizons)  # type: ignore[union-attr]
-                others.append((w, f.mean, f.scale, f.df))  # type: ignore[arg-type]
+            if w > 0:   # the law alone: the pool reads no quantile of its members
+                others.append((w, *model.law_many(closes, origins, horizons)))  # type: ignore[union-attr]
         pooled = [pool_student_t(loc, s, df, others) for s in scales]
         return (pooled[0][0], *(scale for _, scale in pooled))

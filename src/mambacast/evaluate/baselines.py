@@ -646,6 +646,12 @@ class GarchT(_VectorisedForecaster):
         return signal.lfilter([1.0], [1.0, -pr["beta"]], drive)  # s2[i] = drive[i] + beta * s2[i-1]
 
     def predict_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]) -> Forecast:
+        hs = _check_horizons(horizons)
+        return Forecast.from_location_scale(hs, *self.law_many(prices, origins, hs))
+
+    def law_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """`predict_many`'s law without its quantiles: mean and scale (n_origins, H), df (None: Gaussian)."""
         p = _check_prices(prices)
         o = _check_origins(origins, p.size, 0)
         hs = _check_horizons(horizons)
@@ -655,7 +661,7 @@ class GarchT(_VectorisedForecaster):
         var = (np.outer(s2, coeffs[:, 0]) + pr["omega"] * coeffs[:, 1]) / 1e4
         mean = np.outer(np.full(o.size, pr["mu"] / 100), hs)
         scale = np.sqrt(var if self.nu_ is None else var * (self.nu_ - 2) / self.nu_)
-        return Forecast.from_location_scale(hs, mean, scale, df=self.nu_)
+        return mean, scale, self.nu_
 
 
 def _garch_sum_coeffs(phi: float, h: int) -> tuple[float, float]:

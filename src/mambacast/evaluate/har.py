@@ -392,6 +392,12 @@ class HarT(_VectorisedForecaster):
         Pooled fits read the origins' dates from the panel's frame of the symbol, whose first row must be
         prices[0] (as in the backtest, which hands over the same frame's closes).
         """
+        hs = _check_horizons(horizons)
+        return Forecast.from_location_scale(hs, *self.law_many(prices, origins, hs))
+
+    def law_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`predict_many`'s law without its quantiles: mean, scale and df, each (n_origins, H)."""
         _check_fitted(self.fit_, self.name)
         p = _check_prices(prices)
         o = _check_origins(origins, p.size, 1)
@@ -407,4 +413,4 @@ class HarT(_VectorisedForecaster):
             dates = pd.DatetimeIndex(self.frame_.index[o])
         scale, nu = self.fit_.law(lp, o, self.floor_, dates, hs)  # type: ignore[union-attr, arg-type]
         mean = np.outer(np.full(o.size, self.mu_), np.asarray(hs, dtype=np.float64))
-        return Forecast.from_location_scale(hs, mean, scale, df=np.broadcast_to(nu, mean.shape))
+        return mean, scale, np.broadcast_to(nu, mean.shape)

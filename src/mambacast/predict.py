@@ -379,7 +379,7 @@ class MambaPredictor:
         raw_scale is the model's scale before any calibration factor.
         """
         x = torch.from_numpy(np.array(windows, dtype=np.float32, order="C")).to(self.device)  # a writable copy
-        with loaded.lock, torch.no_grad():
+        with loaded.lock, torch.inference_mode():   # no autograd bookkeeping at all (no_grad keeps some)
             outs = [loaded.model.forward_distribution(x[i:i + _MAX_BATCH]) for i in range(0, len(x), _MAX_BATCH)]
         loc_z = torch.cat([o[0] for o in outs]).double().cpu().numpy()
         scale_z = torch.cat([o[1] for o in outs]).double().cpu().numpy()

@@ -35,7 +35,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-dir", default="models/mamba", help="model store folder (default models/mamba)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes (default 1); each loads every model and has --threads inference threads")
-    p.add_argument("--threads", type=int, help="inference threads per process (default: the CPU count)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="inference threads per process (default 1: forecasts hold Python's GIL, so more threads in "
+                        "one process contend for it; use --workers for more cores)")
     p.add_argument("--model", choices=["auto", "symbol", "global"], default="auto",
                    help="which stored model answers, as for `mambacast predict` (default auto)")
     p.add_argument("--source", default="sample", choices=_SOURCES,
@@ -145,7 +147,7 @@ def app_from_env() -> Any:
 
     threads, log_path, challenger = get("max_workers"), get("log_path"), get("challenger")
     return create_app(get("store_dir") or "models/mamba", source=get("source") or "sample", data=get("data"),
-                      model=get("model") or "auto", max_workers=int(threads) if threads else None,
+                      model=get("model") or "auto", max_workers=int(threads) if threads else 1,
                       log_path=log_path, reload_interval_s=float(get("reload_interval_s") or 1.0),
                       challenger=ChallengerConfig.from_dict(json.loads(challenger)) if challenger else None)
 

@@ -381,17 +381,18 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(store_dir: str | Path = "models/mamba", *, source: str = "sample", data: str | None = None,
-               model: str = "auto", max_workers: int | None = None, log_path: str | Path | None = None,
+               model: str = "auto", max_workers: int | None = 1, log_path: str | Path | None = None,
                reload_interval_s: float = 1.0, max_batch: int = 64,
                challenger: ChallengerConfig | None = None) -> FastAPI:
     """The forecast service over the model store `store_dir`.
 
     `source`/`data`: where prices come from when a request sends none (as `mambacast predict`); `model`:
-    auto|symbol|global (as `MambaPredictor`); `max_workers`: inference threads (default: CPU count);
-    `log_path`: the SQLite forecast log (None: no logging); `reload_interval_s`: how often the store is
-    checked for a promoted, rolled back or retrained model (0: never); `max_batch`: requests per batch;
-    `challenger`: a model forecasting beside the champion, and its traffic share (`serve.challenger`;
-    checked here: ValueError with one line).
+    auto|symbol|global (as `MambaPredictor`); `max_workers`: inference threads (default 1: a forecast's
+    Python work holds the GIL, and two threads contending for it served a third fewer requests than one;
+    None: the CPU count; run more processes, `--workers`, for more cores); `log_path`: the SQLite forecast
+    log (None: no logging); `reload_interval_s`: how often the store is checked for a promoted, rolled back
+    or retrained model (0: never); `max_batch`: requests per batch; `challenger`: a model forecasting beside
+    the champion, and its traffic share (`serve.challenger`; checked here: ValueError with one line).
     """
     if challenger is not None:
         challenger.check(ModelStore(store_dir), model)

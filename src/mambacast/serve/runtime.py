@@ -262,6 +262,7 @@ class HistoryCache:
     def __init__(self, store: ModelStore, source: str = "sample", data: str | None = None, ttl_s: float = 300.0):
         self.store, self.source, self.data, self.ttl_s = store, source, data, ttl_s
         self._frames: dict[str, tuple[float, pd.DataFrame]] = {}
+        self._loading: dict[str, threading.Lock] = {}     # one read per symbol at a time (see `get`)
         self._lock = threading.Lock()
 
     def _needs_ohlcv(self, symbol: str) -> bool:
@@ -287,9 +288,17 @@ class HistoryCache:
         hit = self.cached(symbol)
         if hit is not None:
             return hit
-        now = time.monotonic()
-        frame = load_prices(symbol, days=_HISTORY_DAYS, source=self.source, path=self.data,
-                            with_volume=self._needs_ohlcv(symbol))
+        # Requests that miss together wait for one read instead of each reading the source (32 clients on a
+        # cold or expired cache were 32 parses of the same file, half a second of CPU under the GIL).
         with self._lock:
-            self._frames[symbol] = (now, frame)
-        return frame, now
+            loading = self._loading.setdefault(symbol, threading.Lock())
+        with loading:
+            hit = self.cached(symbol)
+            if hit is not None:
+                return hit
+            now = time.monotonic()
+            frame = load_prices(symbol, days=_HISTORY_DAYS, source=self.source, path=self.data,
+                                with_volume=self._needs_ohlcv(symbol))
+            with self._lock:
+                self._frames[symbol] = (now, frame)
+            return frame, now

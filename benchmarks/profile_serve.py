@@ -4,7 +4,7 @@ Builds the service's ASGI app over `--save-dir` (default: a default-preset AAPL 
 into a temporary folder, as `bench_serve.py` does), runs the predictor's work inline on the event loop's thread
 (instead of its worker threads, so that one cProfile sees all of it), and sends `--requests` forecast requests
 with the body `bench_serve.py` sends: 1,000 closes, no two alike (every request a full forecast). Prints the
-seconds per request, the CPU by package (own time of each package's functions) and the top functions.
+time per request without and with the profiler, the cumulative time of each step and the top functions.
 
     python benchmarks/profile_serve.py [--save-dir DIR] [--requests 300] [--top 30] [--log] [--dump FILE]
 """
@@ -19,7 +19,6 @@ import pstats
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,15 @@ from bench_serve import Bodies, _train
 from mambacast.predict import MambaPredictor
 from mambacast.serve.app import create_app
 
-# Packages the profile's own time is summed over (the first whose path fragment a function's file contains).
-AREAS = (("mambacast/data/features", "mambacast features"), ("mambacast/evaluate", "mambacast HAR-t / GARCH-t"),
-         ("mambacast/blend", "mambacast pool"), ("mambacast/nn", "mambacast network"),
-         ("mambacast/ops", "mambacast network"), ("mambacast/serve", "mambacast serve"),
-         ("mambacast/", "mambacast other"), ("pandas", "pandas"), ("numpy", "numpy"), ("scipy", "scipy"),
-         ("torch", "torch"), ("pydantic", "pydantic"), ("fastapi", "fastapi/starlette"),
-         ("starlette", "fastapi/starlette"), ("json", "json"), ("asyncio", "asyncio"))
+# Where a request's CPU goes: cumulative time of these functions (file fragment, function name). A coroutine's
+# cumulative time counts only while it runs, so the HTTP row excludes the forecast it awaits.
+PHASES = (("HTTP: ASGI app, JSON, validation, response", "profile_serve.py", "_post"),
+          ("forecast (predictor, the rows below and more)", "mambacast/predict.py", "_forecast_group"),
+          ("  checks, features, scaled window", "mambacast/predict.py", "_prepare"),
+          ("    features (extract_features)", "mambacast/data/features.py", "extract_features"),
+          ("  forward pass", "mambacast/predict.py", "_infer"),
+          ("  GARCH-t / HAR-t pool", "mambacast/blend.py", "apply"),
+          ("  quantiles and result", "mambacast/forecasts.py", "prediction_result"))
 
 
 async def _inline_run(self: MambaPredictor, fn: Any, *args: Any) -> Any:
@@ -88,13 +89,6 @@ async def _drive(app: Any, bodies: list[bytes], unprofiled: list[bytes], profile
     return walls[0], walls[1]
 
 
-def _area(filename: str) -> str:
-    for fragment, label in AREAS:
-        if fragment in filename:
-            return label
-    return "other (python, builtins)"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--save-dir", help="model store (default: train default-preset AAPL, MSFT for one epoch)")
@@ -119,17 +113,14 @@ def main() -> None:
     stats = pstats.Stats(profiler)
     if args.dump:
         stats.dump_stats(args.dump)
-    total = sum(v[2] for v in stats.stats.values())   # type: ignore[attr-defined]
-    by_area: dict[str, float] = defaultdict(float)
-    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        by_area[_area(filename)] += tottime
     n = args.requests
     print(f"without the profiler: {1000 * plain / n:.2f} ms per request (one thread, no HTTP client or socket); "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"under the profiler: {1000 * wall / n:.2f} ms per request (profiled CPU {1000 * total / n:.2f} ms)")
-    print("own time by package, ms per request:")
-    for label, t in sorted(by_area.items(), key=lambda kv: -kv[1]):
-        print(f"  {label:<28} {1000 * t / n:6.2f}  {100 * t / total:5.1f}%")
+    print(f"under the profiler: {1000 * wall / n:.2f} ms per request; cumulative ms per request:")
+    for label, fragment, name in PHASES:
+        cum = sum(v[3] for (filename, _, func), v in stats.stats.items()  # type: ignore[attr-defined]
+                  if fragment in filename and func == name)
+        print(f"  {label:<50} {1000 * cum / n:6.2f}")
     stats.sort_stats("cumulative").print_stats(args.top)
     stats.sort_stats("tottime").print_stats(args.top)
     sys.stdout.flush()

@@ -38,6 +38,9 @@ def model_store(tmp_path_factory) -> Path:
     """AAPL trained twice (seeds 1 and 2): two versions, the second current. Read-only for tests: copy to change."""
     root = tmp_path_factory.mktemp("serve-models")
     _train(root, seed=1)
+    # A version is named by its training time to the second and listed in name order: two runs in the same second
+    # (the tiny model trains in under one) would be ordered by their weights hash, not oldest first.
+    time.sleep(1.0 - time.time() % 1.0)
     _train(root, seed=2)
     assert len(ModelVersions(ModelStore(root)).list("AAPL")) == 2
     return root

@@ -48,12 +48,12 @@ from scipy import optimize, stats
 from .baselines import (
     Forecast,
     _check_fitted,
-    _check_horizons,
     _check_origins,
     _check_prices,
     _VectorisedForecaster,
     stale_sample_start,
 )
+from .forecast import check_horizons
 from .panel import CutoffCache, Panel
 
 __all__ = ["HarT", "HarPool", "HarFit", "LAGS", "market_returns"]
@@ -305,7 +305,7 @@ class HarT(_VectorisedForecaster):
                  horizons: Sequence[int] = (1, 5, 10, 30), per_symbol: bool = False, **fit_kwargs: Any) -> None:
         if pool is None and panel is not None:
             pool = HarPool(panel, **fit_kwargs)
-        self.pool, self.symbol, self.horizons = pool, symbol, _check_horizons(horizons)
+        self.pool, self.symbol, self.horizons = pool, symbol, check_horizons(horizons)
         self.per_symbol = per_symbol   # the per-symbol regression is wanted (the served pool's): no warning
         self.fit_kwargs = fit_kwargs
         self.fit_: HarFit | None = None
@@ -392,7 +392,7 @@ class HarT(_VectorisedForecaster):
         Pooled fits read the origins' dates from the panel's frame of the symbol, whose first row must be
         prices[0] (as in the backtest, which hands over the same frame's closes).
         """
-        hs = _check_horizons(horizons)
+        hs = check_horizons(horizons)
         return Forecast.from_location_scale(hs, *self.law_many(prices, origins, hs))
 
     def law_many(self, prices: np.ndarray, origins: Sequence[int], horizons: Sequence[int]
@@ -401,7 +401,7 @@ class HarT(_VectorisedForecaster):
         _check_fitted(self.fit_, self.name)
         p = _check_prices(prices)
         o = _check_origins(origins, p.size, 1)
-        hs = _check_horizons(horizons)
+        hs = check_horizons(horizons)
         lp = np.log(p[: o.max() + 1])
         dates = None
         if self.frame_ is not None:

@@ -42,11 +42,11 @@ from .baselines import (
     DEFAULT_QUANTILES,
     BaseForecaster,
     Forecast,
-    _check_horizons,
     _check_origins,
     _check_prices,
     stale_sample_start,
 )
+from .forecast import check_horizons
 from .panel import CutoffCache, Panel
 
 __all__ = ["MambaForecaster", "GlobalMambaForecaster", "global_model_factory"]
@@ -198,7 +198,7 @@ class MambaForecaster(BaseForecaster):
         """
         if self.model_ is None:
             raise RuntimeError(f"{self.name} is not fitted: call fit(training_prices) first")
-        hs = _check_horizons(horizons)
+        hs = check_horizons(horizons)
         missing = [h for h in hs if h not in self.horizons]
         if missing:
             raise ValueError(f"horizons {missing} are not forecast by this model (trained for {self.horizons})")

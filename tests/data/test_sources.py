@@ -27,6 +27,7 @@ from mambacast.data import (
     sample_symbols,
 )
 from mambacast.data import sources as sources_module
+from mambacast.data.yahoo import YAHOO_MAX_AGE_S
 
 from ..samples import HAS_SKFOLIO, needs_bokeh, needs_sample, needs_skfolio
 
@@ -351,7 +352,7 @@ def test_yahoo_offline_falls_back_to_a_stale_cache(tmp_path, monkeypatch: pytest
     calls: list[str] = []
     monkeypatch.setitem(sys.modules, "yfinance", _fake_yfinance(_yahoo_history(), calls))
     load_prices("AAPL", source="yahoo", path=tmp_path)
-    old = (tmp_path / "AAPL.parquet").stat().st_mtime - 2 * sources_module.YAHOO_MAX_AGE_S
+    old = (tmp_path / "AAPL.parquet").stat().st_mtime - 2 * YAHOO_MAX_AGE_S
     os.utime(tmp_path / "AAPL.parquet", (old, old))
     monkeypatch.setitem(sys.modules, "yfinance", _fake_yfinance(ConnectionError("offline"), calls))
     assert len(load_prices("AAPL", source="yahoo", path=tmp_path)) == 5

@@ -16,16 +16,12 @@ Every source returns the same frame (see `load_prices`): a tz-naive ``DatetimeIn
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import importlib.resources
 import importlib.util
 import logging
-import os
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +31,13 @@ import pandas as pd
 
 from .errors import (
     DataError,
-    DataFileError,
     MissingVolumeError,
     SourceUnavailableError,
     UnknownSymbolError,
 )
+from .files import list_file_source, load_file_source
+from .frames import finalise, listing_row, normalise_symbol, similar_symbols
+from .yahoo import list_yahoo, load_yahoo
 
 __all__ = [
     "SOURCES",
@@ -55,39 +53,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCES = ("sample", "csv", "parquet", "yahoo")
-_COLUMNS = ("open", "high", "low", "close", "volume")
-_OFFLINE_HINT = "use --source sample (bundled prices) or --source csv with your own files"
-
-# --------------------------------------------------------------------------------------------
-# Frame helpers shared by all sources
-# --------------------------------------------------------------------------------------------
-
-
-def _normalise_symbol(symbol: Any) -> str:
-    if not isinstance(symbol, str) or not symbol.strip():
-        raise UnknownSymbolError(f"symbol must be a non-empty string such as 'AAPL', got {symbol!r}")
-    return symbol.strip().upper()
-
-
-def _finalise(frame: pd.DataFrame, symbol: str, source: str) -> pd.DataFrame:
-    """Bring a frame with a datetime index and price columns to the common schema."""
-    index = pd.DatetimeIndex(frame.index)
-    if index.tz is not None:
-        # Daily bars: keep the exchange-local calendar date, drop the zone.
-        index = index.tz_localize(None)
-    # One resolution for every source (pandas 3 parses to us, older pandas to ns) so frames compare and join.
-    frame = frame.set_axis(index.as_unit("ns").rename("date"), axis=0)
-    frame = frame[[c for c in _COLUMNS if c in frame.columns]].astype("float64")
-    if not frame.index.is_monotonic_increasing:
-        frame = frame.sort_index(kind="stable")
-    frame.attrs = {"symbol": symbol, "source": source}
-    return frame
-
-
-def _similar_symbols(symbol: str, candidates: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(symbol, sorted(set(candidates)), n=5, cutoff=0.5)
-    return f"similar symbols: {', '.join(matches)}" if matches else "no similar symbol"
-
 
 # --------------------------------------------------------------------------------------------
 # sample: real prices shipped inside installed PyPI packages
@@ -190,7 +155,7 @@ def _sample_frames(sample_set: _SampleSet) -> dict[str, pd.DataFrame] | None:
     logger.debug("parsing sample file %s", file)
     source = f"sample:{sample_set.package}"
     reader: Callable[[Path, tuple[str, ...]], dict[str, pd.DataFrame]] = globals()[sample_set.reader]
-    return {sym: _finalise(frame, sym, source) for sym, frame in reader(file, sample_set.symbols).items()}
+    return {sym: finalise(frame, sym, source) for sym, frame in reader(file, sample_set.symbols).items()}
 
 
 def _sample_candidates(symbol: str) -> list[tuple[_SampleSet, pd.DataFrame | None]]:
@@ -215,12 +180,12 @@ def _install_command(ss: _SampleSet) -> str:
 def sample_install_hint(symbol: str) -> str | None:
     """None if the sample source can serve `symbol` here (one of its packages is installed), else the command
     that installs its data (a symbol not in the sample source at all raises UnknownSymbolError)."""
-    sym = _normalise_symbol(symbol)
+    sym = normalise_symbol(symbol)
     canonical = _SAMPLE_ALIASES.get(sym, sym)
     sets = [ss for ss in _SAMPLE_SETS if canonical in ss.symbols]
     if not sets:
         raise UnknownSymbolError(
-            f"unknown symbol {sym!r} in the sample source; {_similar_symbols(sym, sample_symbols())}")
+            f"unknown symbol {sym!r} in the sample source; {similar_symbols(sym, sample_symbols())}")
     if any(importlib.util.find_spec(ss.package) is not None for ss in sets):
         return None
     return _install_command(sets[0])
@@ -228,7 +193,7 @@ def sample_install_hint(symbol: str) -> str | None:
 
 def sample_hint(symbol: str) -> str:
     """Where the sample source has `symbol` (for messages of other sources), or '' if nowhere."""
-    sym = _normalise_symbol(symbol)
+    sym = normalise_symbol(symbol)
     canonical = _SAMPLE_ALIASES.get(sym, sym)
     sets = [ss for ss in _SAMPLE_SETS if canonical in ss.symbols]
     if not sets:
@@ -245,7 +210,7 @@ def _load_sample(symbol: str, path: str | Path | None, with_volume: bool) -> pd.
     candidates = _sample_candidates(symbol)
     if not candidates:
         raise UnknownSymbolError(
-            f"unknown symbol {symbol!r} in the sample source; {_similar_symbols(symbol, sample_symbols())}. "
+            f"unknown symbol {symbol!r} in the sample source; {similar_symbols(symbol, sample_symbols())}. "
             f"The sample source has {', '.join(sample_symbols())}; for other symbols use --source yahoo "
             "or --source csv with your own files")
     installed = [(ss, f) for ss, f in candidates if f is not None]
@@ -282,279 +247,8 @@ def _list_sample(path: str | Path | None) -> list[dict[str, Any]]:
             continue
         for canonical, frame in frames.items():
             names = [canonical] + [a for a in _LISTED_ALIASES if _SAMPLE_ALIASES[a] == canonical]
-            rows.extend(_listing_row(name, frame) for name in names)
+            rows.extend(listing_row(name, frame) for name in names)
     return rows
-
-
-def _listing_row(symbol: str, frame: pd.DataFrame) -> dict[str, Any]:
-    return {"symbol": symbol, "source": frame.attrs["source"], "first_date": frame.index[0],
-            "last_date": frame.index[-1], "rows": len(frame), "has_volume": "volume" in frame.columns}
-
-
-# --------------------------------------------------------------------------------------------
-# csv / parquet: the user's own files
-# --------------------------------------------------------------------------------------------
-
-_SUFFIXES = {"csv": (".csv", ".csv.gz", ".txt"), "parquet": (".parquet", ".pq")}
-_COLUMN_ALIASES = {"adjclose": "adj_close", "adjusted_close": "adj_close", "ticker": "symbol"}
-
-
-def _clean_column(name: object) -> str:
-    key = str(name).strip().lower().replace(" ", "_").replace("-", "_")
-    return _COLUMN_ALIASES.get(key, key)
-
-
-def _require_pyarrow(what: str) -> None:
-    if importlib.util.find_spec("pyarrow") is None:
-        raise SourceUnavailableError(f"{what} needs pyarrow: pip install 'mambacast[parquet]'")
-
-
-@functools.lru_cache(maxsize=32)
-def _read_table_cached(file: str, fmt: str, mtime_ns: int, size: int) -> pd.DataFrame:
-    """Raw table of one user file, cached per process while the file is unchanged (mtime, size)."""
-    path = Path(file)
-    if size == 0:
-        raise DataFileError(f"{path} is empty; it needs a header with date and close columns and one row per day")
-    if fmt == "parquet":
-        _require_pyarrow(f"--source parquet ({path})")
-    try:
-        if fmt == "csv":
-            # Read as text so a bad cell can be reported with its line instead of turning a column to object.
-            table = pd.read_csv(path, dtype=str, skipinitialspace=True)
-        else:
-            table = pd.read_parquet(path)
-    except pd.errors.EmptyDataError as exc:
-        raise DataFileError(f"{path} is empty; it needs a header with date and close columns") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise DataFileError(f"{path} cannot be read as {fmt}: {exc}") from exc
-    if "date" not in {_clean_column(c) for c in table.columns} and str(table.index.name).lower() == "date":
-        table = table.reset_index()  # a parquet written from a date-indexed frame
-    table.columns = [_clean_column(c) for c in table.columns]
-    return table
-
-
-def _read_table(file: Path, fmt: str) -> pd.DataFrame:
-    try:
-        stat = file.stat()
-    except FileNotFoundError as exc:
-        raise DataFileError(f"{file} does not exist; pass --data with an existing file or directory") from exc
-    return _read_table_cached(str(file), fmt, stat.st_mtime_ns, stat.st_size)
-
-
-def _where(table: pd.DataFrame, fmt: str, position: int) -> str:
-    """Where data row `position` of `table` is in its file (a long file's subset keeps the file's row labels)."""
-    row = int(table.index[position])
-    # CSV: the header is line 1, so data row i (0-based) is on line i + 2.
-    return f"line {row + 2}" if fmt == "csv" else f"row {row}"
-
-
-def _numeric(table: pd.DataFrame, column: str, file: Path, fmt: str) -> pd.Series:
-    raw = table[column]
-    values = pd.to_numeric(raw, errors="coerce")
-    blank = raw.isna().to_numpy() | raw.astype("string").str.strip().eq("").fillna(False).to_numpy(dtype=bool)
-    bad = np.flatnonzero(values.isna().to_numpy() & ~blank)
-    if bad.size:
-        first = int(bad[0])
-        more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
-        raise DataFileError(
-            f"{file}: column '{column}' has non-numeric value {raw.iloc[first]!r} at {_where(table, fmt, first)}"
-            f"{more}; write plain numbers (no currency signs or thousands separators), or leave the cell empty "
-            "for a missing day")
-    return values.astype("float64")
-
-
-def _dates(table: pd.DataFrame, file: Path, fmt: str) -> pd.DatetimeIndex:
-    raw = table["date"]
-    try:
-        dates = pd.to_datetime(raw, errors="coerce")
-    except (ValueError, TypeError) as exc:  # e.g. mixed time zones
-        raise DataFileError(f"{file}: column 'date' cannot be parsed as dates ({exc}); use ISO dates 2024-01-31") \
-            from exc
-    bad = np.flatnonzero(dates.isna().to_numpy())
-    if bad.size:
-        first = int(bad[0])
-        raise DataFileError(
-            f"{file}: unparsable date {raw.iloc[first]!r} at {_where(table, fmt, first)} ({bad.size} bad in total); "
-            "use one format for the whole column, ISO (2024-01-31) is safest")
-    index = pd.DatetimeIndex(dates)
-    dup = index[index.duplicated()]
-    if len(dup):
-        shown = ", ".join(str(d.date()) if d == d.normalize() else str(d) for d in dup.unique()[:5])
-        raise DataFileError(
-            f"{file}: duplicate dates {shown}{' ...' if dup.nunique() > 5 else ''} ({len(dup)} extra rows); "
-            "keep one row per day (a long file needs a 'symbol' column to hold several symbols)")
-    return index
-
-
-def _frame_from_table(table: pd.DataFrame, file: Path, fmt: str, symbol: str, source: str) -> pd.DataFrame:
-    """Validate and convert a user table (cleaned column names) into the common frame."""
-    missing = [c for c in ("date", "close") if c not in table.columns]
-    if "close" in missing and "adj_close" in table.columns:
-        missing.remove("close")
-    if missing:
-        raise DataFileError(
-            f"{file}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, table.columns)) or 'none'});"
-            " name them date and close (case-insensitive; adj_close is used as close when present)")
-    if table.empty:
-        raise DataFileError(f"{file} has a header but no rows{f' for {symbol}' if 'symbol' in table else ''}")
-    columns = {c: _numeric(table, c, file, fmt) for c in ("open", "high", "low", "close", "volume", "adj_close")
-               if c in table.columns}
-    if "adj_close" in columns:
-        adjusted = columns.pop("adj_close")
-        if "close" in columns:
-            # Adjust open/high/low with the same factor as the close (splits and dividends).
-            factor = adjusted / columns["close"]
-            for c in ("open", "high", "low"):
-                if c in columns:
-                    columns[c] = columns[c] * factor
-        columns["close"] = adjusted
-    frame = pd.DataFrame(columns)
-    frame.index = _dates(table, file, fmt)
-    return _finalise(frame, symbol, source)
-
-
-def _symbol_files(directory: Path, fmt: str) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for entry in sorted(directory.iterdir()):
-        name = entry.name.lower()
-        suffix = next((s for s in _SUFFIXES[fmt] if name.endswith(s)), None)
-        if suffix is None or not entry.is_file():
-            continue
-        sym = entry.name[: -len(suffix)].upper()
-        if sym in files:
-            raise DataFileError(f"{directory}: both {files[sym].name} and {entry.name} hold {sym}; keep one")
-        files[sym] = entry
-    return files
-
-
-def _load_file_source(symbol: str, path: str | Path | None, fmt: str) -> pd.DataFrame:
-    if path is None:
-        raise DataFileError(f"--source {fmt} needs a path: a directory of {fmt} files named like "
-                            f"AAPL{_SUFFIXES[fmt][0]} or one {fmt} file with a symbol column (pass path=... / --data)")
-    root = Path(path).expanduser()
-    source = f"{fmt}:{root}"
-    if root.is_dir():
-        files = _symbol_files(root, fmt)
-        if symbol not in files:
-            hint = sample_hint(symbol)
-            raise UnknownSymbolError(
-                f"no {fmt} file for {symbol} in {root} (expected {symbol}{_SUFFIXES[fmt][0]}, case-insensitive); "
-                f"{_similar_symbols(symbol, files)}{'; ' + hint if hint else ''}")
-        return _frame_from_table(_read_table(files[symbol], fmt), files[symbol], fmt, symbol, source)
-    table = _read_table(root, fmt)
-    if "symbol" not in table.columns:
-        if root.name.upper().startswith(symbol + "."):
-            return _frame_from_table(table, root, fmt, symbol, source)  # a single-symbol file named after it
-        raise DataFileError(
-            f"{root} has no 'symbol' column (found: {', '.join(map(str, table.columns))}); add one to hold several "
-            f"symbols, name the file {symbol}{_SUFFIXES[fmt][0]}, or pass the directory that holds per-symbol files")
-    keys = table["symbol"].astype("string").str.strip().str.upper()
-    rows = table[(keys == symbol).to_numpy()]
-    if rows.empty:
-        hint = sample_hint(symbol)
-        raise UnknownSymbolError(
-            f"{root} has no rows for {symbol}; {_similar_symbols(symbol, keys.dropna().unique())}"
-            f"{'; ' + hint if hint else ''}")
-    return _frame_from_table(rows, root, fmt, symbol, source)
-
-
-def _list_file_source(path: str | Path | None, fmt: str) -> list[dict[str, Any]]:
-    if path is None:
-        raise DataFileError(f"listing --source {fmt} needs a path (a directory of files or one long file)")
-    root = Path(path).expanduser()
-    if root.is_dir():
-        symbols: Sequence[str] = list(_symbol_files(root, fmt))
-    else:
-        table = _read_table(root, fmt)
-        if "symbol" in table.columns:
-            symbols = sorted(table["symbol"].astype("string").str.strip().str.upper().dropna().unique())
-        else:
-            symbols = [root.name.split(".")[0].upper()]
-    return [_listing_row(sym, _load_file_source(sym, root, fmt)) for sym in symbols]
-
-
-# --------------------------------------------------------------------------------------------
-# yahoo: yfinance with an on-disk parquet cache
-# --------------------------------------------------------------------------------------------
-
-YAHOO_MAX_AGE_S = 12 * 3600  # a cached download younger than this is reused without asking Yahoo
-
-
-def yahoo_cache_dir(path: str | Path | None = None) -> Path:
-    """Cache directory of the yahoo source: `path` if given, else $MAMBACAST_CACHE_DIR/yahoo,
-    else $XDG_CACHE_HOME/mambacast/yahoo, else ~/.cache/mambacast/yahoo."""
-    if path is not None:
-        return Path(path).expanduser()
-    if os.environ.get("MAMBACAST_CACHE_DIR"):
-        return Path(os.environ["MAMBACAST_CACHE_DIR"]).expanduser() / "yahoo"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mambacast" / "yahoo"
-
-
-def _download_yahoo(symbol: str) -> pd.DataFrame:
-    try:
-        yf = importlib.import_module("yfinance")
-    except ImportError as exc:
-        raise SourceUnavailableError(
-            f"--source yahoo needs yfinance, which is not installed: pip install 'mambacast[yahoo]'; "
-            f"or {_OFFLINE_HINT}") from exc
-    try:
-        raw = yf.Ticker(symbol).history(period="max", interval="1d", auto_adjust=False, actions=False)
-    except Exception as exc:  # yfinance surfaces network, HTTP and rate-limit failures as many types
-        raise SourceUnavailableError(f"Yahoo download of {symbol} failed ({type(exc).__name__}: {exc}); "
-                                     f"you may be offline or rate-limited: retry later or {_OFFLINE_HINT}") from exc
-    if raw is None or raw.empty:
-        raise UnknownSymbolError(f"Yahoo returned no prices for {symbol}: unknown or delisted symbol (or Yahoo is "
-                                 f"throttling); check the ticker spelling (e.g. BRK-B, ^GSPC) or {_OFFLINE_HINT}")
-    table = raw.reset_index()
-    table.columns = [_clean_column(c) for c in table.columns]
-    return _frame_from_table(table, Path(f"yahoo:{symbol}"), "yahoo", symbol, "yahoo")
-
-
-def _write_atomic_parquet(frame: pd.DataFrame, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp)
-        os.replace(tmp, target)  # readers never see a half-written cache file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _read_cache(file: Path, symbol: str) -> pd.DataFrame:
-    return _finalise(pd.read_parquet(file), symbol, "yahoo")
-
-
-def _load_yahoo(symbol: str, path: str | Path | None, with_volume: bool) -> pd.DataFrame:
-    cache = yahoo_cache_dir(path) / f"{symbol}.parquet"
-    have_pyarrow = importlib.util.find_spec("pyarrow") is not None
-    if have_pyarrow and cache.is_file() and time.time() - cache.stat().st_mtime < YAHOO_MAX_AGE_S:
-        logger.debug("yahoo %s from cache %s", symbol, cache)
-        return _read_cache(cache, symbol)
-    try:
-        frame = _download_yahoo(symbol)
-    except SourceUnavailableError:
-        if have_pyarrow and cache.is_file():
-            logger.warning("Yahoo unavailable; using the cached %s from %s", symbol, time.ctime(cache.stat().st_mtime))
-            return _read_cache(cache, symbol)
-        raise
-    if have_pyarrow:
-        _write_atomic_parquet(frame, cache)
-    else:
-        logger.warning("pyarrow is not installed, so the Yahoo download of %s is not cached "
-                       "(pip install 'mambacast[yahoo]')", symbol)
-    return frame
-
-
-def _list_yahoo(path: str | Path | None) -> list[dict[str, Any]]:
-    """The yahoo source lists what its cache holds (what works offline); listing never downloads."""
-    directory = yahoo_cache_dir(path)
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-    if files:
-        _require_pyarrow("reading the yahoo cache")
-    return [_listing_row(f.stem, _read_cache(f, f.stem)) for f in files]
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,15 +257,15 @@ def _list_yahoo(path: str | Path | None) -> list[dict[str, Any]]:
 
 _LOADERS: dict[str, Callable[[str, str | Path | None, bool], pd.DataFrame]] = {
     "sample": _load_sample,
-    "csv": lambda sym, path, _vol: _load_file_source(sym, path, "csv"),
-    "parquet": lambda sym, path, _vol: _load_file_source(sym, path, "parquet"),
-    "yahoo": _load_yahoo,
+    "csv": lambda sym, path, _vol: load_file_source(sym, path, "csv", sample_hint),
+    "parquet": lambda sym, path, _vol: load_file_source(sym, path, "parquet", sample_hint),
+    "yahoo": load_yahoo,
 }
 _LISTERS: dict[str, Callable[[str | Path | None], list[dict[str, Any]]]] = {
     "sample": _list_sample,
-    "csv": lambda path: _list_file_source(path, "csv"),
-    "parquet": lambda path: _list_file_source(path, "parquet"),
-    "yahoo": _list_yahoo,
+    "csv": lambda path: list_file_source(path, "csv"),
+    "parquet": lambda path: list_file_source(path, "parquet"),
+    "yahoo": list_yahoo,
 }
 
 
@@ -596,7 +290,7 @@ def load_prices(symbol: str, days: int | None = 2000, source: str = "sample", pa
         (ascending, unique), float64 columns ``close`` (adjusted) and, where available,
         ``open, high, low, volume``; ``attrs`` holds ``symbol`` and ``source``.
     """
-    sym = _normalise_symbol(symbol)
+    sym = normalise_symbol(symbol)
     _check_source(source)
     if days is not None and (isinstance(days, bool) or not isinstance(days, (int, np.integer)) or days <= 0):
         raise DataError(f"days={days!r} is invalid: pass a positive number of trading days (or None for all)")

@@ -2,8 +2,8 @@
 
 ``path`` is a directory with one file per symbol (``AAPL.csv``, ``AAPL.parquet``, ...) or one long file with a
 ``symbol`` column. Columns are matched case-insensitively (``Adj Close`` -> ``adj_close``, preferred as the
-close); a file that cannot be read, lacks a close or a date, or holds non-numeric prices is a `DataFileError`
-naming the file and the row.
+close, open/high/low adjusted by the same factor); a file that cannot be read, lacks a close or a date, or holds
+non-numeric prices is a `DataFileError` naming the file (and the line of a bad cell).
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ _COLUMN_ALIASES = {"adjclose": "adj_close", "adjusted_close": "adj_close", "tick
 
 
 def clean_column(name: object) -> str:
+    """A column name as the sources match it: lower case, spaces and dashes as underscores, aliases resolved."""
     key = str(name).strip().lower().replace(" ", "_").replace("-", "_")
     return _COLUMN_ALIASES.get(key, key)
 
 
 def require_pyarrow(what: str) -> None:
+    """SourceUnavailableError naming `what` needs pyarrow, when it is not installed."""
     if importlib.util.find_spec("pyarrow") is None:
         raise SourceUnavailableError(f"{what} needs pyarrow: pip install 'mambacast[parquet]'")
 
@@ -192,6 +194,7 @@ def load_file_source(symbol: str, path: str | Path | None, fmt: str,
 
 
 def list_file_source(path: str | Path | None, fmt: str) -> list[dict[str, Any]]:
+    """One listing row (`frames.listing_row`) per symbol in the user's `fmt` files at `path`."""
     if path is None:
         raise DataFileError(f"listing --source {fmt} needs a path (a directory of files or one long file)")
     root = Path(path).expanduser()

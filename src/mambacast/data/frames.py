@@ -21,6 +21,7 @@ OFFLINE_HINT = "use --source sample (bundled prices) or --source csv with your o
 
 
 def normalise_symbol(symbol: Any) -> str:
+    """A ticker as the sources key it (stripped, upper case); UnknownSymbolError for an empty or non-string one."""
     if not isinstance(symbol, str) or not symbol.strip():
         raise UnknownSymbolError(f"symbol must be a non-empty string such as 'AAPL', got {symbol!r}")
     return symbol.strip().upper()
@@ -42,10 +43,12 @@ def finalise(frame: pd.DataFrame, symbol: str, source: str) -> pd.DataFrame:
 
 
 def similar_symbols(symbol: str, candidates: Iterable[str]) -> str:
+    """The part of an unknown-symbol message that names up to five close spellings among `candidates`."""
     matches = difflib.get_close_matches(symbol, sorted(set(candidates)), n=5, cutoff=0.5)
     return f"similar symbols: {', '.join(matches)}" if matches else "no similar symbol"
 
 
 def listing_row(symbol: str, frame: pd.DataFrame) -> dict[str, Any]:
+    """One row of `available_symbols`: where the symbol's prices come from, their span and whether volume is there."""
     return {"symbol": symbol, "source": frame.attrs["source"], "first_date": frame.index[0],
             "last_date": frame.index[-1], "rows": len(frame), "has_volume": "volume" in frame.columns}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import tempfile
@@ -71,6 +72,8 @@ def _read_cache(file: Path, symbol: str) -> pd.DataFrame:
 
 
 def load_yahoo(symbol: str, path: str | Path | None, with_volume: bool) -> pd.DataFrame:
+    """The symbol's prices from the cache at `path` when younger than YAHOO_MAX_AGE_S, else downloaded and cached
+    (with pyarrow); a stale cache answers when Yahoo cannot be reached."""
     cache = yahoo_cache_dir(path) / f"{symbol}.parquet"
     have_pyarrow = importlib.util.find_spec("pyarrow") is not None
     if have_pyarrow and cache.is_file() and time.time() - cache.stat().st_mtime < YAHOO_MAX_AGE_S:

@@ -218,9 +218,7 @@ class _Stack:
         loss_list, mae_list, finite_list = torch.stack([losses, maes, finite.to(losses.dtype)]).tolist()
         for k, (m, s) in enumerate(zip(members, sizes, strict=True)):
             if not finite_list[k]:
-                m.error = NonFiniteLossError(
-                    f"training loss became {loss_list[k]} at epoch {m.epoch}, batch {b}; the best checkpoint so "
-                    "far is kept. Try a lower --learning-rate and check the data for extreme values")
+                m.error = NonFiniteLossError.at(loss_list[k], m.epoch, b)
             m.sum_loss += loss_list[k] * s
             m.sum_ae += mae_list[k] * s
             for cb in m.trainer.callbacks:

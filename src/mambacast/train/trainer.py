@@ -47,6 +47,13 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+    @classmethod
+    def at(cls, loss: float, epoch: int, batch: int) -> NonFiniteLossError:
+        """The error for a non-finite training `loss` at `epoch`, `batch`, with what to try."""
+        return cls(f"training loss became {loss} at epoch {epoch}, batch {batch}; the best checkpoint so far is "
+                   "kept. Try a lower --learning-rate and check the data for extreme values")
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`None`/"auto" picks CUDA when available, else CPU; anything else is validated."""
     if device is None or str(device) == "auto":
@@ -177,15 +184,11 @@ class Trainer:
                 # One sync per batch for the progress callbacks; the graph's outputs are reused by the next replay.
                 loss, ae = torch.stack(self._graphed(xb, yb)).tolist()
                 if not math.isfinite(loss):
-                    raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch}, batch {b}; "
-                                             "the best checkpoint so far is kept. Try a lower --learning-rate "
-                                             "and check the data for extreme values")
+                    raise NonFiniteLossError.at(loss, epoch, b)
             else:
                 loss_t, ae_t = self._forward_loss(xb, yb)
                 if not torch.isfinite(loss_t):   # checked before the step, so the weights stay finite
-                    raise NonFiniteLossError(f"training loss became {loss_t.item()} at epoch {epoch}, batch {b}; "
-                                             "the best checkpoint so far is kept. Try a lower --learning-rate "
-                                             "and check the data for extreme values")
+                    raise NonFiniteLossError.at(loss_t.item(), epoch, b)
                 self.optimizer.zero_grad(set_to_none=True)
                 self._update(loss_t)
                 loss, ae = loss_t.item(), ae_t.item()

@@ -12,11 +12,14 @@ LR patience 3), as `mambacast train` runs, and the epochs each symbol ran are pr
 peak resident memory (the stack holds every symbol's activations at once).
 The symbols are the first `--symbols` bundled stocks with at least `--days` days. Printed: wall
 time of each, the ratio, seconds per symbol-epoch, the projection to the guide's 50 symbols x 50
-epochs (linear in symbols x epochs, as every epoch costs the same), and the largest weight
-difference between the two runs (they must agree). `--stacked-only` leaves out the one-after-another
-run; `--baseline-kernel REF` adds a stacked run on the fused kernel of git REF (old kernel against new,
-same process); `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1). The last line
-(SUMMARY) repeats the projections with the load average each run started at.
+epochs, and the largest weight difference between the two runs (they must agree). The projection
+splits each way's wall time T(E) = F + E * P into what a run costs once per symbol (F: data, the
+GARCH-t/HAR-t fits, calibration, final files and plots) and per epoch (P), from a second run of 1 epoch:
+P = (T(E) - T(1)) / (E - 1), projected (F + 50 P) * 50 / symbols. (Until 2026-11-28 it was T(E) * 2500 /
+(symbols * E), which multiplied the once-per-symbol costs by 50 / E as well.) `--stacked-only` leaves out
+the one-after-another run; `--baseline-kernel REF` adds a stacked run on the fused kernel of git REF (old
+kernel against new, same process); `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1). The last
+line (SUMMARY) repeats the projections with the load average each run started at.
 """
 
 from __future__ import annotations
@@ -90,18 +93,28 @@ def main() -> None:
     old = baseline_kernel(args.baseline_kernel) if args.baseline_kernel else None
     per = len(symbols) * args.epochs
     loads: dict[str, float] = {}
+    one_epoch: dict[str, float] = {}   # each way's wall time for 1 epoch: splits its cost per symbol and per epoch
+    fixed_one = TrainConfig(epochs=1, patience=10**6, lr_patience=10**6)
+    project = not args.early_stopping and args.epochs > 1
     with tempfile.TemporaryDirectory() as serial_root, tempfile.TemporaryDirectory() as stack_root:
         serial = None
         if not args.stacked_only:
             loads["one after another"] = os.getloadavg()[0]
             serial = timed_training(symbols, cfg, args.days, serial_root, device="cpu")
+            if project:
+                one_epoch["one after another"] = timed_training(symbols, fixed_one, args.days, device="cpu")
         loads["stacked"] = os.getloadavg()[0]
         stacked = timed_training(symbols, cfg, args.days, stack_root, device="cpu", stack=True)
+        if project:
+            one_epoch["stacked"] = timed_training(symbols, fixed_one, args.days, device="cpu", stack=True)
         stacked_old = None
         if old is not None:
-            loads[f"stacked, kernel of {args.baseline_kernel}"] = os.getloadavg()[0]
+            name = f"stacked, kernel of {args.baseline_kernel}"
+            loads[name] = os.getloadavg()[0]
             with using_kernel(old):
                 stacked_old = timed_training(symbols, cfg, args.days, device="cpu", stack=True)
+                if project:
+                    one_epoch[name] = timed_training(symbols, fixed_one, args.days, device="cpu", stack=True)
         worst, epochs = 0.0, []
         for s in symbols:
             b, meta_b = ModelStore(stack_root).load_model(s)
@@ -122,12 +135,19 @@ def main() -> None:
     for name, seconds in times.items():
         if seconds is None:
             continue
+        split = ""
         if args.early_stopping:
             minutes = seconds * 50 / len(symbols) / 60
+        elif name in one_epoch:
+            per_epoch = (seconds - one_epoch[name]) / (args.epochs - 1)
+            once = one_epoch[name] - per_epoch
+            minutes = (once + 50 * per_epoch) * 50 / len(symbols) / 60
+            split = (f"; per epoch {per_epoch / len(symbols):.3f} s per symbol, once {once / len(symbols):.2f} s "
+                     f"per symbol (1 epoch: {one_epoch[name]:.1f} s)")
         else:
             minutes = seconds / per * 2500 / 60
-        print(f"{name + ':':<32} {seconds:7.1f} s  ({seconds / per:.3f} s per symbol-epoch; load {loads[name]:.1f})"
-              f"  projected {minutes:.1f} min")
+        print(f"{name + ':':<32} {seconds:7.1f} s  ({seconds / per:.3f} s per symbol-epoch; load {loads[name]:.1f}"
+              f"{split})  projected {minutes:.1f} min")
         projections.append(f"{name} {minutes:.1f} min (load {loads[name]:.1f})")
     if serial is not None:
         print(f"stacked speed-up over one after another {serial / stacked:.2f}x; "

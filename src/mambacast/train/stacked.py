@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..nn.stacked import stack_buffers, stack_parameters, stacked_forward_distribution
+from ..ops.heap import kept_heap
 from .graphs import GraphedSteps
 from .objective import crps_student_t_np, objective
 from .trainer import _EVAL_BATCH, NonFiniteLossError, Trainer, _as_tensor
@@ -65,6 +66,7 @@ class StackedTrainer:
         self.errors: list[Exception | None] = [None] * len(self.trainers)
 
     # ---- public -------------------------------------------------------------------------------
+    @kept_heap()   # every step reuses the last step's freed activations (ops.heap: page faults)
     def fit(self, data: Sequence[_Data],
             resume_from: Sequence[tuple[dict[str, Tensor], dict] | None] | None = None) -> list[list[dict]]:
         """Train every member on its own (X_train, y_train, X_val, y_val); returns each member's

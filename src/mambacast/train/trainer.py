@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..ops.amp import cpu_bf16_autocast
+from ..ops.heap import kept_heap
 from .callbacks import Callback
 from .graphs import GraphedSteps, graphs_enabled
 from .objective import crps_student_t_np, objective
@@ -118,6 +119,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ---- loop --------------------------------------------------------------------------------
+    @kept_heap()   # every step reuses the last step's freed activations (ops.heap: page faults)
     def fit(self, X_train: np.ndarray | Tensor, y_train: np.ndarray | Tensor,
             X_val: np.ndarray | Tensor, y_val: np.ndarray | Tensor,
             resume_from: tuple[dict[str, Tensor], dict[str, Any]] | None = None) -> list[dict[str, float]]:

@@ -283,7 +283,19 @@ def block_inputs(batch, seq_len, d, N, R, K, dtype, states, seed=0):
 @pytest.mark.parametrize("dims", [(2, 1, 16, 4, 2, 4), (3, 60, 32, 16, 4, 4), (2, 37, 20, 5, 3, 3),
                                   (2, 50, 8, 3, 1, 1), (2, 45, 24, 8, 9, 5)])
 @pytest.mark.parametrize("states", [False, True])
-def test_fused_block_equals_reference(kernel, dtype, dims, states):
+@pytest.mark.parametrize("gated", [True, False])
+def test_fused_block_equals_reference(kernel, dtype, dims, states, gated):
+    """With xz, and with x alone (no gate: the last block gates only its last step)."""
     ins = block_inputs(*dims, dtype, states)
+    if not gated:
+        ins[0] = ins[0][..., :dims[2]].detach().clone().requires_grad_()
     inputs = [t for t in ins if t is not None]
     assert_same(mamba_inner(*ins), mamba_inner_ref(*ins), inputs, dtype)
+
+
+def test_block_input_of_the_wrong_width_is_refused(kernel):
+    ins = block_inputs(2, 5, 8, 4, 1, 4, torch.float32, False)
+    ins[0] = ins[0][..., :12]
+    for fn in (mamba_inner, mamba_inner_ref):
+        with pytest.raises(ValueError, match="expected 2 \\* d_inner = 16"):
+            fn(*ins)

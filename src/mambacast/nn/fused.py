@@ -143,7 +143,9 @@ def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x
                     dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor, D: Tensor | None,
                     conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The block between in_proj and out_proj in PyTorch ops: xz (batch, seq_len, 2*d_inner) ->
-    (y * silu(z) (batch, seq_len, d_inner), final SSM state (batch, d_inner, d_state)).
+    (y * silu(z) (batch, seq_len, d_inner), final SSM state (batch, d_inner, d_state)). With x alone
+    (batch, seq_len, d_inner) in place of xz there is no gate: y is returned before it (the caller gates the
+    steps it reads, as the last block does at the last step).
 
     conv_weight (d_inner, d_conv); conv_state (batch, d_conv-1, d_inner): the inputs before xz;
     ssm_state (batch, d_inner, d_state): the state before xz. The scan is `selective_scan`
@@ -151,13 +153,23 @@ def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x
     step runs all models at once (conv with the models folded into channels, batched matmuls, the scan
     with per-model A, D and dt bias).
     """
-    d_inner = xz.shape[-1] // 2
     R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
-    x, z = xz.split(d_inner, dim=-1)
+    x, z = _split_gate(xz, conv_weight)
     x = causal_conv1d_ref(x, conv_weight, conv_bias, conv_state)
     dt, B, C = torch.split(_linear(x, x_proj_weight), [R, N, N], dim=-1)
     return selective_scan(x, _linear(dt, dt_proj_weight), A, B, C, D, z=z, delta_bias=dt_proj_bias,
                           delta_softplus=True, initial_state=ssm_state, return_final_state=True)
+
+
+def _split_gate(xz: Tensor, conv_weight: Tensor) -> tuple[Tensor, Tensor | None]:
+    """xz (batch, seq_len, 2*d_inner) -> x, z views; x alone (batch, seq_len, d_inner) -> x, None (no gate)."""
+    d_inner = conv_weight.shape[-2]
+    if xz.shape[-1] == d_inner:
+        return xz, None
+    if xz.shape[-1] != 2 * d_inner:
+        raise ValueError(f"mamba_inner: xz has {xz.shape[-1]} channels; expected 2 * d_inner = {2 * d_inner} "
+                         f"(x and z) or d_inner = {d_inner} (x alone)")
+    return xz[..., :d_inner], xz[..., d_inner:]
 
 
 class _MambaInner(torch.autograd.Function):
@@ -169,9 +181,8 @@ class _MambaInner(torch.autograd.Function):
         from ..ops import load
 
         ops = load()
-        d_inner = xz.shape[-1] // 2
         R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
-        x, z = xz[..., :d_inner], xz[..., d_inner:]
+        x, z = _split_gate(xz, conv_weight)
         wt = conv_weight.transpose(-1, -2).contiguous()                  # ([M,] K, d)
         xc = ops.conv_fwd(x, wt, conv_bias, conv_state, True)            # (b, l, d), after SiLU
         x_dbl = _linear(xc, x_proj_weight)                               # (b, l, R + 2N)
@@ -187,7 +198,7 @@ class _MambaInner(torch.autograd.Function):
         if save:
             ctx.save_for_backward(xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D,
                                   conv_state, xc, x_dbl, hsave, ypre)
-        ctx.chunk, ctx.R, ctx.N, ctx.has_h0 = chunk, R, N, ssm_state is not None
+        ctx.chunk, ctx.R, ctx.N, ctx.has_h0, ctx.gated = chunk, R, N, ssm_state is not None, z is not None
         ctx.n_models = A.shape[0] if A.dim() == 3 else None
         ctx.set_materialize_grads(False)
         return y, h_last.transpose(1, 2)
@@ -201,16 +212,15 @@ class _MambaInner(torch.autograd.Function):
         (xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D, conv_state, xc, x_dbl,
          hsave, ypre) = ctx.saved_tensors
         R, N = ctx.R, ctx.N
-        batch, seq_len, two_d = xz.shape
-        d = two_d // 2
-        x, z = xz[..., :d], xz[..., d:]
+        batch, seq_len, d = xc.shape
+        x, z = (xz[..., :d], xz[..., d:]) if ctx.gated else (xz, None)
         dy = xz.new_zeros(batch, seq_len, d) if dy is None else _unit_last(dy)
         dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
         dxz = torch.empty_like(xz)
         dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
         dxc, _, _, dA, dB, dC, dD, ddt_bias, dh0, ddt_low, d_dt_wt = ops.scan_bwd(
-            xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk, dxz[..., d:],
-            False)
+            xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk,
+            dxz[..., d:] if ctx.gated else None, False)
 
         M = ctx.n_models
         # ddt_low, dB, dC: partial sums over the kernel's channel groups (leading dimension).
@@ -238,8 +248,8 @@ class _MambaInner(torch.autograd.Function):
 def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
                 dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor, D: Tensor | None,
                 conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Same signature and function as `mamba_inner_ref`; one fused autograd node when the CPU kernel
-    applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`."""
+    """Same signature and function as `mamba_inner_ref` (xz, or x alone); one fused autograd node when the CPU
+    kernel applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`."""
     tensors = [t for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                            conv_state, ssm_state) if t is not None]
     if conv_weight.shape[-1] <= 16 and fused_ops(*tensors, d_state=A.shape[-1]) is not None:

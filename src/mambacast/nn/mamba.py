@@ -100,7 +100,15 @@ class MambaBlock(nn.Module):
         chunks of a long sequence, and `step()` after them, compute exactly what one `forward`
         over the whole sequence computes. `last_only`: the output is the last step's, (batch, d_model).
         """
-        xz = self.in_proj(self.norm(hidden))                               # (b, l, 2 * d_inner)
+        normed = self.norm(hidden)
+        if last_only:
+            # Only the last step's gate is read: z = in_proj's second half at that step alone (about 40% of this
+            # block's matmul FLOPs saved); the scan returns y ungated and the gate is applied here.
+            w = self.in_proj.weight
+            xz = F.linear(normed, w[:self.d_inner])                        # (b, l, d_inner): x alone
+            z_last = F.linear(normed[:, -1], w[self.d_inner:])             # (b, d_inner)
+        else:
+            xz = self.in_proj(normed)                                      # (b, l, 2 * d_inner)
         conv_prev = None if state is None else state.conv[:, :, 1:].transpose(1, 2)   # (b, d_conv-1, d_inner)
         if autocast_enabled(xz.device):
             # xz is in autocast's dtype; A and D stay in the parameters' (the scan runs in float32: ops.amp).
@@ -110,7 +118,10 @@ class MambaBlock(nn.Module):
         y, ssm = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
                              self.dt_proj.weight, self.dt_proj.bias, A, D, conv_prev,
                              None if state is None else state.ssm)
-        out = hidden[:, -1] + self.out_proj(y[:, -1]) if last_only else hidden + self.out_proj(y)
+        if last_only:
+            out = hidden[:, -1] + self.out_proj(y[:, -1] * F.silu(z_last))
+        else:
+            out = hidden + self.out_proj(y)
         if not need_state:
             return out, None
         # New conv state: the last d_conv inputs of (previous inputs, this chunk's x).

@@ -74,19 +74,25 @@ def _last_hidden(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Ten
     M, batch, seq_len, _ = x.shape
     cfg = model.config
     hidden = _linear(x.reshape(M, batch * seq_len, -1), params["embed.weight"], params["embed.bias"])
+    d_inner = cfg.d_inner
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
-        xz = _linear(_layer_norm(hidden, params[p + "norm.weight"], params[p + "norm.bias"], cfg.norm_eps),
-                     params[p + "in_proj.weight"])                               # (M, b*l, 2*d_inner)
+        last = i + 1 == cfg.num_layers
+        normed = _layer_norm(hidden, params[p + "norm.weight"], params[p + "norm.bias"], cfg.norm_eps)
+        w_in = params[p + "in_proj.weight"]
+        # The heads read the last step only: in the last block x alone at every step (M, b*l, d_inner), z and
+        # the gate, out_proj and the residual at the last step (as MambaBlock's last_only).
+        xz = _linear(normed, w_in[:, :d_inner] if last else w_in)               # (M, b*l, [2*]d_inner)
         A = -torch.exp(params[p + "A_log"])                                        # (M, d_inner, d_state)
         y, _ = mamba_inner(xz.view(M * batch, seq_len, -1), params[p + "conv1d.weight"].squeeze(2),
                            params[p + "conv1d.bias"], params[p + "x_proj.weight"], params[p + "dt_proj.weight"],
                            params[p + "dt_proj.bias"], A, params[p + "D"])
-        if i + 1 < cfg.num_layers:
+        if not last:
             hidden = hidden + _linear(y.view(M, batch * seq_len, -1), params[p + "out_proj.weight"])
-        else:   # the heads read the last step only: the last block's out_proj and residual there alone
+        else:
+            z = _linear(normed.view(M, batch, seq_len, -1)[:, :, -1], w_in[:, d_inner:])   # (M, b, d_inner)
             hidden = hidden.view(M, batch, seq_len, -1)[:, :, -1] + _linear(
-                y.view(M, batch, seq_len, -1)[:, :, -1], params[p + "out_proj.weight"])
+                y.view(M, batch, seq_len, -1)[:, :, -1] * F.silu(z), params[p + "out_proj.weight"])
     # LayerNorm is per time step, so normalising only the last step equals MambaModel's encode()[:, -1].
     return _layer_norm(hidden, params["norm_f.weight"], params["norm_f.bias"], cfg.norm_eps)
 

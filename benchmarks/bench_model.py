@@ -17,9 +17,10 @@ alike):
   mambacast chunked        MAMBACAST_SCAN=chunked: the block in PyTorch ops, chunked scan
   mambacast ref            MAMBACAST_SCAN=ref: the block in PyTorch ops, sequential reference scan
 
-Times are medians over `--repeats` runs after warm-up, on this machine's threads. Each row's
-ratio is against mambapy measured in the same run, since absolute times on a shared 2-core
-machine are only indicative.
+Every row runs inside `mambacast.ops.heap.kept_heap()`, as the Trainer's steps do (freed memory is kept for
+the next step instead of being faulted in again; mambapy's rows as well). Times are medians over `--repeats`
+runs after warm-up, on this machine's threads. Each row's ratio is against mambapy measured in the same run,
+since absolute times on a shared 2-core machine are only indicative.
 
 FLOPs (counted, not measured): every matmul of the model (embedding, in_proj, x_proj, dt_proj,
 out_proj, the heads' last step; depthwise conv as 2*d_conv per channel and step) at 2*M*K*N,
@@ -50,6 +51,7 @@ from torch import nn
 
 from mambacast import MambaConfig, MambaModel
 from mambacast.ops import _loader
+from mambacast.ops.heap import kept_heap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -291,4 +293,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with kept_heap():   # as Trainer.fit runs its steps (mambacast.ops.heap): no page faults per step
+        main()

@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mambacast.config import MambaConfig
 from mambacast.nn.mamba import MambaModel
+from mambacast.ops.heap import kept_heap
 from mambacast.train.objective import objective
 
 # profiler operator names -> the part of the step they belong to (self time; the rest is "other")
@@ -124,4 +125,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with kept_heap():   # as Trainer.fit runs its steps (mambacast.ops.heap): no page faults per step
+        main()

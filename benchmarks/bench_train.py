@@ -15,8 +15,10 @@ Run: .venv/bin/python benchmarks/bench_train.py [--epochs 50] [--days 1000] [--s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 
@@ -25,6 +27,7 @@ from bench_model import baseline_kernel, using_kernel  # benchmarks/ is on sys.p
 
 from mambacast import MambaConfig, TrainConfig
 from mambacast.nn.scan import scan_impl
+from mambacast.store import ModelStore
 from mambacast.train import train_symbols
 
 
@@ -67,12 +70,17 @@ def main() -> None:
         kernels[f"kernel of {args.baseline_kernel}"] = baseline_kernel(args.baseline_kernel)
     summary = []
     for name, ops in kernels.items():
-        with using_kernel(ops):
+        with using_kernel(ops), tempfile.TemporaryDirectory() as root:
             load = os.getloadavg()[0]
-            seconds = timed_training(["AAPL"], full, args.days)
+            seconds = timed_training(["AAPL"], full, args.days, save_dir=root)
+            history = json.loads(ModelStore(root).metrics_path("AAPL").read_text())["history"]
+        epochs = sorted(h["epoch_time"] for h in history)
         print(f"\n1 symbol x {args.epochs} full epochs, {args.days} days, guide config, batch 32, {name}: "
               f"{seconds:.1f} s ({seconds / args.epochs:.2f} s/epoch; load {load:.1f} -> {os.getloadavg()[0]:.1f})   "
               f"guide: 2-4 min CPU, 30-50 s RTX 3090")
+        # The machine's speed drifts for tens of seconds at a time: the spread of the epochs shows how much.
+        print(f"  epochs: min {epochs[0]:.3f} s, median {statistics.median(epochs):.3f} s, max {epochs[-1]:.3f} s; "
+              f"outside the epochs {seconds - sum(epochs):.1f} s (data, baselines, calibration, final files)")
         summary.append(f"{name} {seconds:.1f} s (load {load:.1f})")
     print(f"SUMMARY 1 symbol x {args.epochs} epochs (target <= 30 s): " + "; ".join(summary))
 

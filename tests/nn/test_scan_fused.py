@@ -6,6 +6,7 @@ tests run everywhere.
 """
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,6 +247,29 @@ def test_cache_key_includes_the_cpu(monkeypatch, tmp_path):
     monkeypatch.setenv("MAMBACAST_CACHE_DIR", str(tmp_path))
     assert _loader.cache_dir() == tmp_path
     assert _loader._cpu_signature()
+
+
+def test_checkouts_of_the_same_sources_share_one_build(kernel, monkeypatch, tmp_path):
+    """The compiled file is a copy inside the (content-keyed) build directory, so a second install or checkout of
+    the same sources finds the same ninja file instead of rebuilding under its own path."""
+    from torch.utils import cpp_extension
+
+    compiled = []
+    monkeypatch.setenv("MAMBACAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: compiled.append((kw["sources"], kw["build_directory"])))
+    for checkout in ("a", "b"):
+        root = tmp_path / checkout
+        root.mkdir()
+        for path in (_loader.SOURCE, *_loader.HEADERS):
+            (root / path.name).write_bytes(path.read_bytes())
+        monkeypatch.setattr(_loader, "SOURCE", root / _loader.SOURCE.name)
+        monkeypatch.setattr(_loader, "HEADERS", tuple(root / h.name for h in _loader.HEADERS))
+        _loader._build()   # the stub builds nothing: the ops found are the real kernel's (the fixture loaded it)
+    (src_a, dir_a), *_, (src_b, dir_b) = compiled
+    assert src_a == src_b and dir_a == dir_b
+    assert Path(src_a[0]).parent == Path(dir_a)
+    for path in (_loader.SOURCE, *_loader.HEADERS):
+        assert (Path(dir_a) / path.name).read_bytes() == path.read_bytes()
 
 
 # ------------------------------------------------------------------ conv1d and the fused block

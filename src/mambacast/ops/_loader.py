@@ -3,7 +3,8 @@
 
 The kernel is compiled once per (sources, flags, torch, Python, CPU) combination with
 ``torch.utils.cpp_extension.load`` into ``$MAMBACAST_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/mambacast`` or ``~/.cache/mambacast``), under ``ext/mambacast_scan_<key>``.
+``$XDG_CACHE_HOME/mambacast`` or ``~/.cache/mambacast``), under ``ext/mambacast_scan_<key>``, from a
+copy of the sources placed there (so every install or checkout with the same sources shares one build).
 It is compiled with ``-march=native``, so the key includes the CPU's model name and flag list:
 a cache shared between different machines never hands one machine another's binary. If the
 native build fails, a portable ``-O3`` build is tried. Loading is lazy and thread-safe; a
@@ -74,6 +75,22 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()} {platform.platform()}"
 
 
+def _stage_sources(build_dir: Path) -> Path:
+    """Copy the sources into their build directory (named by their content) and return the copy to compile.
+
+    Compiling the package's own file would put its path into the build's ninja file: two installs or checkouts
+    of the same sources (same cache key, other paths) would then rebuild the kernel in turn, each waiting up to
+    a minute on the other's build lock."""
+    for path in (SOURCE, *HEADERS):
+        staged = build_dir / path.name
+        data = path.read_bytes()
+        if not staged.exists() or staged.read_bytes() != data:
+            tmp = staged.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, staged)   # atomic: a concurrent build never reads half a file
+    return build_dir / SOURCE.name
+
+
 def _build() -> Any:
     from torch.utils import cpp_extension
 
@@ -89,8 +106,9 @@ def _build() -> Any:
         build_dir = cache_dir() / "ext" / name
         try:
             build_dir.mkdir(parents=True, exist_ok=True)
-            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                               build_directory=str(build_dir), is_python_module=False, verbose=False)
+            cpp_extension.load(name=name, sources=[str(_stage_sources(build_dir))], extra_cflags=flags,
+                               extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
+                               verbose=False)
             lib = torch.ops.mambacast
             # getattr raises if the library did not register
             return SimpleNamespace(**{op: getattr(lib, op) for op in _OPS}, name=name, flags=flags)

@@ -17,7 +17,7 @@ import numpy as np
 
 if TYPE_CHECKING:
 
-    from .evaluate.backtest import BacktestResult
+    from .evaluate.results import BacktestResult
     from .predict import PredictionResult
 
 __all__ = ["plot_fan_chart", "plot_backtest_forecasts", "plot_cumulative_loss", "plot_calibration", "pit_of",

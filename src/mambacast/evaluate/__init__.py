@@ -1,7 +1,7 @@
 """Evaluation: forecast metrics and tests (`metrics`), baseline forecasters (`baselines`, the pooled HAR-t in
 `har`), the Mamba models behind the same interface (`model.MambaForecaster` and `model.GlobalMambaForecaster`,
-imported lazily: they need torch), the walk-forward backtest (`backtest`, pooled fits through `panel`) and what
-an options desk reads (`desk`)."""
+imported lazily: they need torch), the walk-forward backtest (`backtest`, pooled fits through `panel`, its
+results in `results`) and what an options desk reads (`desk`)."""
 
 from .backtest import (
     BASELINES,

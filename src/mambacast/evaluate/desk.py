@@ -33,7 +33,7 @@ from .baselines import Forecast
 from .metrics import INTERVALS, brier_score, pit_histogram, reliability_table
 
 if TYPE_CHECKING:
-    from .backtest import SymbolBacktest
+    from .results import SymbolBacktest
 
 __all__ = ["MONEYNESS", "BRIER_DM_AGAINST", "PIT_BINS", "prob_above", "pit", "desk_tables", "seed_spread"]
 

@@ -20,8 +20,7 @@ Scores (`evaluate.scoring`) per symbol, forecaster and horizon come from `evalua
 of the 50/80/90% intervals, calibration); Diebold-Mariano (HLN) tests compare the reference forecaster (the
 model) with every other on squared log-return error and on CRPS. Pooled rows (`symbol == "ALL"`) concatenate the
 symbols; the pooled DM test averages the loss differential across the symbols present on each origin date.
-Formulas and caveats are in docs/evaluation.md ("Backtest"). The results (`SymbolBacktest`, `BacktestResult` and
-their JSON and CSV files) are in `evaluate.results`; they are re-exported here.
+Formulas and caveats are in docs/evaluation.md ("Backtest"). The results: `evaluate.results` (re-exported here).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ losses and coverage), `format_desk_tables` (Brier scores at strikes, coverage by
 `write_backtest_report`, which writes the metric files, the plots (`mambacast.plots`, whose functions are
 re-exported here) and one self-contained `report.html`.
 
-The text tables and sentences live in `report.tables`, the HTML report in `report.html`; every name is
+The text tables and sentences live in `report.tables`, the HTML report in `report.page`; every name is
 importable from `mambacast.report`.
 """
 
@@ -20,7 +20,7 @@ from ..plots import (  # the figures live in plots; re-exported here, where they
     plot_pit_histograms,
     plot_reliability,
 )
-from .html import desk_sections, write_backtest_report
+from .page import desk_sections, write_backtest_report
 from .tables import (  # the noqa names were importable from report.py too; they are not in __all__
     PRICE_COLUMNS,  # noqa: F401
     TABLE_COLUMNS,  # noqa: F401

@@ -3,7 +3,7 @@
 `format_backtest_table` (the terminal table), `backtest_summary` (plain sentences on significant wins, losses and
 coverage) and `format_desk_tables` (Brier scores at strikes, coverage by year, PIT, seed spread); the rows and
 cells they are built from (`backtest_rows`, `desk_brier_rows`, the number and p-value formats) are also what the
-HTML report (`report.html`) shows.
+HTML report (`report.page`) shows.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def test_diebold_mariano_detects_a_better_forecaster():
 def test_diebold_mariano_negative_variance_falls_back_to_h1(caplog):
     # d = 0.1, 0.3, -0.1, 0.4, ... has gamma0 + 2 gamma1 < 0 at h=2 (computed: -0.0223 / 8)
     d = np.array([0.1, 0.3, -0.1, 0.4, 0.1, 0.5, -0.05, 0.3])
-    with caplog.at_level(logging.WARNING, logger="mambacast.evaluate.metrics"):
+    with caplog.at_level(logging.WARNING, logger="mambacast.evaluate.dm"):
         res = M.diebold_mariano(d, np.zeros(8), h=2)
     assert "redoing the test with h=1" in caplog.text
     assert res == M.diebold_mariano(d, np.zeros(8), h=1)

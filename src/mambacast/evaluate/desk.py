@@ -30,6 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from .baselines import Forecast
+from .dm import dm_row
 from .metrics import INTERVALS, brier_score, pit_histogram, reliability_table
 
 if TYPE_CHECKING:
@@ -78,8 +79,6 @@ def desk_tables(results: Mapping[str, SymbolBacktest], references: Sequence[str]
     results: {symbol: SymbolBacktest}; references: the model forecasters (one per seed) DM-tested against
     `BRIER_DM_AGAINST`.
     """
-    from .scoring import dm_row
-
     if not results:
         return {}
     first = next(iter(results.values()))

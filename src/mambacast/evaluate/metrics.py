@@ -1,4 +1,5 @@
-"""Forecast metrics and tests: point errors, direction, proper scoring rules, calibration, Diebold-Mariano.
+"""Forecast metrics and tests: point errors, direction, proper scoring rules, calibration, Diebold-Mariano
+(`diebold_mariano` lives in `evaluate.dm` and is re-exported here; the argument checks in `evaluate._validate`).
 
 Conventions
 -----------
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import scoringrules as sr
 from scipy import stats
+
+from ._validate import finite_array, positive, quantile_forecasts, same_shape, vector
+from .dm import Alternative, diebold_mariano
 
 __all__ = [
     "INTERVALS",
@@ -51,60 +55,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Alternative = Literal["two-sided", "less", "greater"]
-
 #: Central prediction intervals reported by `evaluate_forecasts`: nominal coverage -> (lower, upper) level.
 INTERVALS: dict[int, tuple[float, float]] = {50: (0.25, 0.75), 80: (0.1, 0.9), 90: (0.05, 0.95)}
-
-
-# --------------------------------------------------------------------------------------------- validation
-
-
-def _array(name: str, x: object) -> np.ndarray:
-    """`x` as a float64 array; raises if it is empty or holds NaN/inf."""
-    a = np.asarray(x, dtype=np.float64)
-    if a.size == 0:
-        raise ValueError(f"{name} is empty: need at least one value")
-    if not np.all(np.isfinite(a)):
-        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
-        raise ValueError(f"{name} holds {bad} NaN/inf value(s): drop or fill them before evaluating")
-    return a
-
-
-def _same_shape(**arrays: np.ndarray) -> None:
-    shapes = {name: a.shape for name, a in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"shape mismatch: {', '.join(f'{k}{v}' for k, v in shapes.items())}")
-
-
-def _vector(name: str, x: object) -> np.ndarray:
-    a = _array(name, x)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (n,), got shape {a.shape}")
-    return a
-
-
-def _levels(quantiles: object) -> np.ndarray:
-    q = _vector("quantiles", quantiles)
-    if np.any((q <= 0) | (q >= 1)) or np.any(np.diff(q) <= 0):
-        raise ValueError(f"quantiles must be strictly increasing levels in (0, 1), got {q.tolist()}")
-    return q
-
-
-def _quantile_forecasts(y: object, q_pred: object, quantiles: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate y (n,), q_pred (n, n_q) and levels (n_q,)."""
-    y_, q_ = _vector("y", y), _levels(quantiles)
-    p = _array("q_pred", q_pred)
-    if p.shape != (y_.size, q_.size):
-        raise ValueError(f"q_pred must have shape (n, n_quantiles) = {(y_.size, q_.size)}, got {p.shape}")
-    return y_, p, q_
-
-
-def _positive(name: str, x: object, shape: tuple[int, ...]) -> np.ndarray:
-    a = np.broadcast_to(_array(name, x), shape)
-    if np.any(a <= 0):
-        raise ValueError(f"{name} must be > 0 everywhere")
-    return a
 
 
 # ------------------------------------------------------------------------------------------- point errors
@@ -112,15 +64,15 @@ def _positive(name: str, x: object, shape: tuple[int, ...]) -> np.ndarray:
 
 def mae(y_true: object, y_pred: object) -> float:
     """Mean absolute error `mean|y - yhat|` over arrays of any (equal) shape."""
-    y, p = _array("y_true", y_true), _array("y_pred", y_pred)
-    _same_shape(y_true=y, y_pred=p)
+    y, p = finite_array("y_true", y_true), finite_array("y_pred", y_pred)
+    same_shape(y_true=y, y_pred=p)
     return float(np.mean(np.abs(y - p)))
 
 
 def rmse(y_true: object, y_pred: object) -> float:
     """Root mean squared error `sqrt(mean (y - yhat)^2)` over arrays of any (equal) shape."""
-    y, p = _array("y_true", y_true), _array("y_pred", y_pred)
-    _same_shape(y_true=y, y_pred=p)
+    y, p = finite_array("y_true", y_true), finite_array("y_pred", y_pred)
+    same_shape(y_true=y, y_pred=p)
     return float(np.sqrt(np.mean((y - p) ** 2)))
 
 
@@ -135,9 +87,9 @@ def mase(y_true: object, y_pred: object, insample: object, m: int = 1) -> float:
 
     Shapes: y_true, y_pred (n,) (any equal shape); insample (n_train,), n_train > m.
     """
-    y, p = _array("y_true", y_true), _array("y_pred", y_pred)
-    _same_shape(y_true=y, y_pred=p)
-    x = _vector("insample", insample)
+    y, p = finite_array("y_true", y_true), finite_array("y_pred", y_pred)
+    same_shape(y_true=y, y_pred=p)
+    x = vector("insample", insample)
     if not isinstance(m, (int, np.integer)) or m < 1:
         raise ValueError(f"m must be a positive integer lag, got {m!r}")
     if x.size <= m:
@@ -165,8 +117,8 @@ def direction_counts(y_true_ret: object, y_pred_ret: object) -> DirectionCounts:
 
     Shapes: y_true_ret, y_pred_ret (n,) (any equal shape).
     """
-    y, p = _array("y_true_ret", y_true_ret), _array("y_pred_ret", y_pred_ret)
-    _same_shape(y_true_ret=y, y_pred_ret=p)
+    y, p = finite_array("y_true_ret", y_true_ret), finite_array("y_pred_ret", y_pred_ret)
+    same_shape(y_true_ret=y, y_pred_ret=p)
     zero_pred = p == 0
     zero_true = (y == 0) & ~zero_pred
     used = ~(zero_pred | zero_true)
@@ -205,7 +157,7 @@ def pinball_loss(y: object, q_pred: object, quantiles: object) -> np.ndarray:
     Shapes: y (n,), q_pred (n, n_q), quantiles (n_q,) -> (n, n_q). A proper score for the tau-quantile
     (Gneiting & Raftery 2007, sec. 9); `2 * mean` over a dense level grid approximates the CRPS.
     """
-    y_, p, q = _quantile_forecasts(y, q_pred, quantiles)
+    y_, p, q = quantile_forecasts(y, q_pred, quantiles)
     u = y_[:, None] - p
     return u * (q[None, :] - (u < 0))
 
@@ -216,9 +168,9 @@ def crps_gaussian(y: object, mu: object, sigma: object) -> np.ndarray:
     `CRPS = sigma * [z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)]`, `z = (y - mu) / sigma`.
     Shapes: y (n,); mu, sigma (n,) or scalars -> (n,).
     """
-    y_ = _vector("y", y)
-    m = np.broadcast_to(_array("mu", mu), y_.shape)
-    s = _positive("sigma", sigma, y_.shape)
+    y_ = vector("y", y)
+    m = np.broadcast_to(finite_array("mu", mu), y_.shape)
+    s = positive("sigma", sigma, y_.shape)
     z = (y_ - m) / s
     return s * (z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi))
 
@@ -229,12 +181,12 @@ def crps_student_t(y: object, df: object, loc: object, scale: object) -> np.ndar
     `scale` is the t scale, not the standard deviation (`sd = scale * sqrt(df / (df - 2))`). Needs df > 1;
     df = inf is the Gaussian limit and uses `crps_gaussian`. Shapes: y (n,); df, loc, scale (n,) or scalars -> (n,).
     """
-    y_ = _vector("y", y)
+    y_ = vector("y", y)
     nu = np.broadcast_to(np.asarray(df, dtype=np.float64), y_.shape)
     if np.any(np.isnan(nu)) or np.any(nu <= 1):
         raise ValueError("df must be > 1 (inf allowed) for the CRPS of a Student-t to be finite")
-    m = np.broadcast_to(_array("loc", loc), y_.shape)
-    s = _positive("scale", scale, y_.shape)
+    m = np.broadcast_to(finite_array("loc", loc), y_.shape)
+    s = positive("scale", scale, y_.shape)
     gaussian = np.isinf(nu)
     out = np.empty_like(y_)
     out[gaussian] = crps_gaussian(y_[gaussian], m[gaussian], s[gaussian]) if gaussian.any() else 0.0
@@ -249,7 +201,7 @@ def crps_from_quantiles(y: object, q_pred: object, quantiles: object) -> np.ndar
     Accurate when the levels are a dense, evenly spaced grid; with a few levels it is the scaled
     mean pinball loss. Shapes: y (n,), q_pred (n, n_q), quantiles (n_q,) -> (n,).
     """
-    y_, p, q = _quantile_forecasts(y, q_pred, quantiles)
+    y_, p, q = quantile_forecasts(y, q_pred, quantiles)
     return np.asarray(sr.crps_quantile(y_, p, q), dtype=np.float64)
 
 
@@ -258,8 +210,8 @@ def crps_ensemble(y: object, members: object) -> np.ndarray:
 
     Shapes: y (n,), members (n, n_members) -> (n,).
     """
-    y_ = _vector("y", y)
-    e = _array("members", members)
+    y_ = vector("y", y)
+    e = finite_array("members", members)
     if e.ndim != 2 or e.shape[0] != y_.size:
         raise ValueError(f"members must have shape (n, n_members) with n={y_.size}, got {e.shape}")
     return np.asarray(sr.crps_ensemble(y_, e), dtype=np.float64)
@@ -273,8 +225,8 @@ def interval_coverage(y: object, lower: object, upper: object) -> tuple[float, f
 
     Shapes: y, lower, upper (n,) (any equal shape). Raises if any lower > upper.
     """
-    y_, lo, hi = _array("y", y), _array("lower", lower), _array("upper", upper)
-    _same_shape(y=y_, lower=lo, upper=hi)
+    y_, lo, hi = finite_array("y", y), finite_array("lower", lower), finite_array("upper", upper)
+    same_shape(y=y_, lower=lo, upper=hi)
     if np.any(lo > hi):
         raise ValueError(f"lower > upper at {int(np.count_nonzero(lo > hi))} position(s): bounds are swapped")
     return float(np.mean((lo <= y_) & (y_ <= hi))), float(np.mean(hi - lo))
@@ -287,8 +239,8 @@ def pit_values(y: object, cdf: Callable[[np.ndarray], np.ndarray]) -> np.ndarray
     `lambda v: forecast.cdf(v, j)` for a batched `Forecast`. For a calibrated forecaster u ~ U(0, 1)
     (Gneiting & Raftery 2007, sec. 2; Dawid 1984). Returns (n,) values in [0, 1].
     """
-    y_ = _vector("y", y)
-    u = _array("cdf(y)", cdf(y_))
+    y_ = vector("y", y)
+    u = finite_array("cdf(y)", cdf(y_))
     if u.shape != y_.shape:
         raise ValueError(f"cdf returned shape {u.shape}, expected {y_.shape}")
     if np.any((u < 0) | (u > 1)):
@@ -301,7 +253,7 @@ def calibration_curve(y: object, q_pred: object, quantiles: object) -> dict[floa
 
     Shapes: y (n,), q_pred (n, n_q), quantiles (n_q,) -> {tau: frequency}; calibrated means frequency ~ tau.
     """
-    y_, p, q = _quantile_forecasts(y, q_pred, quantiles)
+    y_, p, q = quantile_forecasts(y, q_pred, quantiles)
     freq = np.mean(y_[:, None] <= p, axis=0)
     return {float(t): float(f) for t, f in zip(q, freq, strict=True)}
 
@@ -310,8 +262,8 @@ def calibration_curve(y: object, q_pred: object, quantiles: object) -> dict[floa
 
 
 def _probabilities(prob: object, outcome: object) -> tuple[np.ndarray, np.ndarray]:
-    p, o = _vector("prob", prob), _vector("outcome", outcome)
-    _same_shape(prob=p, outcome=o)
+    p, o = vector("prob", prob), vector("outcome", outcome)
+    same_shape(prob=p, outcome=o)
     if np.any((p < 0) | (p > 1)):
         raise ValueError("prob must lie in [0, 1]")
     if np.any((o != 0) & (o != 1)):
@@ -358,73 +310,12 @@ def pit_histogram(u: object, n_bins: int = 10) -> np.ndarray:
     Flat = calibrated; U-shaped = intervals too narrow (outcomes in the tails too often); hump = too wide;
     sloped = biased location.
     """
-    v = _vector("u", u)
+    v = vector("u", u)
     if np.any((v < 0) | (v > 1)):
         raise ValueError("u must lie in [0, 1] (PIT values)")
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     return np.bincount(np.minimum((v * n_bins).astype(np.int64), n_bins - 1), minlength=n_bins)
-
-
-# -------------------------------------------------------------------------------------- Diebold-Mariano
-
-
-def _dm_variance(d: np.ndarray, h: int) -> float:
-    """`(gamma_0 + 2 sum_{k=1}^{h-1} gamma_k) / n` with `gamma_k = (1/n) sum_t (d_t - dbar)(d_{t-k} - dbar)`."""
-    n = d.size
-    e = d - d.mean()
-    gamma = [float(e[k:] @ e[: n - k]) / n for k in range(h)]
-    return (gamma[0] + 2 * sum(gamma[1:])) / n
-
-
-def diebold_mariano(
-    loss_a: object, loss_b: object, h: int = 1, alternative: Alternative = "two-sided"
-) -> tuple[float, float]:
-    """Diebold-Mariano test of equal expected loss with the Harvey-Leybourne-Newbold correction.
-
-    `d_t = loss_a_t - loss_b_t`, `DM = dbar / sqrt(V)` with `V = (gamma_0 + 2 sum_{k=1}^{h-1} gamma_k) / n`
-    (Diebold & Mariano 1995: h-step errors are MA(h-1)); the HLN statistic
-    `DM* = DM * sqrt((n + 1 - 2h + h(h-1)/n) / n)` is compared with Student-t, n-1 df
-    (Harvey, Leybourne & Newbold 1997).
-    `alternative`: "two-sided"; "less" = a has lower expected loss than b; "greater" = a has higher.
-
-    Degenerate variance: if V <= 0 with h > 1 (the rectangular window is not positive definite), the test is
-    redone with h = 1, as R's `forecast::dm.test` does, and a warning is logged. If d is constant
-    (gamma_0 = 0): identical losses give (0.0, 1.0); a constant non-zero difference gives stat = +-inf with the
-    limiting p-value (0 for the side it favours, 1 for the other).
-
-    Shapes: loss_a, loss_b (n,) per-period losses of the same targets, in time order; n >= 2h.
-    """
-    a, b = _vector("loss_a", loss_a), _vector("loss_b", loss_b)
-    _same_shape(loss_a=a, loss_b=b)
-    if not isinstance(h, (int, np.integer)) or h < 1:
-        raise ValueError(f"h must be a positive integer horizon, got {h!r}")
-    if alternative not in ("two-sided", "less", "greater"):
-        raise ValueError(f"alternative must be 'two-sided', 'less' or 'greater', got {alternative!r}")
-    d = a - b
-    n = d.size
-    if n < max(2, 2 * h):
-        raise ValueError(f"need at least max(2, 2h) = {max(2, 2 * h)} loss pairs for h={h}, got {n}")
-    var = _dm_variance(d, h)
-    if var <= 0 and h > 1:
-        logger.warning("diebold_mariano: non-positive variance estimate at h=%d; redoing the test with h=1", h)
-        return diebold_mariano(a, b, h=1, alternative=alternative)
-    dbar = float(d.mean())
-    if var <= 0:
-        if dbar == 0:
-            return 0.0, 1.0
-        stat = float(np.copysign(np.inf, dbar))
-    else:
-        hln = np.sqrt((n + 1 - 2 * h + h * (h - 1) / n) / n)
-        stat = float(dbar / np.sqrt(var) * hln)
-    t = stats.t(df=n - 1)
-    if alternative == "two-sided":
-        p = 2 * t.sf(abs(stat))
-    elif alternative == "less":
-        p = t.cdf(stat)
-    else:
-        p = t.sf(stat)
-    return stat, float(min(p, 1.0))
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -463,10 +354,10 @@ def evaluate_forecasts(
     interval of `INTERVALS` whose levels are present: coverage_{c}, ret_width_{c}, price_width_{c}
     (coverage is the same in both units, the transform being monotone); with scale: ret_crps (closed form).
     """
-    y, p = _vector("y_true_ret", y_true_ret), _vector("y_pred_ret", y_pred_ret)
-    p0 = _vector("origin_prices", origin_prices)
-    _same_shape(y_true_ret=y, y_pred_ret=p, origin_prices=p0)
-    train = _vector("insample_prices", insample_prices)
+    y, p = vector("y_true_ret", y_true_ret), vector("y_pred_ret", y_pred_ret)
+    p0 = vector("origin_prices", origin_prices)
+    same_shape(y_true_ret=y, y_pred_ret=p, origin_prices=p0)
+    train = vector("insample_prices", insample_prices)
     if np.any(p0 <= 0) or np.any(train <= 0):
         raise ValueError("prices must be > 0 to take logs")
     price_true, price_pred = p0 * np.exp(y), p0 * np.exp(p)
@@ -485,7 +376,7 @@ def evaluate_forecasts(
                direction_n_zero_pred=float(counts.n_zero_pred), direction_n_zero_true=float(counts.n_zero_true))
     if quantiles:
         levels = sorted(quantiles)
-        qp = np.column_stack([_vector(f"quantiles[{k}]", quantiles[k]) for k in levels])
+        qp = np.column_stack([vector(f"quantiles[{k}]", quantiles[k]) for k in levels])
         pin = pinball_loss(y, qp, levels)
         out.update({f"pinball_q{k:g}": float(v) for k, v in zip(levels, pin.mean(axis=0), strict=True)})
         out["pinball_mean"] = float(pin.mean())

@@ -18,11 +18,11 @@ import pandas as pd
 
 from .baselines import Forecast
 from .desk import desk_tables, seed_spread
+from .dm import dm_row
 from .metrics import (
     INTERVALS,
     crps_from_quantiles,
     crps_student_t,
-    diebold_mariano,
     direction_accuracy,
     evaluate_forecasts,
     interval_coverage,
@@ -32,7 +32,7 @@ from .metrics import (
 if TYPE_CHECKING:
     from .backtest import BacktestConfig, SymbolBacktest
 
-__all__ = ["score_symbols", "desk_score", "leakage_warnings", "crps_scores", "dm_row"]
+__all__ = ["score_symbols", "desk_score", "leakage_warnings", "crps_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,19 +105,6 @@ def _pooled_metrics(ys: list[np.ndarray], fcs: list[Forecast], masks: list[np.nd
                 row[f"coverage_{c}"], row[f"ret_width_{c}"] = interval_coverage(
                     y, qp[:, levels.index(lo)], qp[:, levels.index(hi)])
     return row
-
-
-def dm_row(loss_ref: np.ndarray, loss_other: np.ndarray, h: int) -> dict[str, float]:
-    n = loss_ref.size
-    if n < max(2, 2 * h):
-        return {"stat": float("nan"), "p_value": float("nan"), "p_better": float("nan"), "p_worse": float("nan"),
-                "loss_ratio": float("nan"), "n": float(n)}
-    stat, p = diebold_mariano(loss_ref, loss_other, h=h)
-    _, p_less = diebold_mariano(loss_ref, loss_other, h=h, alternative="less")
-    _, p_greater = diebold_mariano(loss_ref, loss_other, h=h, alternative="greater")
-    other = float(loss_other.mean())
-    return {"stat": stat, "p_value": p, "p_better": p_less, "p_worse": p_greater,
-            "loss_ratio": float(loss_ref.mean()) / other if other > 0 else float("nan"), "n": float(n)}
 
 
 def score_symbols(results: Mapping[str, SymbolBacktest], config: BacktestConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

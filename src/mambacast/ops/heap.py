@@ -6,7 +6,8 @@ once more than the trim threshold (twice the mmap threshold) is free. A training
 frees the same large activations every step, so every step writes into pages the OS must map again:
 measured about 700 minor page faults per step at the guide config (batch 32), and tens of thousands
 per step for 20 stacked models, where the fused scan kernels, which first write those pages, ran
-1.4-1.6x slower per model than with the memory kept (docs/benchmarks.md, "Page faults").
+1.2-1.5x slower per model than with the memory kept, and a stacked run 9% slower (docs/benchmarks.md,
+"Issue 17, 2026-11-28").
 
 `kept_heap()` raises both thresholds for the process while any training runs (freed blocks stay in the
 heap and are reused by the next step); when the outermost training ends it sets them back to glibc's

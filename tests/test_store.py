@@ -1,6 +1,7 @@
 """The model store: atomic files, verified loads, clear refusals."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -317,3 +318,23 @@ def test_a_store_that_cannot_be_written_is_refused_up_front(tmp_path):
         ModelStore(tmp_path / "s").ensure_writable()
     ModelStore(tmp_path / "ok").ensure_writable()
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["checkpoints", "metadata", "metrics", "weights"]
+    assert not [p for p in (tmp_path / "ok").rglob("*") if p.is_file()], "the write probe left a file"
+
+
+def test_the_write_probe_is_unnamed_and_refuses_a_read_only_folder(tmp_path, monkeypatch):
+    """A run killed while probing must leave no file (the SIGKILL test once found one): the probe is an unnamed
+    file (O_TMPFILE), never a name in the folder."""
+    import os
+    import tempfile
+
+    from mambacast.commit import prove_writable
+
+    named = []
+    real = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: named.append(k) or real(*a, **k))
+    prove_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    if hasattr(os, "O_TMPFILE"):
+        assert not named, "the probe created a named file"
+    with pytest.raises(OSError):
+        prove_writable(Path("/sys/kernel"))      # sysfs: no new files, root included

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["StagedFile", "TMP_MARK", "atomic_write_bytes", "commit", "discard", "fault_point", "journal_path",
-           "recover", "stage"]
+           "prove_writable", "recover", "stage"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,14 @@ def fault_point(name: str) -> None:
         os._exit(70)
     if wanted == f"{name}:raise":
         raise OSError(f"injected fault at {name} ({_FAULT_ENV})")
+
+
+def prove_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in `folder`. The probe is an unnamed file where the OS has them
+    (Linux's O_TMPFILE), else one unlinked at once: a process killed mid-probe leaves nothing behind (a named
+    probe file did, which a resumed run then had to find and clean)."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def _fsync_dir(folder: Path) -> None:

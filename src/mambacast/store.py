@@ -43,7 +43,17 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
-from .commit import TMP_MARK, atomic_write_bytes, commit, discard, fault_point, journal_path, recover, stage
+from .commit import (
+    TMP_MARK,
+    atomic_write_bytes,
+    commit,
+    discard,
+    fault_point,
+    journal_path,
+    prove_writable,
+    recover,
+    stage,
+)
 from .config import MambaConfig
 from .nn.mamba import MambaModel
 
@@ -235,9 +245,7 @@ class ModelStore:
                 if folder.exists() and not folder.is_dir():
                     raise StoreError(f"{folder} is a file, but the model store needs a folder there; move it away")
                 folder.mkdir(parents=True, exist_ok=True)
-                probe = folder / f".write-probe{TMP_MARK}{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
+                prove_writable(folder)
             except OSError as exc:
                 raise StoreError(f"--save-dir {self.root} is not writable ({exc.strerror or exc} at {folder}); "
                                  "pass a folder you can write to") from None

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import NoReturn
 
+from ..commit import prove_writable
+
 __all__ = ["CLIError", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NO_MODEL", "EXIT_BAD_MODEL", "Parser", "one_line",
            "check_device", "check_store", "check_output_file", "check_report_dir"]
 
@@ -68,8 +70,6 @@ def check_output_file(path: str, flag: str) -> None:
         raise CLIError(f"{flag} {path}: {folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe.tmp-{target.name}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        prove_writable(folder)
     except OSError as exc:
         raise CLIError(f"{flag} {path} cannot be written ({exc.strerror or exc})") from None

@@ -44,13 +44,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(root: Path) -> None:
+def model_store(save_dir: str | None, tmp: Path) -> Path:
+    """`--save-dir`, or a store in `tmp` with default-preset AAPL and MSFT trained for one epoch."""
+    if save_dir:
+        return Path(save_dir)
     from mambacast import TrainConfig, preset
     from mambacast.train import train_symbol
 
+    root = tmp / "models"
+    print("training default-preset AAPL, MSFT (1 epoch) ...", flush=True)
     model_config, _ = preset("default")
     for symbol in ("AAPL", "MSFT"):
         train_symbol(symbol, model_config=model_config, train_config=TrainConfig(epochs=1), days=2000, save_dir=root)
+    return root
 
 
 def _start(save_dir: Path, log: Path | None, workers: int) -> tuple[subprocess.Popen, str]:
@@ -195,10 +201,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=60, help="time limit per measurement (default 60)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    save_dir = Path(args.save_dir) if args.save_dir else tmp / "models"
-    if not args.save_dir:
-        print("training default-preset AAPL, MSFT (1 epoch) ...", flush=True)
-        _train(save_dir)
+    save_dir = model_store(args.save_dir, tmp)
     print(f"load average before: {os.getloadavg()[0]:.2f}; cpus: {os.cpu_count()}", flush=True)
     proc, url = _start(save_dir, None if args.no_log else tmp / "forecasts.sqlite", args.workers)
     port = int(url.rsplit(":", 1)[1])

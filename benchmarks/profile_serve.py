@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_serve import Bodies, _train
+from bench_serve import Bodies, model_store
 
 from mambacast.predict import MambaPredictor
 from mambacast.serve.app import create_app
@@ -98,10 +98,7 @@ def main() -> None:
     ap.add_argument("--dump", help="also write the pstats file here (for snakeviz, pstats)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="profile-serve-"))
-    save_dir = Path(args.save_dir) if args.save_dir else tmp / "models"
-    if not args.save_dir:
-        print("training default-preset AAPL, MSFT (1 epoch) ...", flush=True)
-        _train(save_dir)
+    save_dir = model_store(args.save_dir, tmp)
     MambaPredictor._run = _inline_run                  # type: ignore[method-assign]
     torch.set_num_threads(1)                           # as the service's inference threads (inference_threads=1)
     app = create_app(save_dir, log_path=tmp / "forecasts.sqlite" if args.log else None, reload_interval_s=0,

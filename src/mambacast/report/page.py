@@ -71,18 +71,17 @@ def desk_sections(result: BacktestResult, plots: list[tuple[str, Path]]) -> str:
               _fmt_p(r.p_value), _fmt_p(r.p_better), _fmt_p(r.p_worse), str(int(r.n))] for r in d.itertuples()]))
     for label, p in plots:
         parts.append(f"<h3>{html.escape(label.capitalize())}</h3>" + _img(p, f"{scope} {label}"))
-    header, rows = _coverage_year_rows(result, scope)
-    if rows:
-        parts.append("<h3>Coverage of the central 80% interval by year</h3><p class='note'>Share of outcomes inside "
-                     "each forecaster's 10–90% interval, by calendar year of the origin (nominal 0.80): a calm year "
-                     "reads high, a crash year (2020) low when the intervals react too slowly.</p>"
-                     + _html_table(header, rows))
-    header, rows = _seed_spread_rows(result, scope)
-    if rows:
-        parts.append("<h3>Seed spread</h3><p class='note'>The model trained with each seed against each baseline: "
-                     "the range of its loss ratio (model/baseline; below 1 = model better) and the largest one-sided "
-                     "DM p over the seeds (below 0.05 in the 'better' column = better whatever the seed).</p>"
-                     + _html_table(header, rows))
+    for rows_of, title, note in (
+            (_coverage_year_rows, "Coverage of the central 80% interval by year",
+             "Share of outcomes inside each forecaster's 10–90% interval, by calendar year of the origin (nominal "
+             "0.80): a calm year reads high, a crash year (2020) low when the intervals react too slowly."),
+            (_seed_spread_rows, "Seed spread",
+             "The model trained with each seed against each baseline: the range of its loss ratio (model/baseline; "
+             "below 1 = model better) and the largest one-sided DM p over the seeds (below 0.05 in the 'better' "
+             "column = better whatever the seed).")):
+        header, rows = rows_of(result, scope)
+        if rows:
+            parts.append(f"<h3>{title}</h3><p class='note'>{note}</p>" + _html_table(header, rows))
     return "\n".join(parts)
 
 

@@ -201,7 +201,8 @@ def profile_rows(device: torch.device, cfg: MambaConfig, batch: int, top: int = 
 
 
 # (channels per program, warps, steps per saved state): the default first, then the candidates
-SWEEP = [(16, 2, 16), (16, 1, 16), (32, 2, 16), (32, 4, 16), (64, 4, 16), (64, 8, 16), (32, 4, 32)]
+SWEEP = [(16, 2, 16), (16, 1, 16), (8, 1, 16), (4, 1, 16), (8, 1, 8), (16, 2, 8), (16, 4, 16), (32, 2, 16),
+         (32, 4, 16), (64, 4, 16), (16, 2, 32)]
 
 
 def scan_sweep(device: torch.device, cfg: MambaConfig, batch: int) -> list[dict]:
@@ -379,6 +380,10 @@ def stacked(device: torch.device, cfg: MambaConfig, n_symbols: int, days: int, e
             f"projected_{target_epochs}_epochs_s": seconds + (target_epochs - epochs) * epoch_s}
 
 
+# the end-to-end targets first: they are what a user waits for
+SECTIONS = ("one_symbol_50_epochs", "stack", "train_step", "forward_1m", "profile", "one_symbol_profile", "scan_sweep")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=None, help="write the results here (default: $OUT/bench_gpu.json "
@@ -387,6 +392,8 @@ def main() -> None:
     parser.add_argument("--stack-symbols", type=int, default=50)
     parser.add_argument("--stack-epochs", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device: checks the script only")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, run in this order (default: {','.join(SECTIONS)})")
     args = parser.parse_args()
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available()
@@ -425,16 +432,21 @@ def main() -> None:
         print(json.dumps({name: results[name]}, default=float), flush=True)
         save()
 
-    # the end-to-end targets first: they are what a user waits for
-    section("one_symbol_50_epochs", lambda: one_symbol(device, cfg, 300 if smoke else 1000, 1 if smoke else 50))
-    section("stack", lambda: stacked(device, cfg, 2 if smoke else args.stack_symbols, 300 if smoke else 1000,
-                                     2 if smoke else args.stack_epochs, 50))
-    section("train_step", lambda: train_step_rows(device, cfg, [4] if smoke else [32, 1024], smoke))
-    section("forward_1m", lambda: long_forward_rows(device, cfg, 5000 if smoke else 1_000_000,
-                                                    [512] if smoke else [2048, 65536, 262144]))
-    section("profile", lambda: profile_rows(device, cfg, 4 if smoke else 1024))
-    section("one_symbol_profile", lambda: one_symbol_profile(device, cfg, 300 if smoke else 1000, 1 if smoke else 50))
-    section("scan_sweep", lambda: scan_sweep(device, cfg, 4 if smoke else 1024))
+    runs: dict[str, Callable[[], object]] = {
+        "one_symbol_50_epochs": lambda: one_symbol(device, cfg, 300 if smoke else 1000, 1 if smoke else 50),
+        "stack": lambda: stacked(device, cfg, 2 if smoke else args.stack_symbols, 300 if smoke else 1000,
+                                 2 if smoke else args.stack_epochs, 50),
+        "train_step": lambda: train_step_rows(device, cfg, [4] if smoke else [32, 1024], smoke),
+        "forward_1m": lambda: long_forward_rows(device, cfg, 5000 if smoke else 1_000_000,
+                                                [512] if smoke else [2048, 65536, 262144]),
+        "profile": lambda: profile_rows(device, cfg, 4 if smoke else 1024),
+        "one_symbol_profile": lambda: one_symbol_profile(device, cfg, 300 if smoke else 1000, 1 if smoke else 50),
+        "scan_sweep": lambda: scan_sweep(device, cfg, 4 if smoke else 1024),
+    }
+    for name in args.sections.split(","):
+        if name not in runs:
+            parser.error(f"--sections: unknown section {name!r}; known: {', '.join(SECTIONS)}")
+        section(name, runs[name])
     if path is not None:
         print(f"wrote {path}")
 

@@ -7,6 +7,8 @@
 # Run from the repository root:
 #   bash benchmarks/gpu_check.sh            on the GPU machine; logs and bench_gpu.json land in $OUT (default out/gpu)
 #   bash benchmarks/gpu_check.sh --smoke    anywhere: checks this script (CUDA tests skip, a few tests, tiny benchmark)
+# BENCH_ARGS adds arguments to bench_gpu.py (e.g. BENCH_ARGS="--sections stack,scan_sweep --stack-epochs 50"),
+# BENCH_TIMEOUT (default 150) is its time limit in seconds.
 # The machine needs Python with torch (CUDA build) and Triton, numpy, pandas, scipy, safetensors, pytest and
 # hypothesis. What it lacks (scoringrules, arch, bokeh-sampledata, mambapy, ...) comes as wheels in .whl/, made
 # beforehand on a networked machine and carried along: ../shared/tools/cuda-wheels.sh .whl fastapi starlette pydantic
@@ -88,9 +90,10 @@ done
 grep -h -E "^(FAILED|ERROR) |^SKIPPED.*cuda" "$OUT"/tests-*.log | head -n 40
 
 stamp "2. benchmark"
-bench=(benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" --budget-s 100)
+# shellcheck disable=SC2206 # BENCH_ARGS is a list of arguments
+bench=(benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" --budget-s 100 ${BENCH_ARGS:-})
 (( smoke )) && bench+=(--smoke)
-timeout 150 $PY "${bench[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v '^{"batch"'
+timeout "${BENCH_TIMEOUT:-150}" $PY "${bench[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v '^{"batch"'
 
 stamp "done"
 (( status != 0 && status != 5 )) && exit 1

@@ -56,7 +56,7 @@ EOF
 stamp "1. the suite in six shards side by side: the CUDA, graph, Triton and autocast tests first among them"
 $PY -c "from mambacast import ops; print('CPU kernel available:', ops.available())" > "$OUT/cpu-kernel.txt" 2>&1
 cat "$OUT/cpu-kernel.txt"
-FIRST="tests/test_cuda.py tests/train/test_graphs.py tests/nn/test_scan_triton.py tests/nn/test_autocast.py"
+FIRST="tests/test_cuda.py tests/train/test_graphs.py tests/nn/test_scan_triton.py tests/nn/test_conv_triton.py tests/nn/test_autocast.py"
 SIGKILL=tests/train/test_pipeline.py::test_sigkill_then_resume_completes_with_valid_files
 ignore=()
 for f in $FIRST; do ignore+=(--ignore "$f"); done

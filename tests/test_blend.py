@@ -120,6 +120,7 @@ def test_apply_is_the_rule_on_the_stored_fits(closes):
     np.testing.assert_allclose(got[2], pool_student_t(loc, 2 * scale, df, others)[1])
 
 
+@needs_sample("KO")
 def test_serving_with_stored_fits_refits_nothing(closes, monkeypatch):
     """A served forecast only filters the request's closes through the stored fits: no estimation per request."""
     state = Blend.fit({"KO": closes[:1200]}, HORIZONS).to_dict()

@@ -129,3 +129,28 @@ def test_encode_long_on_cuda_equals_the_cpu():
         cpu = model.encode_long(x, chunk_len=2048)
         gpu = model.cuda().encode_long(x.cuda(), chunk_len=1024).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_host_copies_of_cuda_tensors_are_exact_and_own_their_memory(tmp_path):
+    """A checkpoint's tensors come to the host in one transfer per dtype (`store.host_copies`): every value,
+    shape and dtype as `.cpu()` gives it, in the same order, each tensor with its own memory (safetensors
+    refuses shared memory), CPU tensors untouched."""
+    from mambacast.store import host_copies
+
+    dev = torch.device("cuda")
+    base = torch.randn(6, 5, device=dev)
+    tensors = {"w": torch.randn(3, 4, device=dev), "step": torch.tensor(7.0, device=dev),
+               "view": base[:, 1:4].t(), "empty": torch.empty(0, 2, device=dev),
+               "ids": torch.arange(5, device=dev), "mask": torch.rand(4, device=dev) > 0.5,
+               "half": torch.randn(2, 2, device=dev, dtype=torch.bfloat16), "host": torch.randn(2)}
+    got = host_copies(tensors)
+    assert list(got) == list(tensors)
+    for k, v in tensors.items():
+        assert got[k].device.type == "cpu" and got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert torch.equal(got[k], v.cpu()), k
+    assert got["host"] is tensors["host"]
+    pointers = [t.untyped_storage().data_ptr() for k, t in got.items() if t.numel()]
+    assert len(set(pointers)) == len(pointers)
+    ModelStore(tmp_path).save_tensors(tmp_path / "state.safetensors", tensors)
+    loaded, _ = ModelStore(tmp_path).load_tensors(tmp_path / "state.safetensors")
+    assert all(torch.equal(loaded[k], tensors[k].cpu()) for k in tensors)

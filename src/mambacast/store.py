@@ -194,6 +194,29 @@ def _version_tuple(text: Any) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts) if parts else None
 
 
+
+def host_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors with the values of `tensors` (same keys, order, shapes and dtypes), for writing.
+
+    Tensors on an accelerator come over in one transfer per (device, dtype), not one per tensor: each transfer
+    waits for the device, and a training state has about 160 tensors (weights, Adam's moments and step counts),
+    so on a GPU the waits, not the bytes, made a checkpoint slow. CPU tensors are returned as they are
+    (made contiguous)."""
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for k, v in tensors.items():
+        if v.device.type == "cpu":
+            out[k] = v.detach().contiguous()
+        else:
+            groups.setdefault((v.device, v.dtype), []).append(k)
+    for names in groups.values():
+        flat = torch.cat([tensors[k].detach().reshape(-1) for k in names]).cpu()
+        pieces = flat.split([tensors[k].numel() for k in names])
+        for k, piece in zip(names, pieces, strict=True):
+            # a copy of its own: safetensors refuses tensors that share memory
+            out[k] = piece.view(tensors[k].shape).clone()
+    return {k: out[k] for k in tensors}
+
 class ModelStore:
     """Reads and writes the files of trained models under one root folder."""
 
@@ -319,7 +342,7 @@ class ModelStore:
         returns the file's SHA-256."""
         # Callback counters may hold +inf ("no best yet"); Python's JSON round-trips it.
         info_text = json.dumps(info or {})
-        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        cpu = host_copies(tensors)
         # Serialised once with a placeholder digest of the digest's length: the digest does not cover the
         # metadata, so it is computed on this file and written over the placeholder (the header keeps its size).
         data = bytearray(st_save(cpu, metadata={"mambacast": info_text, "sha256": _PLACEHOLDER}))
@@ -357,7 +380,7 @@ class ModelStore:
         what = f"{symbol}: the new model was not saved ({self.root} is unchanged)"
         if metadata.get("symbol", symbol) != symbol:
             raise StoreError(f"{what}: its metadata names {metadata['symbol']!r}")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = host_copies(model.state_dict())
         weights = st_save(state, metadata={"mambacast": json.dumps({"symbol": symbol})})
         paths = {"weights": self.weights_path(symbol)}
         files: list[tuple[Path, bytes]] = [(paths["weights"], weights)]

@@ -73,17 +73,17 @@ def test_killed_during_the_final_write(store_copy, point):
 
 def test_a_run_that_fails_validation_keeps_the_previous_model(store_copy, monkeypatch, capsys):
     """The issue's failure, forced: a non-finite number reaches the metadata after every epoch was trained."""
-    import mambacast.train.pipeline as pipeline
+    import mambacast.train.artifacts as artifacts
 
     before = model_digest(store_copy)
-    real = pipeline._validation_report
+    real = artifacts._validation_report
 
     def nan_report(*args, **kwargs):
         report = real(*args, **kwargs)
         report["1d"]["rmse_log_return"] = float("nan")
         return report
 
-    monkeypatch.setattr(pipeline, "_validation_report", nan_report)
+    monkeypatch.setattr(artifacts, "_validation_report", nan_report)
     code = main(["train", "--symbols", "AAPL", "--save-dir", str(store_copy), "--seed", "2", "--quiet", *TINY])
     err = capsys.readouterr().err
     assert code == 1

@@ -3,7 +3,8 @@
 `train_symbol` is the synchronous unit of work (one symbol, one process); `train_single_symbol`
 is the guide's async API around it; `train_symbols` trains many: one after another, in
 `parallel` worker processes with the CPU threads divided between them, or `stack`ed (every
-symbol's own model trained in one batched computation, `train.stacked`).
+symbol's own model trained in one batched computation, `train.stacked`; on a GPU with the fits and plots in
+worker processes, `train.side_work`). What a run produces and how it is stored: `train.artifacts`.
 """
 
 from __future__ import annotations
@@ -15,28 +16,31 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .. import __version__
-from ..blend import Blend
 from ..config import MambaConfig, TrainConfig
 from ..data.augment import DataAugmentor
 from ..data.errors import DataError
-from ..data.features import forward_fill_closes
 from ..data.sources import as_price_frame, load_prices
 from ..nn.mamba import MambaModel
 from ..plots import render_curves
 from ..store import ModelStore, StoreError
-from ..versions import ModelVersions
+from .artifacts import (
+    ModelArtifacts,
+    ProgressFn,
+    TrainingRun,
+    blend_args,
+    model_artifacts,
+    result_from_metadata,
+    store_artifacts,
+)
 from .callbacks import Callback, MetricsTracker, TrainingCallbacks, TrainingStateCheckpoint
 from .distribution import calibrate_distribution, configure_baseline, fit_baseline_tail
 from .prepare import DEFAULT_WINDOWS, PreparedData, prepare_data
+from .side_work import SideWork, side_workers
 from .stacked import StackedTrainer
 from .trainer import NonFiniteLossError, Trainer, resolve_device
 
@@ -46,9 +50,6 @@ __all__ = ["PreparedData", "prepare_data", "configure_baseline", "fit_baseline_t
 
 log = logging.getLogger(__name__)
 
-# progress(event, symbol, data): events are "start", "loaded", "samples", "model", "baseline", "batch", "epoch",
-# "done".
-ProgressFn = Callable[[str, str, dict[str, Any]], None]
 
 
 class _ProgressCallback(Callback):
@@ -68,23 +69,6 @@ class _ProgressCallback(Callback):
             self.progress("epoch", self.symbol, {"epoch": epoch, "epochs": self.epochs, **logs})
 
 
-def _validation_report(trainer: Trainer, data: PreparedData, horizons: list[int]) -> dict[str, Any]:
-    """Per-horizon validation errors in log-return units, beside the zero-return (random walk) forecast."""
-    pred = data.target_scaler.inverse_transform(trainer.predict(data.X[data.val_idx]).numpy())
-    actual = data.y[data.val_idx]
-    report = {}
-    for j, h in enumerate(horizons):
-        err, rw = pred[:, j] - actual[:, j], actual[:, j]
-        mse, rw_mse = float(np.mean(err ** 2)), float(np.mean(rw ** 2))
-        nonzero = actual[:, j] != 0
-        report[f"{h}d"] = {
-            "rmse_log_return": mse ** 0.5,
-            "random_walk_rmse_log_return": rw_mse ** 0.5,
-            "mse_ratio_to_random_walk": mse / rw_mse if rw_mse > 0 else None,
-            "direction_accuracy": float(np.mean(np.sign(pred[nonzero, j]) == np.sign(actual[nonzero, j]))),
-            "n": int(len(actual)),
-        }
-    return report
 
 
 def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,
@@ -107,32 +91,13 @@ def train_symbol(symbol: str, *, model_config: MambaConfig | None = None, train_
     return _finish_run(run)
 
 
-@dataclass
-class _Run:
-    """One symbol between set-up and storage: its data, Trainer (with callbacks) and bookkeeping."""
-
-    symbol: str
-    store: ModelStore
-    data: PreparedData
-    model_config: MambaConfig
-    train_config: TrainConfig
-    trainer: Trainer
-    tracker: MetricsTracker
-    fit_data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-    resume_from: Any
-    n_params: int
-    source: str
-    include_volume: bool
-    include_range: bool
-    emit: ProgressFn
-    t0: float
 
 
 def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_config: TrainConfig | None = None,
                  days: int | None = 2000, source: str = "sample", data_path: str | Path | None = None,
                  prices: Any = None, save_dir: str | Path = "models/mamba", resume: bool = False,
                  device: str | None = None, include_volume: bool = False, include_range: bool = False,
-                 progress: ProgressFn | None = None, continue_run: bool = False) -> _Run | dict[str, Any]:
+                 progress: ProgressFn | None = None, continue_run: bool = False) -> TrainingRun | dict[str, Any]:
     """Load, check and window the data and build the model and its Trainer; a complete stored model
     under `resume` returns its result (status "skipped") instead.
 
@@ -149,7 +114,7 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
     if resume and store.is_complete(symbol):
         meta = store.load_metadata(symbol)
         log.info("%s: a complete model exists in %s; skipping", symbol, store.root)
-        return {**_result_from_metadata(symbol, meta, store), "status": "skipped"}
+        return {**result_from_metadata(symbol, meta, store), "status": "skipped"}
 
     # The sample files with volume are the ones with highs and lows too (OHLCV).
     ohlc = include_volume or (include_range and source == "sample")
@@ -174,7 +139,7 @@ def _prepare_run(symbol: str, *, model_config: MambaConfig | None = None, train_
     trainer, tracker, resume_from = stored_trainer(model, model_config, train_config, store, symbol,
                                                    data.data_hash, len(data.feature_names), device,
                                                    resume or continue_run, progress)
-    return _Run(symbol, store, data, model_config, train_config, trainer, tracker,
+    return TrainingRun(symbol, store, data, model_config, train_config, trainer, tracker,
                 (X_train, y_train, data.X[data.val_idx], data.y_scaled[data.val_idx]), resume_from, n_params,
                 source, include_volume, include_range, emit, t0)
 
@@ -205,104 +170,13 @@ def stored_trainer(model: MambaModel, model_config: MambaConfig, train_config: T
     return trainer, tracker, resume_from
 
 
-@dataclass
-class ModelArtifacts:
-    """Everything `ModelStore.save_model` writes for one trained symbol, built where it was trained and stored
-    wherever the store's one writer runs (the same process, or the driver of a Ray run)."""
-
-    symbol: str
-    model_config: MambaConfig
-    n_features: int
-    state_dict: dict[str, torch.Tensor]
-    metadata: dict[str, Any]
-    metrics: dict[str, Any]
-    plot_png: bytes | None
-    elapsed: float          # seconds from the symbol's start to these artifacts
 
 
-def _finish_run(run: _Run) -> dict[str, Any]:
+def _finish_run(run: TrainingRun) -> dict[str, Any]:
     """After training: validation report, distribution calibration, plots, metadata, final weights."""
     return store_artifacts(run.store, model_artifacts(run), run.emit)
 
 
-def model_artifacts(run: _Run) -> ModelArtifacts:
-    """The trained run's final weights, metadata (validation report, calibration, GARCH blend), metrics and
-    training plot, ready for the store."""
-    symbol, data, trainer, tracker = run.symbol, run.data, run.trainer, run.tracker
-    model_config, train_config, include_volume = run.model_config, run.train_config, run.include_volume
-    include_range = run.include_range
-    summary = tracker.get_summary()
-    validation = _validation_report(trainer, data, model_config.prediction_horizons)
-    calibration = calibrate_distribution(trainer.model, data.X[data.val_idx], data.y_scaled[data.val_idx])
-    tracker.extra = {"validation": validation}
-    train_rows = data.window_end[data.train_idx]
-    # Missing closes are forward-filled, as the features and targets saw them.
-    closes, lead = forward_fill_closes(data.prices["close"].to_numpy(dtype=np.float64), symbol)
-    returns = np.diff(np.log(closes))
-    metadata = {
-        "symbol": symbol,
-        "training_date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model_config": model_config.to_dict(),
-        "performance_metrics": {
-            "best_val_loss": summary["best_val_loss"], "best_epoch": summary["best_epoch"],
-            "best_val_crps": summary["best_val_crps"], "monitor": summary["monitor"],
-            "total_epochs": summary["total_epochs"],
-            "loss": ("Student-t negative log-likelihood" if train_config.loss == "nll" else "mse")
-                    + " of per-horizon standardised log-returns",
-            "validation": validation,
-        },
-        "data_stats": {
-            "num_samples": int(len(data.X)), "num_train_samples": int(len(data.train_idx)),
-            "num_val_samples": int(len(data.val_idx)), "days": int(len(data.prices)),
-            "avg_return": float(np.nanmean(returns[: int(train_rows[-1])])),
-            "volatility": float(np.nanstd(returns[: int(train_rows[-1])])),
-            "first_date": data.date_at(0), "last_date": data.date_at(len(data.prices) - 1),
-            "train_end_date": data.date_at(int(train_rows[-1])),
-            "val_start_date": data.date_at(int(data.window_end[data.val_idx[0]])),
-        },
-        "train_config": train_config.to_dict(),
-        "n_features": len(data.feature_names),
-        "feature_names": data.feature_names,
-        "feature_config": {"windows": list(DEFAULT_WINDOWS), "include_volume": include_volume,
-                           "include_range": include_range,
-                           "warmup": data.warmup},
-        "sequence_length": train_config.sequence_length,
-        "calibration": calibration,
-        "blend": Blend.fit({symbol: closes[lead:]}, model_config.prediction_horizons, train_config.garch_weight,
-                           train_config.har_weight).to_dict(),
-        "feature_scaler": data.feature_scaler.to_dict(),
-        "target_scaler": data.target_scaler.to_dict(),
-        "data_source": data.prices.attrs.get("source", run.source),
-        "data_hash": data.data_hash,
-        "seed": train_config.seed,
-        "n_parameters": run.n_params,
-        "device": str(trainer.device),
-        "mambacast_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    model = trainer.model.cpu()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return ModelArtifacts(symbol, model_config, model.n_features, state, metadata, tracker.to_dict(),
-                          render_curves(tracker.history, symbol), time.perf_counter() - run.t0)
-
-
-def store_artifacts(store: ModelStore, art: ModelArtifacts, emit: ProgressFn | None = None,
-                    extra_time: float = 0.0) -> dict[str, Any]:
-    """Make a trained model current in `store` (one atomic switch) and record its version; returns the
-    symbol's result and emits its "done" event. extra_time: seconds to add to the training time (e.g. the
-    transfer from a remote worker)."""
-    t0 = time.perf_counter()
-    model = MambaModel(art.model_config, art.n_features)
-    model.load_state_dict(art.state_dict)
-    paths = store.save_model(art.symbol, model, art.metadata, metrics=art.metrics, plot_png=art.plot_png)
-    ModelVersions(store).record(art.symbol)      # an immutable copy for `mambacast models promote|rollback`
-    elapsed = art.elapsed + extra_time + time.perf_counter() - t0
-    result = {**_result_from_metadata(art.symbol, store.load_metadata(art.symbol), store), "status": "ok",
-              "training_time": elapsed, "plot": str(paths["plot"]) if "plot" in paths else None,
-              **{k: str(v) for k, v in paths.items() if k != "plot"}}
-    if emit:
-        emit("done", art.symbol, result)
-    return result
 
 
 def _resumable_state(store: ModelStore, symbol: str, run_info: dict[str, Any]):
@@ -328,16 +202,6 @@ def _resumable_state(store: ModelStore, symbol: str, run_info: dict[str, Any]):
     return tensors, info
 
 
-def _result_from_metadata(symbol: str, meta: dict[str, Any], store: ModelStore) -> dict[str, Any]:
-    perf, stats = meta["performance_metrics"], meta["data_stats"]
-    return {
-        "symbol": symbol, "best_val_loss": perf["best_val_loss"], "best_val_crps": perf.get("best_val_crps"),
-        "best_epoch": perf["best_epoch"],
-        "total_epochs": perf["total_epochs"], "num_samples": stats["num_samples"], "days": stats["days"],
-        "n_parameters": meta["n_parameters"], "training_time": None, "validation": perf.get("validation"),
-        "weights": str(store.weights_path(symbol)), "metadata": str(store.metadata_path(symbol)),
-        "metrics": str(store.metrics_path(symbol)), "checkpoint": str(store.checkpoint_dir(symbol)),
-    }
 
 
 async def train_single_symbol(symbol: str, epochs: int = 50, batch_size: int = 32,
@@ -436,7 +300,7 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
 
 
 def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: dict[str, Any],
-                   finish: Callable[[_Run], dict[str, Any]] = _finish_run) -> list[dict[str, Any]]:
+                   finish: Callable[[TrainingRun], dict[str, Any]] = _finish_run) -> list[dict[str, Any]]:
     """Prepare every symbol, train the models of one feature count as one stack, `finish` each (default:
     store it)."""
     def fail(symbol: str, exc: BaseException) -> None:
@@ -445,7 +309,7 @@ def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: 
             progress("done", symbol, results[symbol])
 
     results: dict[str, dict[str, Any]] = {}
-    runs: list[_Run] = []
+    runs: list[TrainingRun] = []
     for symbol in symbols:
         try:
             run = _prepare_run(symbol, progress=progress, **kwargs)
@@ -456,26 +320,47 @@ def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: 
             results[symbol] = run
         else:
             runs.append(run)
-    groups: dict[int, list[_Run]] = {}
+    groups: dict[int, list[TrainingRun]] = {}
     for run in runs:   # one stack per model shape (symbols lacking volume data have fewer features)
         groups.setdefault(run.trainer.model.n_features, []).append(run)
-    for group in groups.values():
-        log.info("training %d models stacked: %s", len(group), ", ".join(r.symbol for r in group))
-        stacked = StackedTrainer([r.trainer for r in group])
-        try:
-            stacked.fit([r.fit_data for r in group], resume_from=[r.resume_from for r in group])
-        except Exception as exc:   # e.g. a full disk in a checkpoint: every symbol of the stack stops there
-            for run in group:
-                fail(run.symbol, exc)
-            continue
-        for run, error in zip(group, stacked.errors, strict=True):
-            try:
-                if error is not None:
-                    raise error
-                results[run.symbol] = finish(run)
-            except Exception as exc:
-                fail(run.symbol, exc)
+    workers = side_workers(runs[0].trainer.device, len(runs)) if runs else 0
+    side = SideWork(workers) if workers else None   # the fits and plots beside a GPU stack (train.side_work)
+    try:
+        if side:
+            for run in runs:
+                side.submit_blend(*blend_args(run))
+        for group in groups.values():
+            _train_group(group, side, finish, fail, results)
+    finally:
+        if side:
+            side.close()
     return [results[s] for s in symbols]
+
+
+def _train_group(group: list[TrainingRun], side: SideWork | None, finish: Callable[[TrainingRun], dict[str, Any]],
+                 fail: Callable[[str, BaseException], None], results: dict[str, dict[str, Any]]) -> None:
+    """Train one stack and `finish` each member, or `fail` it with its error."""
+    log.info("training %d models stacked: %s", len(group), ", ".join(r.symbol for r in group))
+    stacked = StackedTrainer([r.trainer for r in group])
+    try:
+        stacked.fit([r.fit_data for r in group], resume_from=[r.resume_from for r in group])
+    except Exception as exc:   # e.g. a full disk in a checkpoint: every symbol of the stack stops there
+        for run in group:
+            fail(run.symbol, exc)
+        return
+    if side:
+        for run, error in zip(group, stacked.errors, strict=True):
+            if error is None:
+                side.submit_plot(run.symbol, run.tracker.history)
+    for run, error in zip(group, stacked.errors, strict=True):
+        try:
+            if error is not None:
+                raise error
+            if side:
+                run.precomputed = side.take(run.symbol)
+            results[run.symbol] = finish(run)
+        except Exception as exc:
+            fail(run.symbol, exc)
 
 
 def _drain(queue: Any, progress: ProgressFn | None) -> None:

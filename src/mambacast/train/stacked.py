@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..nn.stacked import stack_buffers, stack_parameters, stacked_forward_distribution
 from ..ops.heap import kept_heap
+from ..store import host_copies
 from .graphs import GraphedSteps
 from .objective import crps_student_t_np, objective
 from .trainer import _EVAL_BATCH, NonFiniteLossError, Trainer, _as_tensor
@@ -174,12 +175,14 @@ class _Stack:
         self.lr = torch.tensor([t.lr for t in trainers], dtype=torch.float64, device=self.device)
         # Adam moments and step counts as each member's torch.optim.Adam holds them (zeros if fresh).
         self.exp_avg, self.exp_avg_sq = {}, {}
+        # (stacked on the device: a GPU-held step count read one by one would wait for the GPU once per member)
         steps = []
         for t in trainers:
             st = t.optimizer.state
             p0 = next(t.model.parameters())
-            steps.append(float(st[p0]["step"]) if p0 in st else 0.0)
-        self.step = torch.tensor(steps, dtype=torch.float64, device=self.device)
+            step = st[p0]["step"] if p0 in st else 0.0
+            steps.append(torch.as_tensor(step, dtype=torch.float64).to(self.device))
+        self.step = torch.stack(steps)
         for name in self.names:
             moments = []
             for t in trainers:
@@ -324,12 +327,17 @@ class _Stack:
             for k, m in enumerate(members):
                 real = max(0, min(len(m.Xv) - i, loc.shape[1]))   # rows of member k in this chunk
                 outs[k].append((loc[k, :real], scale[k, :real]))
-        result = []
+        tensors: dict[str, Tensor] = {}
         for k, m in enumerate(members):
             loc, scale = (torch.cat([o[c] for o in outs[k]]) for c in (0, 1))
             loss, _ = objective(self.loss, m.yv, loc, scale, df[k])
-            crps = crps_student_t_np(*(t.cpu().numpy() for t in (m.yv, loc, scale, df[k])))
-            result.append((loss.item(), (loc - m.yv).abs().mean().item(), float(crps.mean())))
+            tensors.update({f"{k}.loss": loss.float(), f"{k}.mae": (loc - m.yv).abs().mean().float(),
+                            f"{k}.y": m.yv.float(), f"{k}.loc": loc, f"{k}.scale": scale, f"{k}.df": df[k]})
+        host = host_copies(tensors)   # one transfer for every member, not six per member
+        result = []
+        for k in range(len(members)):
+            crps = crps_student_t_np(*(host[f"{k}.{c}"].numpy() for c in ("y", "loc", "scale", "df")))
+            result.append((host[f"{k}.loss"].item(), host[f"{k}.mae"].item(), float(crps.mean())))
         return result
 
     def write_back(self) -> None:
@@ -344,7 +352,8 @@ class _Stack:
                 for n in self.names:
                     p = t.model.get_parameter(n)
                     p.copy_(self.params[n][k])
-                    t.optimizer.state[p] = {"step": torch.tensor(steps[k], dtype=torch.float32, device=step_device),
+                    # filled on the device (torch.full), not copied from the host: no wait per member and parameter
+                    t.optimizer.state[p] = {"step": torch.full((), steps[k], dtype=torch.float32, device=step_device),
                                             "exp_avg": self.exp_avg[n][k].clone(),
                                             "exp_avg_sq": self.exp_avg_sq[n][k].clone()}
 

@@ -20,12 +20,14 @@ gradient partials are summed per model; x_proj becomes one batched matmul.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.amp import autocast_backward, float32_forward
-from .scan import compute_dtype, fused_chunk, fused_enabled, selective_scan
+from .scan import compute_dtype, fused_chunk, fused_enabled, scan_impl, selective_scan
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "mamba_inner", "mamba_inner_ref", "fused_ops"]
 
@@ -108,15 +110,30 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor
                   silu: bool = True) -> Tensor:
     """Causal depthwise conv over time: out_t = bias + sum_k weight[:, k] * x_{t-(K-1)+k}, then SiLU.
 
-    x (batch, seq_len, d); weight (d, K); bias (d,) or None; x_prev (batch, K-1, d): the inputs
-    before x (zeros if None). Uses the fused kernel when it applies, else PyTorch's conv1d.
+    x (batch, seq_len, d); weight (d, K), or (n_models, d, K) stacked; bias (d,) / (n_models, d) or None;
+    x_prev (batch, K-1, d): the inputs before x (zeros if None). Uses the fused CPU kernel when it applies, the
+    Triton kernel where the scan runs as Triton (CUDA; unless a gradient must reach x_prev), else PyTorch's conv1d.
     """
-    d, K = weight.shape
+    K = weight.shape[-1]
     tensors = [t for t in (x, weight, bias, x_prev) if t is not None]
-    if K <= 16 and fused_ops(*tensors) is not None:
+    if weight.dim() == 2 and K <= 16 and fused_ops(*tensors) is not None:
         return _apply(_CausalConv1d, _unit_last(x), weight, bias, None if x_prev is None else x_prev.contiguous(),
                       silu)
+    if _triton_conv(x, weight, x_prev):
+        from ..ops.triton.conv import triton_causal_conv1d
+
+        return triton_causal_conv1d(x, weight, bias, x_prev, silu)
     return causal_conv1d_ref(x, weight, bias, x_prev, silu)
+
+
+def _triton_conv(x: Tensor, weight: Tensor, x_prev: Tensor | None) -> bool:
+    """Whether `causal_conv1d` runs the Triton kernel: the scan does (`scan_impl`), Triton can run on x's device,
+    and no gradient must reach x_prev (the kernel computes none)."""
+    from ..ops import triton as triton_ops
+
+    if scan_impl(x, weight) != "triton" or not triton_ops.runs_on(x.device):
+        return False
+    return x_prev is None or not (x_prev.requires_grad and torch.is_grad_enabled())
 
 
 def _split_sizes(x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor) -> tuple[int, int]:
@@ -153,9 +170,17 @@ def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x
     step runs all models at once (conv with the models folded into channels, batched matmuls, the scan
     with per-model A, D and dt bias).
     """
+    return _mamba_inner_ops(causal_conv1d_ref, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                            dt_proj_bias, A, D, conv_state, ssm_state)
+
+
+def _mamba_inner_ops(conv: Callable[..., Tensor], xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
+                     x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor,
+                     D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`mamba_inner_ref` with `conv` for the causal conv (the reference, or `causal_conv1d`'s choice)."""
     R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
     x, z = _split_gate(xz, conv_weight)
-    x = causal_conv1d_ref(x, conv_weight, conv_bias, conv_state)
+    x = conv(x, conv_weight, conv_bias, conv_state)
     dt, B, C = torch.split(_linear(x, x_proj_weight), [R, N, N], dim=-1)
     return selective_scan(x, _linear(dt, dt_proj_weight), A, B, C, D, z=z, delta_bias=dt_proj_bias,
                           delta_softplus=True, initial_state=ssm_state, return_final_state=True)
@@ -249,12 +274,13 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
                 dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor, D: Tensor | None,
                 conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Same signature and function as `mamba_inner_ref` (xz, or x alone); one fused autograd node when the CPU
-    kernel applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`."""
+    kernel applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`'s ops
+    with `causal_conv1d` (the Triton conv where the scan is Triton)."""
     tensors = [t for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                            conv_state, ssm_state) if t is not None]
     if conv_weight.shape[-1] <= 16 and fused_ops(*tensors, d_state=A.shape[-1]) is not None:
         return _apply(_MambaInner, _unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
                       dt_proj_weight.contiguous(), dt_proj_bias, A, D,
                       None if conv_state is None else conv_state.contiguous(), ssm_state)
-    return mamba_inner_ref(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
-                           conv_state, ssm_state)
+    return _mamba_inner_ops(causal_conv1d, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                            dt_proj_bias, A, D, conv_state, ssm_state)

@@ -43,6 +43,15 @@ class LayerState(NamedTuple):
     ssm: Tensor   # (batch, d_inner, d_state)
 
 
+def _norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """`norm(x)`; on CUDA with its affine part as a separate multiply-add (as `nn.stacked` does), so autograd sums
+    the weight and bias gradients with ordinary reductions instead of PyTorch's LayerNorm weight-gradient kernel,
+    which is slow for rows as narrow as d_model = 64 (docs/benchmarks.md, GPU profile)."""
+    if x.device.type != "cuda" or norm.weight is None or norm.bias is None:
+        return norm(x)
+    return torch.addcmul(norm.bias, F.layer_norm(x, norm.normalized_shape, eps=norm.eps), norm.weight)
+
+
 class MambaBlock(nn.Module):
     """One pre-norm residual Mamba block: `(batch, seq_len, d_model) -> same`."""
 
@@ -100,7 +109,7 @@ class MambaBlock(nn.Module):
         chunks of a long sequence, and `step()` after them, compute exactly what one `forward`
         over the whole sequence computes. `last_only`: the output is the last step's, (batch, d_model).
         """
-        normed = self.norm(hidden)
+        normed = _norm(self.norm, hidden)
         if last_only:
             # Only the last step's gate is read: z = in_proj's second half at that step alone (about 40% of this
             # block's matmul FLOPs saved); the scan returns y ungated and the gate is applied here.

@@ -27,7 +27,7 @@ Sections, in this order; one that would start after --budget-s seconds is skippe
 7. the Triton scan alone (forward + backward, batch 1024, bf16 activations) for the launch configurations in
    SWEEP (channels per program, warps, steps per saved state), each checked against the default's gradients.
 8. one training-state checkpoint of the guide's model brought to the host tensor by tensor (`.cpu()`) and by
-   `store.host_copies` (one transfer per dtype), and the whole `ModelStore.save_tensors` call.
+   `tensorfile.host_copies` (one transfer per device), and the whole `ModelStore.save_tensors` call.
 `--sections` picks and orders them (default: all, in this order).
 Prices in 1 and 2 are synthetic random walks (training time does not depend on the values), so no sample
 data package is needed. Without CUDA the script runs the smoke sizes on the CPU and says so: those are no
@@ -305,8 +305,9 @@ def long_forward_rows(device: torch.device, cfg: MambaConfig, length: int, piece
 def checkpoint_rows(device: torch.device, cfg: MambaConfig, repeats: int = 20) -> dict:
     """What one training-state checkpoint costs to bring to the host: the guide's model and its Adam state
     (capturable, as the CUDA-graphed Trainer keeps it) copied tensor by tensor with `.cpu()` against
-    `store.host_copies` (one transfer per dtype), and the whole `save_tensors` call; medians in ms."""
-    from mambacast.store import ModelStore, host_copies
+    `tensorfile.host_copies` (one transfer per device), and the whole `save_tensors` call; medians in ms."""
+    from mambacast.store import ModelStore
+    from mambacast.tensorfile import host_copies
 
     model = MambaModel(cfg, FEATURES).to(device)
     opt = torch.optim.Adam(model.parameters(), capturable=device.type == "cuda")

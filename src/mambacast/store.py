@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from . import __version__
 from .commit import (
@@ -56,6 +55,7 @@ from .commit import (
 )
 from .config import MambaConfig
 from .nn.mamba import MambaModel
+from .tensorfile import content_digest, serialize, serialize_with_digest
 
 __all__ = ["ModelStore", "StoreError", "ModelNotFoundError", "FORMAT_VERSION", "GLOBAL_MODEL",
            "atomic_write_bytes", "atomic_write_json", "check_state_dict", "strict_json"]
@@ -145,9 +145,6 @@ def _load_tensors(path: Path, expected_sha256: str | None = None) -> tuple[dict[
 
 
 # 64 characters, as a SHA-256 hex digest; quoted in the header, it cannot come from the JSON-escaped info text.
-_PLACEHOLDER = "0" * 64
-
-
 def _header(data: bytes, path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (already known to parse)."""
     length = int.from_bytes(data[:8], "little")
@@ -158,14 +155,10 @@ def _header(data: bytes, path: Path) -> dict[str, Any]:
 
 
 def _content_digest(data: bytes, header: dict[str, Any], info_text: str) -> str:
-    """SHA-256 of what a tensors file says: its tensors (names, dtypes, shapes, bytes) and its info text.
-
-    The stored digest itself sits in the header's metadata, so it covers the header without the metadata."""
+    """`tensorfile.content_digest` of a tensors file read back: the stored digest itself sits in the header's
+    metadata, so it covers the header without the metadata."""
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
-    h = hashlib.sha256(json.dumps(entries, sort_keys=True).encode())
-    h.update(data[8 + int.from_bytes(data[:8], "little"):])
-    h.update(info_text.encode())
-    return h.hexdigest()
+    return content_digest(entries, memoryview(data)[8 + int.from_bytes(data[:8], "little"):], info_text)
 
 
 def _model_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor], meta_path: Path,
@@ -193,29 +186,6 @@ def _version_tuple(text: Any) -> tuple[int, ...] | None:
     parts = re.findall(r"\d+", str(text).split("+")[0])[:3]
     return tuple(int(p) for p in parts) if parts else None
 
-
-
-def host_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors with the values of `tensors` (same keys, order, shapes and dtypes), for writing.
-
-    Tensors on an accelerator come over in one transfer per (device, dtype), not one per tensor: each transfer
-    waits for the device, and a training state has about 160 tensors (weights, Adam's moments and step counts),
-    so on a GPU the waits, not the bytes, made a checkpoint slow. CPU tensors are returned as they are
-    (made contiguous)."""
-    out: dict[str, torch.Tensor] = {}
-    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
-    for k, v in tensors.items():
-        if v.device.type == "cpu":
-            out[k] = v.detach().contiguous()
-        else:
-            groups.setdefault((v.device, v.dtype), []).append(k)
-    for names in groups.values():
-        flat = torch.cat([tensors[k].detach().reshape(-1) for k in names]).cpu()
-        pieces = flat.split([tensors[k].numel() for k in names])
-        for k, piece in zip(names, pieces, strict=True):
-            # a copy of its own: safetensors refuses tensors that share memory
-            out[k] = piece.view(tensors[k].shape).clone()
-    return {k: out[k] for k in tensors}
 
 class ModelStore:
     """Reads and writes the files of trained models under one root folder."""
@@ -337,21 +307,11 @@ class ModelStore:
         return meta
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_tensors(self, path: Path, tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None) -> str:
-        """Atomically write tensors (+ JSON-able `info` in the safetensors header, with a SHA-256 of both);
-        returns the file's SHA-256."""
+    def save_tensors(self, path: Path, tensors: dict[str, torch.Tensor], info: dict[str, Any] | None = None) -> None:
+        """Atomically write tensors (on any device) with JSON-able `info` in the safetensors header and a SHA-256
+        of both (`tensorfile.serialize_with_digest`)."""
         # Callback counters may hold +inf ("no best yet"); Python's JSON round-trips it.
-        info_text = json.dumps(info or {})
-        cpu = host_copies(tensors)
-        # Serialised once with a placeholder digest of the digest's length: the digest does not cover the
-        # metadata, so it is computed on this file and written over the placeholder (the header keeps its size).
-        data = bytearray(st_save(cpu, metadata={"mambacast": info_text, "sha256": _PLACEHOLDER}))
-        digest = _content_digest(bytes(data), _header(bytes(data), path), info_text)
-        header_end = 8 + int.from_bytes(data[:8], "little")
-        slot = bytes(data[:header_end]).find(b'"' + _PLACEHOLDER.encode() + b'"')
-        data[slot + 1:slot + 1 + len(digest)] = digest.encode()
-        atomic_write_bytes(path, bytes(data))
-        return sha256_bytes(bytes(data))
+        atomic_write_bytes(path, serialize_with_digest(tensors, json.dumps(info or {})))
 
     def load_tensors(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and info of a `save_tensors` file; StoreError when it is unreadable or not what it says."""
@@ -380,8 +340,7 @@ class ModelStore:
         what = f"{symbol}: the new model was not saved ({self.root} is unchanged)"
         if metadata.get("symbol", symbol) != symbol:
             raise StoreError(f"{what}: its metadata names {metadata['symbol']!r}")
-        state = host_copies(model.state_dict())
-        weights = st_save(state, metadata={"mambacast": json.dumps({"symbol": symbol})})
+        weights = serialize(model.state_dict(), {"mambacast": json.dumps({"symbol": symbol})})
         paths = {"weights": self.weights_path(symbol)}
         files: list[tuple[Path, bytes]] = [(paths["weights"], weights)]
         if metrics is not None:

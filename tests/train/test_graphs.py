@@ -49,12 +49,20 @@ def test_graphed_training_equals_the_eager_loop(monkeypatch):
     assert graphed._graphed is not None and len(graphed._graphed._graphs) == 2
     assert eager._graphed is None
     assert graphed.optimizer.defaults["capturable"] and not eager.optimizer.defaults["capturable"]
-    # bf16 autocast in both: the same kernels, so the runs agree far inside what one Adam step moves a weight
+    # bf16 autocast in both: the same kernels, so the losses agree to 1e-3
     for a, b in zip(h_graph, h_eager, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
-    for (name, p), q in zip(graphed.model.named_parameters(), eager.model.parameters(), strict=True):
-        assert torch.allclose(p, q, rtol=1e-3, atol=1e-4), name
+    # The weights: far closer to each other than to where training started. Elementwise closeness is not the
+    # test: cuBLAS may pick other GEMM algorithms inside a capture, and Adam turns bf16 rounding differences
+    # in a near-zero gradient into a step of the full learning rate (a GPU run saw layers.0.in_proj.weight
+    # outside rtol 1e-3 / atol 1e-4 after 12 steps); a graph that trained wrongly (stale inputs, learning
+    # rate or gradients) would move them apart by as much as training moved them.
+    torch.manual_seed(1)
+    start = MambaModel(SMALL, 6).to("cuda")
+    for (name, p), q, p0 in zip(graphed.model.named_parameters(), eager.model.parameters(), start.parameters(),
+                                strict=True):
+        assert (p - q).norm() <= 0.05 * (q - p0).norm(), name
 
 
 def test_a_learning_rate_change_is_captured_again(monkeypatch):

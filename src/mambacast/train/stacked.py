@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..nn.stacked import stack_buffers, stack_parameters, stacked_forward_distribution
 from ..ops.heap import kept_heap
-from ..store import host_copies
+from ..tensorfile import host_copies
 from .graphs import GraphedSteps
 from .objective import crps_student_t_np, objective
 from .trainer import _EVAL_BATCH, NonFiniteLossError, Trainer, _as_tensor

@@ -68,7 +68,7 @@ else
     shards=("$FIRST" "tests/nn tests/data"
             "tests/train/test_pipeline.py tests/train/test_stacked.py --deselect $SIGKILL"
             "tests/train --ignore tests/train/test_pipeline.py --ignore tests/train/test_stacked.py"
-            "tests/evaluate $(ls tests/test_*.py | tr '\n' ' ')" "tests/serve tests/badinput")
+            "tests/evaluate $(ls tests/test_*.py | grep -v tests/test_cuda.py | tr '\n' ' ')" "tests/serve tests/badinput")
 fi
 pids=()
 for i in "${!shards[@]}"; do

@@ -149,3 +149,27 @@ def test_a_diverging_member_leaves_the_graphed_stack(monkeypatch):
     histories = trainer.fit([stacked_data(1), (Xt, yt, Xv, yv)])
     assert trainer.errors[0] is None and isinstance(trainer.errors[1], NonFiniteLossError)
     assert len(histories[0]) == 3 and np.isfinite([h["train_loss"] for h in histories[0]]).all()
+
+
+def test_the_graphed_stack_frees_each_epochs_graphs(monkeypatch):
+    """Each epoch's stack captures its own graphs; they are released at the epoch's end, so what training holds
+    on the GPU does not grow with the epochs, garbage collector or not."""
+    import gc
+
+    from mambacast.train.stacked import StackedTrainer
+
+    monkeypatch.setenv("MAMBACAST_CUDA_GRAPHS", "1")
+    gc.disable()   # the release must not depend on the garbage collector
+    try:
+        held = []
+        for epochs in (2, 6):
+            trainers = stacked_trainers([1, 2, 3], epochs=epochs)
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            StackedTrainer(trainers).fit([stacked_data(s) for s in (1, 2, 3)])
+            torch.cuda.synchronize()
+            held.append(torch.cuda.memory_allocated() - before)
+            del trainers
+    finally:
+        gc.enable()
+    assert held[1] <= held[0] + 2**20, held     # four more epochs, not one more byte per epoch (1 MiB slack)

@@ -76,6 +76,11 @@ class GraphedSteps:
         self._eager_only = False
         self._side = torch.cuda.Stream(device)
 
+    def release(self) -> None:
+        """Drop the captured graphs, and with them their memory pools, now (not when the garbage collector
+        gets to the owner: a step function bound to its owner makes a reference cycle)."""
+        self._graphs.clear()
+
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
         """x, y: the batch's inputs and targets on the GPU -> `step`'s outputs."""
         with torch.cuda.device(x.device):   # streams and graphs belong to the current device

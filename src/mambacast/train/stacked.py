@@ -105,6 +105,7 @@ class StackedTrainer:
             stack.run_epoch()
             validation = stack.evaluate()
             stack.write_back()
+            stack.release()
             elapsed = time.perf_counter() - t0
             still = []
             for m, (val_loss, val_mae, val_crps) in zip(active, validation, strict=True):
@@ -339,6 +340,14 @@ class _Stack:
             crps = crps_student_t_np(*(host[f"{k}.{c}"].numpy() for c in ("y", "loc", "scale", "df")))
             result.append((host[f"{k}.loss"].item(), host[f"{k}.mae"].item(), float(crps.mean())))
         return result
+
+    def release(self) -> None:
+        """Free this epoch's CUDA graphs (their memory pools) now, and break the reference cycle through the
+        graphed step (bound to this stack) that kept the stack, its graphs, stacked weights and Adam moments
+        alive until the garbage collector ran. The next epoch's stack captures its own graphs."""
+        if isinstance(self._graphed, GraphedSteps):
+            self._graphed.release()
+        self._graphed = None
 
     def write_back(self) -> None:
         """Copy each member's weights and Adam state into its own Trainer (for validation, callbacks,

@@ -9,27 +9,17 @@ steps), asserted 1e-4 relative and absolute; bfloat16 activations with float32 w
 output is rounded to bfloat16 (max relative error 2^-8 = 3.9e-3), asserted 1e-2 against the float32 reference.
 """
 
-import os
 
 import pytest
 import torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from .triton_env import DEVICE, TOL, interpreter  # noqa: F401 - sets TRITON_INTERPRET before Triton loads
+
 pytest.importorskip("triton", reason="Triton is not installed (optional; PyTorch's CUDA wheels bring it)")
 
 from mambacast.nn import fused  # noqa: E402
 from mambacast.nn.fused import causal_conv1d, causal_conv1d_ref  # noqa: E402
 from mambacast.ops.triton.conv import triton_causal_conv1d  # noqa: E402
-
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def interpreter():
-    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA here and TRITON_INTERPRET is not 1: the Triton kernels cannot run")
 
 
 def inputs(dtype, stacked, prev, seq_len=45, d=70, K=4, rows=3, n_models=2, seed=0):

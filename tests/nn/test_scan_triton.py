@@ -16,23 +16,13 @@ import os
 import pytest
 import torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    # Off a GPU the kernels run under Triton's interpreter; Triton reads this when it is first imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from .triton_env import DEVICE, TOL, interpreter  # noqa: F401 - sets TRITON_INTERPRET before Triton loads
+
 pytest.importorskip("triton", reason="Triton is not installed (optional; PyTorch's CUDA wheels bring it)")
 
 from mambacast import MambaConfig, MambaModel  # noqa: E402
 from mambacast.nn.scan import scan_impl, selective_scan, selective_scan_ref, selective_scan_triton  # noqa: E402
 from mambacast.nn.stacked import stack_buffers, stack_parameters, stacked_forward_distribution  # noqa: E402
-
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def interpreter():
-    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no CUDA here and TRITON_INTERPRET is not 1: the Triton kernels cannot run")
 
 
 def make_inputs(batch, seq_len, d_inner, d_state, dtype=torch.float64, n_models=None, seed=0):

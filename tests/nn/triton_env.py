@@ -1,0 +1,22 @@
+"""Where the Triton kernel tests run: on the GPU where there is one, else under Triton's interpreter, which reads
+TRITON_INTERPRET=1 when Triton is first imported; so a test module imports this before anything imports Triton.
+
+Import `interpreter` too: the autouse fixture skips the module where the kernels cannot run (no CUDA and the
+interpreter switched off)."""
+
+import os
+
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter():
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA here and TRITON_INTERPRET is not 1: the Triton kernels cannot run")

@@ -401,7 +401,8 @@ def stacked(device: torch.device, cfg: MambaConfig, n_symbols: int, days: int, e
         for i, s in enumerate(symbols):
             walk(i, days).to_csv(Path(data, f"{s}.csv"))
         t0 = time.perf_counter()
-        results = train_symbols(symbols, stack=True, device=str(device), source="csv", data_path=data, days=days,
+        results = train_symbols(symbols, stack=True, side_work=True, device=str(device), source="csv", data_path=data,
+                                days=days,
                                 model_config=cfg, save_dir=root, progress=progress,
                                 train_config=TrainConfig(epochs=epochs, patience=10**6, lr_patience=10**6))
         seconds = time.perf_counter() - t0

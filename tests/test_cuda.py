@@ -99,8 +99,10 @@ def test_interrupted_cuda_run_resumes(tmp_path):
 
 def test_stacked_training_on_cuda(tmp_path):
     data = write_csvs(tmp_path / "csv", ["AAA", "BBB", "CCC"])
-    results = train_symbols(["AAA", "BBB", "CCC"], stack=True, device="cuda", source="csv", data_path=data,
-                            days=None, model_config=SMALL, train_config=FAST, save_dir=tmp_path / "models")
+    # side_work as `mambacast train` runs it: the fits and plots in worker processes beside the GPU
+    results = train_symbols(["AAA", "BBB", "CCC"], stack=True, side_work=True, device="cuda", source="csv",
+                            data_path=data, days=None, model_config=SMALL, train_config=FAST,
+                            save_dir=tmp_path / "models")
     assert [r["status"] for r in results] == ["ok"] * 3, results
     model, _ = ModelStore(tmp_path / "models").load_model("BBB", device="cpu")
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,8 +1,9 @@
 """The stack's fits and plots in worker processes (`train.side_work`): the stored models are what the same
 stack stores with everything in one process, and a job that fails in the pool is computed again here.
 
-The pool is used only beside an accelerator on a machine with 4 or more cores; these tests force it on the CPU
-(`side_workers` patched) so that it runs everywhere."""
+The pool is used only when asked for (`side_work=True`, as `mambacast train` asks) beside an accelerator on a
+machine with 4 or more cores; these tests force it on the CPU (`side_workers` patched) so that it runs
+everywhere."""
 
 import json
 
@@ -31,12 +32,19 @@ def write_csvs(folder):
     return folder
 
 
-def train(tmp_path, name, data):
+def train(tmp_path, name, data, side_work=True):
     root = tmp_path / name
-    results = pipeline.train_symbols(SYMBOLS, stack=True, device="cpu", source="csv", data_path=data, days=None,
-                                     model_config=TINY, train_config=FAST, save_dir=root)
+    results = pipeline.train_symbols(SYMBOLS, stack=True, side_work=side_work, device="cpu", source="csv",
+                                     data_path=data, days=None, model_config=TINY, train_config=FAST, save_dir=root)
     assert [r["status"] for r in results] == ["ok"] * 3, results
     return ModelStore(root)
+
+
+def test_no_pool_unless_asked(tmp_path, monkeypatch):
+    """A library call has no pool by default: spawn would import the caller's script again."""
+    monkeypatch.setattr(pipeline, "side_workers", lambda device, n: 2)
+    monkeypatch.setattr(SideWork, "__init__", _fails)
+    train(tmp_path, "plain", write_csvs(tmp_path / "csv"), side_work=False)
 
 
 def test_side_workers_only_beside_an_accelerator(monkeypatch):
@@ -51,7 +59,7 @@ def test_side_workers_only_beside_an_accelerator(monkeypatch):
 
 def test_stack_with_the_pool_stores_what_it_stores_without(tmp_path, monkeypatch):
     data = write_csvs(tmp_path / "csv")
-    alone = train(tmp_path, "inline", data)
+    alone = train(tmp_path, "inline", data, side_work=False)
     submitted = []
     real_submit = SideWork.submit_blend
 

@@ -183,7 +183,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise CLIError(str(exc)) from None
     else:
-        results = train_symbols(symbols, parallel=args.parallel, stack=args.stack, **common)
+        results = train_symbols(symbols, parallel=args.parallel, stack=args.stack, side_work=True, **common)
     for r in results:
         if r["status"] == "skipped":
             print(f"[{r['symbol']}] already trained in {args.save_dir} (--resume); skipped")

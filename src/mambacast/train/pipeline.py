@@ -245,13 +245,16 @@ def _worker_train(symbol: str, kwargs: dict[str, Any], queue: Any) -> dict[str, 
 
 
 def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressFn | None = None,
-                  stack: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+                  stack: bool = False, side_work: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
     """Train each symbol; one failure is reported in its result and does not stop the others.
 
     `parallel > 1` runs that many worker processes, each with `cpu_count // parallel` torch threads
     so the cores are divided, not oversubscribed. `stack` trains the symbols' models together as
-    one batched computation in this process, on `device` (each symbol's result equals training it alone).
-    Results come back in the order of `symbols`.
+    one batched computation in this process, on `device` (each symbol's result equals training it alone);
+    with `side_work`, a stack on an accelerator sends each symbol's classical fits and training plot to worker
+    processes (`train.side_work`; `mambacast train` does). Worker processes are started by spawn, which imports
+    the calling script again: a script that uses `parallel` or `side_work` must keep its work under
+    `if __name__ == "__main__":`. Results come back in the order of `symbols`.
     """
     if parallel < 1:
         raise ValueError(f"--parallel {parallel} is invalid: must be a positive integer")
@@ -260,7 +263,7 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
     if stack and parallel > 1:
         raise ValueError("--stack and --parallel > 1 are alternatives: stacking trains every symbol in one process")
     if stack:
-        return _train_stacked(symbols, progress, kwargs)
+        return _train_stacked(symbols, progress, kwargs, side_work=side_work)
     if kwargs.get("device") not in (None, "auto", "cpu") and parallel > 1:
         raise ValueError("--parallel > 1 trains in CPU worker processes; use --parallel 1 with --device cuda")
     if parallel == 1 or len(symbols) <= 1:
@@ -300,9 +303,10 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
 
 
 def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: dict[str, Any],
-                   finish: Callable[[TrainingRun], dict[str, Any]] = _finish_run) -> list[dict[str, Any]]:
+                   finish: Callable[[TrainingRun], dict[str, Any]] = _finish_run, side_work: bool = False
+                   ) -> list[dict[str, Any]]:
     """Prepare every symbol, train the models of one feature count as one stack, `finish` each (default:
-    store it)."""
+    store it); `side_work`: the fits and plots in worker processes where `side_workers` says so."""
     def fail(symbol: str, exc: BaseException) -> None:
         results[symbol] = _failure(symbol, exc)
         if progress:
@@ -323,7 +327,7 @@ def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: 
     groups: dict[int, list[TrainingRun]] = {}
     for run in runs:   # one stack per model shape (symbols lacking volume data have fewer features)
         groups.setdefault(run.trainer.model.n_features, []).append(run)
-    workers = side_workers(runs[0].trainer.device, len(runs)) if runs else 0
+    workers = side_workers(runs[0].trainer.device, len(runs)) if runs and side_work else 0
     side = SideWork(workers) if workers else None   # the fits and plots beside a GPU stack (train.side_work)
     try:
         if side:

@@ -151,9 +151,9 @@ def test_a_diverging_member_leaves_the_graphed_stack(monkeypatch):
     assert len(histories[0]) == 3 and np.isfinite([h["train_loss"] for h in histories[0]]).all()
 
 
-def test_the_graphed_stack_frees_each_epochs_graphs(monkeypatch):
-    """Each epoch's stack captures its own graphs; they are released at the epoch's end, so what training holds
-    on the GPU does not grow with the epochs, garbage collector or not."""
+def test_the_graphed_stack_frees_its_graphs(monkeypatch):
+    """The stack's graphs (and the stacked weights they read) are released when training ends, so what is left
+    on the GPU does not depend on how many epochs ran, garbage collector or not."""
     import gc
 
     from mambacast.train.stacked import StackedTrainer

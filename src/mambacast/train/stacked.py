@@ -92,37 +92,56 @@ class StackedTrainer:
                 cb.on_train_begin(m.trainer)
         fresh = [m for m in members if m.epoch == 0]
         if fresh:   # the untrained models' validation, as Trainer.fit reports it before a fresh run
-            for m, (val_loss, val_mae, val_crps) in zip(fresh, _Stack(fresh).evaluate(), strict=True):
+            baseline = _Stack(fresh)
+            validation = baseline.evaluate()
+            baseline.release()
+            for m, (val_loss, val_mae, val_crps) in zip(fresh, validation, strict=True):
                 for cb in m.trainer.callbacks:
                     cb.on_baseline(m.trainer, {"val_loss": val_loss, "val_mae": val_mae, "val_crps": val_crps})
         active = [m for m in members if m.epoch < m.trainer.config.epochs]
         for m in members:
             if m not in active:
                 self._finish(m)
-        while active:
-            stack = _Stack(active)
-            t0 = time.perf_counter()
-            stack.run_epoch()
-            validation = stack.evaluate()
-            stack.write_back()
-            stack.release()
-            elapsed = time.perf_counter() - t0
-            still = []
-            for m, (val_loss, val_mae, val_crps) in zip(active, validation, strict=True):
-                if m.error is None and not math.isfinite(val_loss):
-                    m.error = NonFiniteLossError(
-                        f"validation loss is {val_loss} at epoch {m.epoch}; try a lower --learning-rate and "
-                        "check the data for extreme values")
-                if m.error is not None:   # diverged: leaves the stack, its last good checkpoint stays
-                    self.errors[members.index(m)] = m.error
-                    continue
-                self._end_epoch(m, elapsed / len(active), val_loss, val_mae, val_crps)
-                if m.trainer.stop_training or m.epoch >= m.trainer.config.epochs:
-                    self._finish(m)
+        stack: _Stack | None = None
+        try:
+            while active:
+                # One stack while the members stay the same (its CUDA graphs are captured once); a new one when a
+                # member leaves (stopped early, finished or diverged).
+                if stack is not None and stack.members == active:
+                    stack.sync_learning_rates()
                 else:
-                    still.append(m)
-            active = still
+                    if stack is not None:
+                        stack.release()
+                    stack = _Stack(active)
+                active = self._epoch(stack, members)
+        finally:
+            if stack is not None:
+                stack.release()
         return [m.history for m in members]
+
+    def _epoch(self, stack: _Stack, members: list[_Member]) -> list[_Member]:
+        """Train and validate the stack's members for one epoch, run their callbacks; the members still active."""
+        active = stack.members
+        t0 = time.perf_counter()
+        stack.run_epoch()
+        validation = stack.evaluate()
+        stack.write_back()
+        elapsed = time.perf_counter() - t0
+        still = []
+        for m, (val_loss, val_mae, val_crps) in zip(active, validation, strict=True):
+            if m.error is None and not math.isfinite(val_loss):
+                m.error = NonFiniteLossError(
+                    f"validation loss is {val_loss} at epoch {m.epoch}; try a lower --learning-rate and "
+                    "check the data for extreme values")
+            if m.error is not None:   # diverged: leaves the stack, its last good checkpoint stays
+                self.errors[members.index(m)] = m.error
+                continue
+            self._end_epoch(m, elapsed / len(active), val_loss, val_mae, val_crps)
+            if m.trainer.stop_training or m.epoch >= m.trainer.config.epochs:
+                self._finish(m)
+            else:
+                still.append(m)
+        return still
 
     # ---- per member ---------------------------------------------------------------------------
     @staticmethod
@@ -153,7 +172,8 @@ class _Member:
 
 
 class _Stack:
-    """The active members' weights and Adam state stacked along dim 0, for one epoch."""
+    """The active members' weights and Adam state stacked along dim 0, for as long as the members stay the same
+    (`write_back` gives each member's Trainer its part after every epoch)."""
 
     def __init__(self, members: list[_Member]):
         self.members = members
@@ -162,8 +182,8 @@ class _Stack:
         self.model = first.model
         self.device = first.device
         self.autocast = first._autocast
-        # On CUDA the batches that every member fills are replayed as a CUDA graph (train.graphs), captured
-        # again each epoch: the stack, and so the tensors the graph reads, is rebuilt between epochs.
+        # On CUDA the batches that every member fills are replayed as a CUDA graph (train.graphs), captured once
+        # for this stack: it reads this stack's tensors, updated in place (the learning rates too).
         self._graphed = GraphedSteps(self._full_step, self._zero_grad, self.device) if first._graphs else None
         self.params = stack_parameters([t.model for t in trainers])
         self.buffers = stack_buffers([t.model for t in trainers])
@@ -341,17 +361,23 @@ class _Stack:
             result.append((host[f"{k}.loss"].item(), host[f"{k}.mae"].item(), float(crps.mean())))
         return result
 
+    def sync_learning_rates(self) -> None:
+        """Read each member's learning rate again (a callback may have lowered it), in place: a captured graph
+        reads this tensor."""
+        lrs = torch.tensor([m.trainer.lr for m in self.members], dtype=torch.float64)
+        self.lr.copy_(lrs)
+
     def release(self) -> None:
-        """Free this epoch's CUDA graphs (their memory pools) now, and break the reference cycle through the
+        """Free this stack's CUDA graphs (their memory pools) now, and break the reference cycle through the
         graphed step (bound to this stack) that kept the stack, its graphs, stacked weights and Adam moments
-        alive until the garbage collector ran. The next epoch's stack captures its own graphs."""
+        alive until the garbage collector ran (once per epoch before stacks lasted for more than one)."""
         if isinstance(self._graphed, GraphedSteps):
             self._graphed.release()
         self._graphed = None
 
     def write_back(self) -> None:
         """Copy each member's weights and Adam state into its own Trainer (for validation, callbacks,
-        checkpoints and the next epoch's stack)."""
+        checkpoints, and a later stack of fewer members)."""
         steps = self.step.tolist()   # one transfer, not one per model and parameter
         with torch.no_grad():
             for k, m in enumerate(self.members):

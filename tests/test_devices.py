@@ -90,3 +90,21 @@ def test_stacked_trainer_needs_one_device():
 def test_stack_on_cuda_without_cuda_says_so():
     with pytest.raises(ValueError, match="CUDA is not available"):
         train_symbols(["AAPL"], stack=True, device="cuda")
+
+
+@pytest.mark.parametrize("capability, bf16", [((9, 0), True), ((8, 6), True), ((8, 0), True), ((7, 5), False),
+                                              ((7, 0), False)])
+def test_cuda_training_is_bf16_only_where_the_gpu_has_it(monkeypatch, caplog, capability, bf16):
+    """An H100 or an RTX 3090 trains under bf16 autocast; a T4 (7.5) or V100 (7.0), which would emulate bfloat16,
+    trains in float32 and says so once."""
+    from mambacast.ops import amp
+
+    amp._say_float32.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
+    with caplog.at_level("WARNING", logger="mambacast.ops.amp"):
+        assert amp.cuda_bf16_autocast(torch.device("cuda")) is bf16
+        assert amp.cuda_bf16_autocast(torch.device("cuda")) is bf16
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ([] if bf16 else [f"Some GPU (compute capability {capability[0]}.{capability[1]}) has no "
+                                     "bfloat16 in hardware: training runs in float32 on it"])

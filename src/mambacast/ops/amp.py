@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -33,10 +34,29 @@ from typing import Any
 import torch
 
 __all__ = ["float32_forward", "autocast_backward", "same_autocast_forward", "same_autocast_backward",
-           "autocast_enabled", "cpu_bf16_autocast", "CPU_BF16_ENV"]
+           "autocast_enabled", "cpu_bf16_autocast", "cuda_bf16_autocast", "CPU_BF16_ENV"]
+
+log = logging.getLogger(__name__)
 
 _DEVICE_TYPES = ("cpu", "cuda")
 CPU_BF16_ENV = "MAMBACAST_CPU_BF16"
+
+
+def cuda_bf16_autocast(device: torch.device) -> bool:
+    """Whether training on the CUDA `device` runs under bfloat16 autocast: on GPUs with bfloat16 in hardware
+    (compute capability 8.0 and up: A100, RTX 30xx and later, H100). Older ones (V100, T4, RTX 20xx) would emulate
+    it, slowly, and float16 would need loss scaling, so they train in float32; said once per device."""
+    major, minor = torch.cuda.get_device_capability(device)
+    if major >= 8:
+        return True
+    _say_float32(torch.cuda.get_device_name(device), f"{major}.{minor}")
+    return False
+
+
+@functools.cache
+def _say_float32(name: str, capability: str) -> None:
+    log.warning("%s (compute capability %s) has no bfloat16 in hardware: training runs in float32 on it",
+                name, capability)
 
 
 def cpu_bf16_autocast() -> bool:

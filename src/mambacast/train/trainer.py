@@ -12,8 +12,9 @@ Everything the loop needs to continue after a crash — weights, Adam moments, l
 shuffle-generator state, callback counters — is exposed by `training_state()` and restored by
 `fit(resume_from=...)`, and a resumed run on CPU reproduces the uninterrupted one exactly.
 
-On CUDA the step runs under bf16 autocast and is replayed as a CUDA graph (`train.graphs`: the guide-sized
-step is launch-bound there); MAMBACAST_CUDA_GRAPHS=0 runs it kernel by kernel.
+On CUDA the step runs under bf16 autocast (on GPUs with bfloat16 in hardware; in float32 on older ones) and is
+replayed as a CUDA graph (`train.graphs`: the guide-sized step is launch-bound there); MAMBACAST_CUDA_GRAPHS=0
+runs it kernel by kernel.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import TrainConfig
-from ..ops.amp import cpu_bf16_autocast
+from ..ops.amp import cpu_bf16_autocast, cuda_bf16_autocast
 from ..ops.heap import kept_heap
 from .callbacks import Callback
 from .graphs import GraphedSteps, graphs_enabled
@@ -89,6 +90,7 @@ class Trainer:
         # On CUDA the step is replayed as a CUDA graph (train.graphs), so Adam keeps its step count there. On the
         # CPU Adam is one fused kernel over all parameters: the default there loops over them in Python.
         self._graphs = graphs_enabled(self.device)
+        self._cuda_bf16 = self.device.type == "cuda" and cuda_bf16_autocast(self.device)
         self._fused = self.device.type == "cpu"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
                                           weight_decay=config.weight_decay, capturable=self._graphs,
@@ -111,9 +113,10 @@ class Trainer:
             group["lr"] = float(value)
 
     def _autocast(self, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on CUDA (and on the CPU when opted in); `cache=False` inside a CUDA graph capture,
-        where autocast's cache of cast weights would go stale."""
-        if self.device.type == "cuda":
+        """bf16 autocast on CUDA GPUs with bfloat16 in hardware (`ops.amp.cuda_bf16_autocast`), and on the CPU
+        when opted in; `cache=False` inside a CUDA graph capture, where autocast's cache of cast weights would go
+        stale."""
+        if self._cuda_bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
         if self.device.type == "cpu" and cpu_bf16_autocast():   # opt-in: MAMBACAST_CPU_BF16=1 (ops.amp)
             return torch.autocast("cpu", dtype=torch.bfloat16)

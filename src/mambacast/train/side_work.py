@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -61,14 +61,26 @@ class SideWork:
         # spawn: a fork of a process that holds a CUDA context and torch's thread pools is unsafe
         self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
         self._jobs: dict[str, dict[str, Future]] = {}
+        self._broken = False
 
     def submit_blend(self, symbol: str, closes: np.ndarray, horizons: Sequence[int], garch_weight: float,
                      har_weight: float) -> None:
-        self._jobs.setdefault(symbol, {})["blend"] = self._pool.submit(
-            blend_state, symbol, closes, list(horizons), garch_weight, har_weight)
+        self._submit(symbol, "blend", blend_state, symbol, closes, list(horizons), garch_weight, har_weight)
 
     def submit_plot(self, symbol: str, history: list[dict[str, float]]) -> None:
-        self._jobs.setdefault(symbol, {})["plot"] = self._pool.submit(render_curves, history, symbol)
+        self._submit(symbol, "plot", render_curves, history, symbol)
+
+    def _submit(self, symbol: str, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue a job; where the pool cannot start or take it (no processes allowed here, a closed pool), the
+        job is left to the caller, which computes it itself."""
+        if self._broken:
+            return
+        try:
+            self._jobs.setdefault(symbol, {})[name] = self._pool.submit(fn, *args)
+        except Exception as exc:  # noqa: BLE001 - the work is done in this process instead
+            self._broken = True
+            log.warning("worker processes for the fits and plots are unavailable (%s: %s); computing them here",
+                        type(exc).__name__, exc)
 
     def take(self, symbol: str) -> dict[str, Any]:
         """The symbol's finished results by name; a job that failed in the pool is left out (the caller computes

@@ -86,3 +86,22 @@ def test_host_copies_leave_cpu_tensors_in_place():
     got = host_copies(t)
     assert got["a"].data_ptr() == t["a"].data_ptr() and got["b"].is_contiguous()
     assert torch.equal(got["b"], t["b"]) and list(got) == ["a", "b"]
+
+
+def test_a_checkpoint_written_by_safetensors_own_writer_still_loads(tmp_path):
+    """Checkpoints of earlier versions (safetensors' writer, the digest written over a placeholder of its length)
+    load and verify as before: a run interrupted before an upgrade resumes after it."""
+    from safetensors.torch import save as st_save
+
+    tensors, info = {"w": torch.randn(3, 2), "step": torch.tensor(9.0)}, '{"epoch": 4}'
+    placeholder = "0" * 64
+    data = bytearray(st_save(tensors, metadata={"mambacast": info, "sha256": placeholder}))
+    length = int.from_bytes(data[:8], "little")
+    entries = {k: v for k, v in json.loads(data[8:8 + length]).items() if k != "__metadata__"}
+    digest = content_digest(entries, bytes(data[8 + length:]), info)
+    slot = bytes(data[:8 + length]).find(placeholder.encode())
+    data[slot:slot + 64] = digest.encode()
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(bytes(data))
+    loaded, got_info = ModelStore(tmp_path).load_tensors(path)
+    assert got_info == {"epoch": 4} and all(torch.equal(loaded[k], tensors[k]) for k in tensors)

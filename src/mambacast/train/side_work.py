@@ -2,14 +2,16 @@
 training plot.
 
 A stored model carries its classical fits (`blend.Blend`, fitted on the symbol's closes) and a PNG of its
-training curves. Training one symbol, they cost about 0.15 s and 0.35 s after the epochs; for a stack of 50
-symbols trained on a GPU that is 25-30 s of one CPU core after the last epoch (29.7 s on an H100 machine,
-docs/benchmarks.md), while the machine's other cores idle. `SideWork` sends them to a pool of processes:
-the fits as soon as the stack's data is prepared (they read only the closes, so they run while the GPU trains),
-the plots when the stack has finished. Results are the same values computed elsewhere; a job that fails in the
-pool is computed again in this process, so its error (if any) is reported as it would be without the pool.
+training curves. Training one symbol, they cost about 0.15 s and 0.2-0.35 s after the epochs; for a stack of 50
+symbols trained on a GPU that was 29.7 s of one CPU core after the last epoch on an H100 machine (5.7 s with this
+module, docs/benchmarks.md), while the machine's other cores idled. `SideWork` sends them to a pool of
+processes: the fits as soon as the stack's data is prepared (they read only the closes, so they run while the
+GPU trains), the plots when the stack has finished. Results are the same values computed elsewhere; a job that
+fails in the pool is computed again in this process, so its error (if any) is reported as it would be without
+the pool, and a pool that cannot start processes leaves all of it to this process.
 
-Used only where it pays: the stack trains on an accelerator (a CPU stack keeps every core busy itself) and the
+Used only when asked for (`train_symbols(..., side_work=True)`: spawned workers import the caller's script
+again) and where it pays: the stack trains on an accelerator (a CPU stack keeps every core busy itself) and the
 machine has at least 4 cores.
 """
 

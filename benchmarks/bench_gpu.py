@@ -243,7 +243,8 @@ def scan_sweep(device: torch.device, cfg: MambaConfig, batch: int) -> list[dict]
             try:
                 # the launcher reads these module globals at every call
                 tscan.BLOCK_D, tscan.SEG = block_d, seg
-                tscan._launch_config = lambda d_state, w=warps: (max(2, triton.next_power_of_2(d_state)), w)
+                tscan._launch_config = lambda d_state, programs, w=warps: (max(2, triton.next_power_of_2(d_state)),
+                                                                            w)
                 grads = run()
                 if reference is None:
                     reference = tuple(t.float() for t in grads)

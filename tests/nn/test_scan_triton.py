@@ -181,3 +181,15 @@ def test_triton_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         selective_scan_triton(**kwargs)
     assert os.environ["TRITON_INTERPRET"] == "0"
+
+
+def test_warps_per_program_follow_the_number_of_programs():
+    """One warp per (16, 16) state block when the GPU is full (training batches), two when few programs run
+    (small batches, long sequences), as measured on an H100 (ops/triton/scan.py, `_launch_config`)."""
+    from mambacast.ops.triton.scan import MANY_PROGRAMS, _launch_config
+
+    assert _launch_config(16, 1024 * 8) == (16, 1)
+    assert _launch_config(16, MANY_PROGRAMS) == (16, 1)
+    assert _launch_config(16, MANY_PROGRAMS - 1) == (16, 2)
+    assert _launch_config(16, 1 * 8 * 128) == (16, 2)           # the 1,000,000-step forward
+    assert _launch_config(5, 10**5) == (8, 1) and _launch_config(64, 10**5) == (64, 4)

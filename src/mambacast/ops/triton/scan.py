@@ -54,13 +54,20 @@ def _strides(t: Tensor | None, n: int) -> tuple[int, ...]:
     return tuple(t.stride()) if t is not None else (0,) * n
 
 
-def _launch_config(d_state: int) -> tuple[int, int]:
-    """(BLOCK_N, num_warps): the state block padded to a power of two, and about 256 state elements per warp
-    (8 per thread). Measured on one H100 (benchmarks/bench_gpu.py, section scan_sweep: forward + backward at
-    batch 1024 and the guide's shapes, 2026-11-28): one warp for the (16, 16) block took 1.55 ms, two 2.08 ms,
-    four 2.71 ms; smaller channel blocks (8 or 4 channels, one warp) 1.77-2.01 ms."""
+MANY_PROGRAMS = 4096   # from this many programs on, one warp each (about what an H100 keeps resident at once)
+
+
+def _launch_config(d_state: int, programs: int) -> tuple[int, int]:
+    """(BLOCK_N, num_warps): the state block padded to a power of two; 256 state elements per warp (8 per thread)
+    when there are MANY_PROGRAMS or more (training batches: the GPU is full and fewer threads per program cost
+    less), 128 (4 per thread) when there are fewer (small batches, long sequences: each program's sequential steps
+    are the critical path and more threads shorten them). Measured on one H100 (docs/benchmarks.md, "GPU,
+    2026-11-28"): at batch 1024 (8192 programs) one warp per (16, 16) block took 1.55 ms forward + backward, two
+    2.08 ms; the 1,000,000-step forward (1024 programs) took 0.115 s with two and 0.130 s with one (runs 2 and 4,
+    which also changed the conv)."""
     block_n = max(2, triton.next_power_of_2(d_state))
-    return block_n, max(1, min(8, BLOCK_D * block_n // 256))
+    per_warp = 256 if programs >= MANY_PROGRAMS else 128
+    return block_n, max(1, min(8, BLOCK_D * block_n // per_warp))
 
 
 def _compute_dtype(*tensors: Tensor | None) -> tuple[torch.dtype, tl.dtype]:
@@ -79,10 +86,10 @@ def _forward(u: Tensor, delta: Tensor, A3: Tensor, B: Tensor, C: Tensor, D2: Ten
     rows = batch // n_models
     ctype, tl_ctype = _compute_dtype(u, delta, A3, B, C, D2, z, bias2, h0)
     out_dtype = functools.reduce(torch.promote_types, [t.dtype for t in (u, delta, B, C, z) if t is not None])
-    block_n, warps = _launch_config(dstate)
     n_dblocks = triton.cdiv(dim, BLOCK_D)
     chunk = forward_chunks(batch, seq_len, dim) if chunk_len is None else triton.cdiv(chunk_len, SEG) * SEG
     n_chunks = max(1, triton.cdiv(seq_len, chunk))
+    block_n, warps = _launch_config(dstate, batch * n_dblocks * n_chunks)
     y = torch.empty(batch, seq_len, dim, dtype=out_dtype, device=u.device)
     h_last = torch.empty(batch, dim, dstate, dtype=ctype, device=u.device)
     saved = torch.empty(batch, triton.cdiv(seq_len, SEG), dim, dstate, dtype=ctype, device=u.device) if save else None
@@ -123,8 +130,8 @@ def _backward(u: Tensor, delta: Tensor, A3: Tensor, B: Tensor, C: Tensor, D2: Te
     batch, seq_len, dim = u.shape
     n_models, _, dstate = A3.shape
     ctype, tl_ctype = saved.dtype, (tl.float64 if saved.dtype == torch.float64 else tl.float32)
-    block_n, warps = _launch_config(dstate)
     n_dblocks = triton.cdiv(dim, BLOCK_D)
+    block_n, warps = _launch_config(dstate, batch * n_dblocks)
     dev = u.device
     du, ddelta = torch.empty(u.shape, dtype=u.dtype, device=dev), torch.empty(u.shape, dtype=delta.dtype, device=dev)
     dz = torch.empty(u.shape, dtype=z.dtype, device=dev) if z is not None else du

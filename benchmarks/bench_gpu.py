@@ -28,6 +28,8 @@ Sections, in this order; one that would start after --budget-s seconds is skippe
    SWEEP (channels per program, warps, steps per saved state), each checked against the default's gradients.
 8. one training-state checkpoint of the guide's model brought to the host tensor by tensor (`.cpu()`) and by
    `tensorfile.host_copies` (one transfer per device), and the whole `ModelStore.save_tensors` call.
+9. the causal conv + SiLU alone, forward + backward, eager, batch 32 and 1024: the Triton kernels against
+   PyTorch's conv1d path (what launching them costs shows at batch 32).
 `--sections` picks and orders them (default: all, in this order).
 Prices in 1 and 2 are synthetic random walks (training time does not depend on the values), so no sample
 data package is needed. Without CUDA the script runs the smoke sizes on the CPU and says so: those are no
@@ -335,6 +337,32 @@ def checkpoint_rows(device: torch.device, cfg: MambaConfig, repeats: int = 20) -
                 "save_tensors_ms": timed(lambda: store.save_tensors(Path(root, "state.safetensors"), tensors))}
 
 
+def conv_rows(device: torch.device, cfg: MambaConfig, batches: list[int]) -> list[dict]:
+    """The block's causal conv + SiLU alone, forward + backward, eager (so launch costs show) at the guide's
+    shapes in bf16 as training feeds it: the Triton kernels against PyTorch's conv1d path; median ms."""
+    from mambacast.nn.fused import causal_conv1d_ref
+
+    rows = []
+    d, K = cfg.expand * cfg.d_model, cfg.d_conv
+    if not triton_ops.runs_on(device):
+        return [{"skipped": "Triton cannot run on this device"}]
+    from mambacast.ops.triton.conv import triton_causal_conv1d
+
+    for batch in batches:
+        xz = torch.randn(batch, SEQ_LEN, 2 * d, device=device, dtype=torch.bfloat16)
+        x = xz[..., :d].detach().requires_grad_()
+        w = torch.randn(d, K, device=device, requires_grad=True)
+        b = torch.randn(d, device=device, requires_grad=True)
+        dy = torch.randn(batch, SEQ_LEN, d, device=device, dtype=torch.bfloat16)
+        for name, fn in (("triton", triton_causal_conv1d), ("pytorch conv1d", causal_conv1d_ref)):
+            def run(fn=fn, args=(x, w, b), dy=dy) -> None:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    out = fn(*args)
+                torch.autograd.grad(out, args, dy)
+            rows.append({"batch": batch, "conv": name, "fwd_bwd_ms": median_ms(run, device, warmup=3, repeats=30)})
+    return rows
+
+
 def walk(seed: int, days: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.015, days)))
@@ -418,7 +446,7 @@ def stacked(device: torch.device, cfg: MambaConfig, n_symbols: int, days: int, e
 
 # the end-to-end targets first: they are what a user waits for
 SECTIONS = ("one_symbol_50_epochs", "stack", "train_step", "forward_1m", "profile", "one_symbol_profile", "scan_sweep",
-            "checkpoint")
+            "checkpoint", "conv")
 
 
 def main() -> None:
@@ -480,6 +508,7 @@ def main() -> None:
         "one_symbol_profile": lambda: one_symbol_profile(device, cfg, 300 if smoke else 1000, 1 if smoke else 50),
         "scan_sweep": lambda: scan_sweep(device, cfg, 4 if smoke else 1024),
         "checkpoint": lambda: checkpoint_rows(device, MambaConfig()),   # the guide's size on any device: cheap
+        "conv": lambda: conv_rows(device, cfg, [4] if smoke else [32, 1024]),
     }
     for name in args.sections.split(","):
         if name not in runs:

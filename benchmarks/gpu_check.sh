@@ -93,8 +93,8 @@ grep -h -E "^(FAILED|ERROR) |^SKIPPED.*cuda" "$OUT"/tests-*.log | head -n 40
 
 stamp "2. benchmark"
 # shellcheck disable=SC2206 # BENCH_ARGS is a list of arguments
-default_args="--budget-s 205 --stack-epochs 50 --sections one_symbol_50_epochs,train_step,profile,checkpoint,stack,\
-forward_1m,scan_sweep,one_symbol_profile"
+default_args="--budget-s 205 --stack-epochs 50 --sections one_symbol_50_epochs,train_step,profile,checkpoint,conv,\
+stack,forward_1m,scan_sweep,one_symbol_profile"
 bench=(benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json" ${BENCH_ARGS:-$default_args})
 (( smoke )) && bench+=(--smoke)
 timeout "${BENCH_TIMEOUT:-235}" $PY "${bench[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v '^{"batch"'

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from typing import Any
 
 import torch
@@ -78,6 +79,8 @@ def host_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _layout(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], list[tuple[str, torch.Tensor]]]:
     """(header entries, (name, tensor) in file order): largest element size first, then by name."""
+    if sys.byteorder != "little":   # the format is little-endian and the bytes are copied as they lie in memory
+        raise RuntimeError("mambacast writes tensor files on little-endian machines only")
     for k, t in tensors.items():
         if t.dtype not in DTYPE_NAMES:
             raise TypeError(f"tensor {k!r} has dtype {t.dtype}, which the store does not write")

@@ -76,7 +76,8 @@ def _conv_fwd_kernel(x_ptr, prev_ptr, w_ptr, bias_ptr, out_ptr, seqlen, dim, row
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     model = b // rows_per_model
-    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    # int64 steps: step x stride passes 2^31 on long sequences
+    offs_t = tl.program_id(1).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     pre = _pre(x_ptr, prev_ptr, w_ptr, bias_ptr, b, model, offs_t, offs_d, mask_d, seqlen,
@@ -99,7 +100,7 @@ def _conv_bwd_kernel(x_ptr, prev_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr,
     b = tl.program_id(0).to(tl.int64)
     pt = tl.program_id(1)
     model = b // rows_per_model
-    offs_t = pt * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_t = pt.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)     # int64 as in the forward
     offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < dim
     dx = tl.zeros([BLOCK_T, BLOCK_D], dtype=COMPUTE)

@@ -62,7 +62,7 @@ def test_graphed_training_equals_the_eager_loop(monkeypatch):
     start = MambaModel(SMALL, 6).to("cuda")
     for (name, p), q, p0 in zip(graphed.model.named_parameters(), eager.model.parameters(), start.parameters(),
                                 strict=True):
-        assert (p - q).norm() <= 0.05 * (q - p0).norm(), name
+        assert (p - q).norm() <= 0.1 * (q - p0).norm(), name
 
 
 def test_a_learning_rate_change_is_captured_again(monkeypatch):

@@ -131,9 +131,13 @@ def test_graphed_stack_equals_the_eager_stack(monkeypatch):
     (graphed, h_graph), (eager, h_eager) = runs[True], runs[False]
     for a, b in zip(h_graph, h_eager, strict=True):
         assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-3)
-    for g, e in zip(graphed, eager, strict=True):
-        for (name, p), q in zip(g.model.named_parameters(), e.model.parameters(), strict=True):
-            assert torch.allclose(p, q, rtol=1e-3, atol=1e-4), name
+    for seed, g, e in zip((1, 2, 3), graphed, eager, strict=True):
+        torch.manual_seed(seed)
+        start = MambaModel(SMALL, 6).to("cuda")     # as stacked_trainers made it
+        # as in test_graphed_training_equals_the_eager_loop: far closer to each other than to the start
+        for (name, p), q, p0 in zip(g.model.named_parameters(), e.model.parameters(), start.parameters(),
+                                    strict=True):
+            assert (p - q).norm() <= 0.1 * (q - p0).norm(), name
         assert float(g.optimizer.state[next(g.model.parameters())]["step"]) == 12   # 3 epochs x 4 batches
 
 

@@ -1,8 +1,15 @@
 """Suite-wide: tests marked `cuda` need a CUDA GPU and skip, saying so, on machines without one; `ray_cluster`
-is a real local Ray cluster (2 CPUs) for one test module."""
+is a real local Ray cluster (2 CPUs) for one test module. Without a GPU the Triton kernels' tests run under
+Triton's interpreter (tests/nn/triton_env.py), which Triton reads when it is first imported, and importing
+mambacast imports it (through torch's compiler): so it is switched on here, before any test module loads."""
+
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

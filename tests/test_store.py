@@ -338,3 +338,17 @@ def test_the_write_probe_is_unnamed_and_refuses_a_read_only_folder(tmp_path, mon
         assert not named, "the probe created a named file"
     with pytest.raises(OSError):
         prove_writable(Path("/sys/kernel"))      # sysfs: no new files, root included
+
+
+def test_a_store_given_a_relative_folder_saves_and_loads(tmp_path, monkeypatch):
+    """The CLI's default store is the relative models/mamba: staged files (which tempfile names absolutely) must
+    still switch into it (`make train` failed on every symbol with "is not in the subpath of 'models/mamba'")."""
+    monkeypatch.chdir(tmp_path)
+    store, model = saved_store(Path("models/mamba"))
+    assert not store.root.is_absolute()
+    loaded, meta = store.load_model("AAPL")
+    torch.testing.assert_close(loaded(torch.ones(1, 5, N_FEATURES)), model.eval()(torch.ones(1, 5, N_FEATURES)))
+    assert meta["weights_file"] == "weights/AAPL.safetensors"
+    assert not list((tmp_path / "models/mamba").glob(".*commit.json"))    # the switch finished
+    store.save_model("AAPL", model, complete_metadata("AAPL"))            # and a second one over it
+    assert store.is_complete("AAPL")

@@ -120,12 +120,18 @@ def journal_path(root: Path, name: str) -> Path:
 
 def commit(root: Path, name: str, staged: list[StagedFile]) -> None:
     """Rename every staged file into place as one switch (see the module docstring); `staged` in switch order."""
-    root = Path(root)
-    entries = [{"tmp": str(s.tmp.relative_to(root)), "final": str(s.final.relative_to(root)), "sha256": s.sha256}
-               for s in staged]
+    # Absolute paths on both sides: tempfile makes the staged names absolute, while the store's root (the CLI's
+    # default models/mamba) may be relative.
+    root = Path(os.path.abspath(root))
+    entries = [{"tmp": str(_absolute(s.tmp).relative_to(root)), "final": str(_absolute(s.final).relative_to(root)),
+                "sha256": s.sha256} for s in staged]
     atomic_write_bytes(journal_path(root, name), json.dumps({"files": entries}, indent=1).encode())
     _fsync_dir(root)
     _apply(root, name)
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
 
 
 def recover(root: Path, name: str) -> bool:

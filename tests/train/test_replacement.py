@@ -135,3 +135,14 @@ def test_metrics_of_a_run_in_progress_stay_out_of_the_stored_model(store_copy):
     stored = json.loads(store.metrics_path("AAPL").read_text())
     assert run_metrics["history"] == stored["history"] and "validation" in stored
     assert Path(store.metrics_path("AAPL")).parent.name == "metrics"
+
+
+def test_train_and_predict_into_the_default_relative_store(tmp_path, monkeypatch, capsys):
+    """`mambacast train` without --save-dir writes models/mamba under the working directory (relative), as the
+    README's `make train` does; `predict` then reads it from there."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--symbols", "AAPL", "--quiet", *TINY]) == 0
+    assert ModelStore("models/mamba").is_complete("AAPL")
+    capsys.readouterr()
+    assert main(["predict", "--symbols", "AAPL"]) == 0
+    assert "AAPL" in capsys.readouterr().out

@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..amp import same_autocast_backward, same_autocast_forward
-from .scan import _compute_dtype, _on_device
+from .scan import _compute_dtype, _on_device, _strides
 
 __all__ = ["triton_causal_conv1d"]
 
@@ -127,10 +127,6 @@ def _conv_bwd_kernel(x_ptr, prev_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr,
                 tl.store(dw_ptr + row * dim * K + offs_d * K + k, tl.sum(dpre * xv, axis=0), mask=mask_d)
     tl.store(dx_ptr + b * s_gb + offs_t[:, None] * s_gl + offs_d[None, :] * s_gd, dx.to(dx_ptr.dtype.element_ty),
              mask=(offs_t < seqlen)[:, None] & mask_d[None, :])
-
-
-def _strides(t: Tensor | None, n: int) -> tuple[int, ...]:
-    return tuple(t.stride()) if t is not None else (0,) * n
 
 
 def _args(x: Tensor, w3: Tensor, bias2: Tensor | None, x_prev: Tensor | None) -> tuple:

@@ -243,14 +243,15 @@ class _MambaInner(torch.autograd.Function):
         dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
         dxz = torch.empty_like(xz)
         dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
-        dxc, _, _, dA, dB, dC, dD, ddt_bias, dh0, ddt_low, d_dt_wt = ops.scan_bwd(
-            xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk,
-            dxz[..., d:] if ctx.gated else None, False)
-
+        out = ops.scan_bwd(xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk,
+                           dxz[..., d:] if ctx.gated else None, False)
+        dxc, dh0 = out[0], out[8]
+        # The gradient of x_proj's output (dt_low, B, C side by side), partial over channel groups, and the per-row
+        # partials of dA, dD, dt_proj's bias and weight in one tensor: one reduction each.
+        dx_dbl = _per_model(out[11], None).view(-1, R + 2 * N)                             # (b*l, R+2N)
         M = ctx.n_models
-        # ddt_low, dB, dC: partial sums over the kernel's channel groups (leading dimension).
-        dx_dbl = torch.cat([_per_model(ddt_low, None).view(-1, R), _per_model(dB, None).view(-1, N),
-                            _per_model(dC, None).view(-1, N)], dim=1)                      # (b*l, R+2N)
+        parts = _per_model(out[12], M)                                                  # ([M,] (N+2+R) d)
+        dA, dD, ddt_bias, d_dt_wt = torch.split(parts, [N * d, d, d, R * d], dim=-1)
         if M is None:
             d_x_proj_weight = dx_dbl.t() @ xc.view(-1, d)
             dxc.view(-1, d).addmm_(dx_dbl, x_proj_weight)
@@ -260,12 +261,14 @@ class _MambaInner(torch.autograd.Function):
             dxc.view(M, -1, d).baddbmm_(dx_dbl, x_proj_weight)
         _, dw, db, dxp = ops.conv_bwd(x, wt, conv_bias, conv_state, dxc, True, dxz[..., :d])
         need = ctx.needs_input_grad
+        lead = At.shape[:-2]     # () or (M,)
         return (dxz, _per_model(dw, M).transpose(-1, -2) if need[1] else None,
                 _per_model(db, M) if conv_bias is not None and need[2] else None,
-                d_x_proj_weight if need[3] else None, _per_model(d_dt_wt, M).transpose(-1, -2) if need[4] else None,
-                _per_model(ddt_bias, M) if dt_proj_bias is not None and need[5] else None,
-                _per_model(dA, M).transpose(-1, -2) if need[6] else None,
-                _per_model(dD, M) if D is not None and need[7] else None,
+                d_x_proj_weight if need[3] else None,
+                d_dt_wt.view(*lead, R, d).transpose(-1, -2) if need[4] else None,
+                ddt_bias if dt_proj_bias is not None and need[5] else None,
+                dA.view(*lead, N, d).transpose(-1, -2) if need[6] else None,
+                dD if D is not None and need[7] else None,
                 dxp if conv_state is not None and need[8] else None,
                 dh0.transpose(1, 2) if ctx.has_h0 and need[9] else None)
 

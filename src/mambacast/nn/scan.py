@@ -345,7 +345,7 @@ class _FusedScan(torch.autograd.Function):
         dy = torch.zeros_like(u) if dy is None else _unit_last(dy)
         dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
         need = ctx.needs_input_grad
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, _, _ = load().scan_bwd(
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, *_ = load().scan_bwd(
             u, delta, At, B, C, D, z, delta_bias, None, hsave, ypre, dy, dhl, ctx.softplus, ctx.chunk, None, need[1])
 
         def total(partial: Tensor) -> Tensor:   # partial sums over a leading dimension

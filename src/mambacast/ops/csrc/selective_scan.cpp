@@ -87,15 +87,21 @@ struct Args {
   // backward outputs
   T *du = nullptr, *ddelta = nullptr, *dz = nullptr;  // (batch, L, d); dz rows strided
   int64_t dz_sb = 0, dz_sl = 0;
-  T* dA = nullptr;                                    // (batch, N, d) partial over batch
-  T* dB = nullptr;                                    // (groups, batch, L, N) partial over channel groups
-  T* dC = nullptr;
-  T* dD = nullptr;     // (batch, d)
-  T* dbias = nullptr;  // (batch, d)
-  T* dh0 = nullptr;    // (batch, N, d)
+  // Partials over batch rows, packed in one (batch, pstride) tensor (one sum reduces them all): row b holds dA
+  // (N, d), dD (d), dbias (d), dW (R, d); each pointer below is row 0's part.
+  int64_t pstride = 0;
+  T* dA = nullptr;
+  T* dD = nullptr;
+  T* dbias = nullptr;
+  T* dW = nullptr;      // fused dt_proj
+  // Partials over channel groups, packed along their last dimension in one (groups, batch, L, dstride) tensor laid
+  // out like x_proj's output (dt_low, B, C): the caller uses it as that output's gradient without a concatenation.
+  int64_t dstride = 0;
+  T* ddtlow = nullptr;  // (.., R) (fused dt_proj)
+  T* dB = nullptr;      // (.., N)
+  T* dC = nullptr;      // (.., N)
+  T* dh0 = nullptr;     // (batch, N, d)
   bool write_ddelta = true;
-  T* ddtlow = nullptr;  // (groups, batch, L, R) partial over channel groups (fused dt_proj)
-  T* dW = nullptr;      // (batch, R, d) partial over batch (fused dt_proj)
 };
 
 // Per-thread scratch, in vectors: per-step buffers for one chunk, per-state arrays, and the
@@ -265,8 +271,8 @@ inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0
     s.sA[i] = sA;
     s.sB[i] = sB;
     const V sums = lane_sums(red);
-    T* db = dBrow + (t0 + i) * N + n0;
-    T* dc = dCrow + (t0 + i) * N + n0;
+    T* db = dBrow + (t0 + i) * a.dstride + n0;
+    T* dc = dCrow + (t0 + i) * a.dstride + n0;
     if (FULL) {  // lanes 0..G-1 of sums are dB, G..2G-1 are dC: two half-vector read-modify-writes
       using H = typename VT<T>::H;
       static_assert(sizeof(H) * 2 == sizeof(V) && 2 * G == VT<T>::L, "half vector");
@@ -369,9 +375,10 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
     Wv[k] = vload(a.Wt + k * d + c0, cnt);
     dWacc[k] = V{};
   }
-  T* dLrow = a.ddtlow ? a.ddtlow + (group * a.batch + b) * a.L * R : nullptr;
-  T* dBrow = a.dB + (group * a.batch + b) * a.L * N;
-  T* dCrow = a.dC + (group * a.batch + b) * a.L * N;
+  const int64_t drow = (group * a.batch + b) * a.L * a.dstride;
+  T* dLrow = a.ddtlow ? a.ddtlow + drow : nullptr;
+  T* dBrow = a.dB + drow;
+  T* dCrow = a.dC + drow;
   for (int64_t k = a.K - 1; k >= 0; --k) {
     const int64_t t0 = k * a.chunk, T_ = std::min(a.chunk, a.L - t0);
     // Recompute the chunk's exp(delta A) and states (into s.ab, s.hb) from the state entering it.
@@ -422,19 +429,20 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
           red[k] = ddt * Wv[k];
           dWacc[k] += ddt * lo[k];
         }
-        add_lane_sums_small<T>(red, R, dLrow + t * R);
+        add_lane_sums_small<T>(red, R, dLrow + t * a.dstride);
       }
       vstore(a.du + (b * a.L + t) * d + c0, s.sB[i] * s.dt[i] + Dv * s.dy[i], cnt);
       dDacc += s.dy[i] * s.uu[i];
     }
   }
+  const int64_t prow = b * a.pstride;
   for (int64_t n = 0; n < N; ++n) {
-    vstore(a.dA + (b * N + n) * d + c0, s.dA[n], cnt);
+    vstore(a.dA + prow + n * d + c0, s.dA[n], cnt);
     vstore(a.dh0 + (b * N + n) * d + c0, s.g[n], cnt);
   }
-  vstore(a.dD + b * d + c0, dDacc, cnt);
-  vstore(a.dbias + b * d + c0, dbiasacc, cnt);
-  for (int k = 0; k < R; ++k) vstore(a.dW + (b * R + k) * d + c0, dWacc[k], cnt);
+  vstore(a.dD + prow + c0, dDacc, cnt);
+  vstore(a.dbias + prow + c0, dbiasacc, cnt);
+  for (int k = 0; k < R; ++k) vstore(a.dW + prow + k * d + c0, dWacc[k], cnt);
 }
 
 // ---------------------------------------------------------------- drivers
@@ -608,9 +616,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
 
 // Returns [du, ddelta (gradient of the delta input before bias/softplus; empty unless
 // need_ddelta), dz (or dz_out), dA (batch, N, d) partial, dB, dC (groups, batch, L, N) partial,
-// dD (batch, d) partial, dbias (batch, d) partial, dh0 (batch, N, d), and with the fused dt_proj
-// d dt_low (groups, batch, L, R) partial and dW (batch, R, d) partial]. Partials are summed over
-// their leading dimension by the caller.
+// dD (batch, d) partial, dbias (batch, d) partial, dh0 (batch, N, d), with the fused dt_proj
+// d dt_low (groups, batch, L, R) partial and dW (batch, R, d) partial, then the two tensors those
+// partials are views of: (groups, batch, L, R + 2N) holding d dt_low, dB, dC side by side, and
+// (batch, (N + 2 + R) d) holding dA, dD, dbias, dW]. Partials are summed over their leading
+// dimension by the caller.
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At,
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
@@ -650,14 +660,17 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   } else {
     dz = at::empty({z ? batch : 0, L, d}, opt);
   }
-  at::Tensor dA = at::empty({batch, N, d}, opt);
-  at::Tensor dB = at::zeros({groups, batch, L, N}, opt);
-  at::Tensor dC = at::zeros({groups, batch, L, N}, opt);
-  at::Tensor dD = at::empty({batch, d}, opt);
-  at::Tensor dbias = at::empty({batch, d}, opt);
+  const int64_t P = (N + 2 + R) * d, S = R + 2 * N;
+  at::Tensor partials = at::empty({batch, P}, opt);
+  at::Tensor dA = partials.narrow(1, 0, N * d).view({batch, N, d});
+  at::Tensor dD = partials.narrow(1, N * d, d);
+  at::Tensor dbias = partials.narrow(1, (N + 1) * d, d);
+  at::Tensor dW = partials.narrow(1, (N + 2) * d, R * d).view({batch, R, d});
+  at::Tensor dxdbl = at::zeros({groups, batch, L, S}, opt);
+  at::Tensor ddtlow = dxdbl.narrow(3, 0, R);
+  at::Tensor dB = dxdbl.narrow(3, R, N);
+  at::Tensor dC = dxdbl.narrow(3, R + N, N);
   at::Tensor dh0 = at::empty({batch, N, d}, opt);
-  at::Tensor ddtlow = R ? at::zeros({groups, batch, L, R}, opt) : at::empty({0}, opt);
-  at::Tensor dW = at::empty({R ? batch : 0, R, d}, opt);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambacast_scan_bwd", [&] {
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
@@ -673,19 +686,23 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
       a.dz_sb = dz.stride(0);
       a.dz_sl = dz.stride(1);
     }
-    a.dA = dA.data_ptr<scalar_t>();
-    a.dB = dB.data_ptr<scalar_t>();
-    a.dC = dC.data_ptr<scalar_t>();
-    a.dD = dD.data_ptr<scalar_t>();
-    a.dbias = dbias.data_ptr<scalar_t>();
+    scalar_t* part = partials.data_ptr<scalar_t>();
+    a.pstride = P;
+    a.dA = part;
+    a.dD = part + N * d;
+    a.dbias = part + (N + 1) * d;
     a.dh0 = dh0.data_ptr<scalar_t>();
+    scalar_t* dx = dxdbl.data_ptr<scalar_t>();
+    a.dstride = S;
+    a.dB = dx + R;
+    a.dC = dx + R + N;
     if (R) {
-      a.ddtlow = ddtlow.data_ptr<scalar_t>();
-      a.dW = dW.data_ptr<scalar_t>();
+      a.ddtlow = dx;
+      a.dW = part + (N + 2) * d;
     }
     run_bwd<scalar_t>(a, groups);
   });
-  return {du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, ddtlow, dW};
+  return {du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, ddtlow, dW, dxdbl, partials};
 }
 
 // ---------------------------------------------------------------- causal depthwise conv1d (+ SiLU)

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from ..config import TrainConfig
 from ..ops.amp import cpu_bf16_autocast, cuda_bf16_autocast
 from ..ops.heap import kept_heap
 from .callbacks import Callback
+from .flat import FlatAdam
 from .graphs import GraphedSteps, graphs_enabled
 from .objective import crps_student_t_np, objective
 
@@ -96,6 +97,8 @@ class Trainer:
                                           weight_decay=config.weight_decay, capturable=self._graphs,
                                           fused=self._fused or None)
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._flat: FlatAdam | None = None   # during a CPU fit, from its second step (`_flat_update`)
+        self._flat_pending = False
         self._graphed: GraphedSteps | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self._has_distribution = hasattr(model, "forward_distribution")
@@ -140,6 +143,34 @@ class Trainer:
         Xv, yv = _as_tensor(X_val, self.device), _as_tensor(y_val, self.device)
         if resume_from is not None:
             self.load_training_state(*resume_from)
+        with self._flat_update():
+            return self._fit_epochs(Xt, yt, Xv, yv)
+
+    @contextlib.contextmanager
+    def _flat_update(self) -> Iterator[None]:
+        """On the CPU, the parameters that receive gradients, their gradients and Adam's moments in flat buffers
+        while the fit runs, from its second step on (`train.flat`: the clipping and the update as a few
+        whole-buffer ops instead of per-parameter Python loops; the first step finds which parameters take part)."""
+        self._flat_pending = self.device.type == "cpu" and not self._graphs
+        try:
+            yield
+        finally:
+            self._flat_pending = False
+            self._end_flat()
+
+    def _start_flat(self) -> None:
+        self._flat_pending = False
+        try:
+            self._flat = FlatAdam(self.optimizer, [p for p in self._params if p.grad is not None])
+        except ValueError as e:   # e.g. parameters of two dtypes: the per-parameter update
+            log.debug("per-parameter Adam: %s", e)
+
+    def _end_flat(self) -> None:
+        if self._flat is not None:
+            self._flat.release()
+            self._flat = None
+
+    def _fit_epochs(self, Xt: Tensor, yt: Tensor, Xv: Tensor, yv: Tensor) -> list[dict[str, float]]:
         history: list[dict[str, float]] = []
         self.stop_training = False
         for cb in self.callbacks:
@@ -195,7 +226,7 @@ class Trainer:
                 loss_t, ae_t = self._forward_loss(xb, yb)
                 if not torch.isfinite(loss_t):   # checked before the step, so the weights stay finite
                     raise NonFiniteLossError.at(loss_t.item(), epoch, b)
-                self.optimizer.zero_grad(set_to_none=True)
+                self._zero_grad()
                 self._update(loss_t)
                 loss, ae = loss_t.item(), ae_t.item()
             sum_loss += loss * len(idx)
@@ -217,12 +248,25 @@ class Trainer:
             loss = (pred - yb).pow(2).mean()
         return loss, (pred.detach() - yb).abs().mean()
 
+    def _zero_grad(self) -> None:
+        if self._flat is not None:
+            self._flat.zero_grad()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def _update(self, loss: Tensor) -> None:
         """Backward, clipping by global norm, Adam; the gradients must be None or zero beforehand."""
         loss.backward()
+        if self._flat is not None:
+            if self._flat.clip_and_step(self.config.clipnorm):
+                return
+            log.debug("a parameter outside the flat Adam buffers received a gradient: per-parameter Adam from now on")
+            self._end_flat()
         # the optimizer's own list: walking model.parameters() (the module tree) costs more than the clipping
         nn.utils.clip_grad_norm_(self._params, self.config.clipnorm)
         self.optimizer.step()
+        if self._flat_pending:
+            self._start_flat()
 
     def _graph_step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """The whole step as `GraphedSteps` captures it."""

@@ -76,17 +76,39 @@ def autocast_enabled(device: torch.device) -> bool:
 
 
 def float32_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """`torch.amp.custom_fwd(cast_inputs=torch.float32)` for the CPU and for CUDA (pair with `autocast_backward`)."""
-    for device_type in _DEVICE_TYPES:
-        forward = torch.amp.custom_fwd(forward, device_type=device_type, cast_inputs=torch.float32)
-    return forward
+    """`torch.amp.custom_fwd(cast_inputs=torch.float32)` for the CPU and for CUDA (pair with `autocast_backward`):
+    where autocast is on, the floating tensor arguments on that device type (float64 excepted) arrive as float32
+    and the forward runs with it off. One wrapper for both device types, which returns at once when autocast is
+    off everywhere (the common case: the two stacked decorators cost more than a small kernel call)."""
+    @functools.wraps(forward)
+    def wrapper(ctx: Any, *args: Any) -> Any:
+        on = [d for d in _DEVICE_TYPES if torch.is_autocast_enabled(d)]
+        if not on:
+            return forward(ctx, *args)
+        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64
+                     and a.device.type in on else a for a in args)
+        with contextlib.ExitStack() as stack:
+            for d in on:
+                stack.enter_context(torch.autocast(d, enabled=False))
+            return forward(ctx, *args)
+
+    return wrapper
 
 
 def autocast_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
-    """`torch.amp.custom_bwd` for the CPU and for CUDA: the backward of a `float32_forward` runs with autocast off."""
-    for device_type in _DEVICE_TYPES:
-        backward = torch.amp.custom_bwd(backward, device_type=device_type)
-    return backward
+    """The backward of a `float32_forward` runs with autocast off on the CPU and CUDA (as `torch.amp.custom_bwd` does
+    for a `custom_fwd` with `cast_inputs`), switching it off only where it is on."""
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Any) -> Any:
+        on = [d for d in _DEVICE_TYPES if torch.is_autocast_enabled(d)]
+        if not on:
+            return backward(ctx, *grads)
+        with contextlib.ExitStack() as stack:
+            for d in on:
+                stack.enter_context(torch.autocast(d, enabled=False))
+            return backward(ctx, *grads)
+
+    return wrapper
 
 
 def same_autocast_forward(forward: Callable[..., Any]) -> Callable[..., Any]:

@@ -37,8 +37,15 @@ def fused_ops(*tensors: Tensor, d_state: int = 1):
     dtype, kernel built, `MAMBACAST_SCAN` auto or fused), else None. Under autocast the fused Functions
     compute in float32 (`ops.amp`), so autocast's bfloat16 counts as float32 (`compute_dtype`)."""
     t = tensors[0]
-    dtype = compute_dtype(t)
-    if any(compute_dtype(x) != dtype or x.device != t.device for x in tensors) or not fused_enabled(t, d_state):
+    if not t.is_cpu:
+        return None
+    dtype = t.dtype
+    # (dtype and is_cpu first: this runs before every fused call, and comparing torch.device objects costs more)
+    if not all(x.dtype == dtype and x.is_cpu for x in tensors):
+        dtype = compute_dtype(t)
+        if any(compute_dtype(x) != dtype or not x.is_cpu for x in tensors):
+            return None
+    if not fused_enabled(t, d_state):
         return None
     from ..ops import load
 

@@ -9,8 +9,9 @@ alike):
                            with torch.optim.Adam's default (a Python loop over the parameters on the CPU)
   fused, bf16 autocast     the same under torch.autocast("cpu", bfloat16): the Linear layers in bf16
                            (oneDNN, fp32 accumulation, fp32 master weights), the fused block in fp32
-  fused, fused Adam        the same with torch.optim.Adam(fused=True) (one kernel over all parameters):
-                           the Trainer's step on the CPU
+  fused, fused Adam        the same with torch.optim.Adam(fused=True) (one kernel over all parameters)
+  fused, Trainer's update  what `Trainer` runs on the CPU: `train.flat.FlatAdam` (parameters, gradients and
+                           moments in flat buffers, from the second step) with clipping by global norm 1.0
   fused, kernel of REF     with --baseline-kernel REF: the fused model on the kernel source of git REF
                            (e.g. main), built beside this tree's under another op namespace: old
                            kernel against new in one process
@@ -52,6 +53,7 @@ from torch import nn
 from mambacast import MambaConfig, MambaModel
 from mambacast.ops import _loader
 from mambacast.ops.heap import kept_heap
+from mambacast.train.flat import FlatAdam
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -167,9 +169,12 @@ def scan_kernel_ab(ops: dict[str, SimpleNamespace], batch: int, seq_len: int, cf
 
 class Row:
     def __init__(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: str | None,
-                 bf16: bool = False, fused_adam: bool = False, kernel: SimpleNamespace | None = None):
+                 bf16: bool = False, fused_adam: bool = False, kernel: SimpleNamespace | None = None,
+                 trainer_update: bool = False):
         self.name, self.model, self.env, self.bf16, self.kernel = name, model, env, bf16, kernel
-        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused_adam or None)
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=(fused_adam or trainer_update) or None)
+        self.trainer_update = trainer_update
+        self.flat: FlatAdam | None = None
         self.x, self.y = x, y
         self.fwd: list[float] = []
         self.step: list[float] = []
@@ -201,8 +206,18 @@ class Row:
         with self._autocast():
             out = self.model(self.x)
         loss = nn.functional.mse_loss(out.float(), self.y)
+        if self.flat is not None:   # the Trainer's update from its second step (rows share the model: the flat
+            self.flat.zero_grad()   # buffers hold its parameters, which the other rows update in place)
+            loss.backward()
+            self.flat.clip_and_step(1.0)
+            return
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.trainer_update:
+            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.flat = FlatAdam(self.opt, [p for p in self.model.parameters() if p.grad is not None])
+            return
         self.opt.step()
 
     def measure(self, n: int, record: bool = True) -> None:
@@ -243,6 +258,8 @@ def main() -> None:
         rows.append(Row("fused, bf16 autocast", ours, x, y, None, bf16=True))
         rows.append(Row("fused, fused Adam", ours, x, y, None, fused_adam=True))
         rows.append(Row("fused, bf16 + fused Adam", ours, x, y, None, bf16=True, fused_adam=True))
+    if fused:
+        rows.append(Row("fused, Trainer's update", ours, x, y, None, trainer_update=True))
     if fused and args.baseline_kernel:
         rows.append(Row(f"fused, kernel of {args.baseline_kernel}", ours, x, y, None,
                         kernel=baseline_kernel(args.baseline_kernel)))

@@ -1,12 +1,14 @@
 """Where a training step's time goes: torch.profiler over train steps at the guide config.
 
-Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25] [--bf16] [--fused-adam]
-                                                 [--baseline-kernel main]
+Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25] [--bf16]
+                                                 [--fused-adam | --trainer-update] [--baseline-kernel main]
 
 The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
 Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam.
 `--bf16` runs the forward under torch.autocast("cpu", bfloat16) (the Linear layers in bf16 with fp32
-master weights; the fused block stays fp32), `--fused-adam` uses torch.optim.Adam(fused=True).
+master weights; the fused block stays fp32), `--fused-adam` uses torch.optim.Adam(fused=True), `--trainer-update`
+what `Trainer` runs on the CPU (`train.flat.FlatAdam` from the second step: zeroing, clipping and Adam on flat
+buffers).
 
 Prints the median step time without the profiler (with `--baseline-kernel REF` also the same step on the
 kernel of git REF, interleaved in one run: old kernel against new), then the profiler's operators by self
@@ -31,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 from mambacast.config import MambaConfig
 from mambacast.nn.mamba import MambaModel
 from mambacast.ops.heap import kept_heap
+from mambacast.train.flat import FlatAdam
 from mambacast.train.objective import objective
 
 # profiler operator names -> the part of the step they belong to (self time; the rest is "other")
@@ -52,14 +55,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="operators to list")
     parser.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', bfloat16)")
     parser.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
+    parser.add_argument("--trainer-update", action="store_true",
+                        help="the Trainer's CPU update: FlatAdam (flat buffers) from the second step")
     parser.add_argument("--baseline-kernel", metavar="REF", default=None,
                         help="also time the step on the fused kernel of git REF (e.g. main), interleaved")
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = MambaConfig()
     model = MambaModel(cfg, 26)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=args.fused_adam or None)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=(args.fused_adam or args.trainer_update) or None)
     X, Y = torch.randn(700, 60, 26), torch.randn(700, 4)
+    flat: list[FlatAdam] = []
 
     def step() -> None:
         idx = torch.randperm(len(X))[:args.batch]
@@ -67,10 +73,18 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext():
             loc, scale, df = model.forward_distribution(x)
         loss, _ = objective("nll", y, loc.float(), scale.float(), df.float())
+        if flat:
+            flat[0].zero_grad()
+            loss.backward()
+            with torch.profiler.record_function("Optimizer.step#FlatAdam"):   # counted as "Adam" below
+                flat[0].clip_and_step(1.0)
+            return
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if args.trainer_update:
+            flat.append(FlatAdam(opt, [p for p in model.parameters() if p.grad is not None]))
 
     kernels = {"this tree": None}
     if args.baseline_kernel:
@@ -89,7 +103,8 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, load {load:.1f} -> {os.getloadavg()[0]:.1f}, "
-          f"bf16 autocast {'on' if args.bf16 else 'off'}, Adam {'fused' if args.fused_adam else 'single-tensor'}")
+          f"bf16 autocast {'on' if args.bf16 else 'off'}, Adam "
+          f"{'flat (Trainer)' if args.trainer_update else 'fused' if args.fused_adam else 'single-tensor'}")
     median = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
     for name, t in times.items():
         print(f"train step, batch {args.batch}, guide config, {name}: median {median[name]:.1f} ms, "

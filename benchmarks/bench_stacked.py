@@ -1,7 +1,7 @@
 """Many symbols: one model per symbol trained one after another vs stacked (`--stack`).
 
 Run: OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_stacked.py [--symbols 20] [--epochs 5] [--days 1000]
-     [--early-stopping] [--stacked-only] [--baseline-kernel main] [--bf16]
+     [--early-stopping] [--stacked-only] [--parallel 2] [--baseline-kernel main] [--bf16]
 
 Both runs go through `train_symbols` end to end (data, training, validation, callbacks,
 checkpoints, final files), at the guide's model config and batch size, with early stopping
@@ -17,9 +17,11 @@ splits each way's wall time T(E) = F + E * P into what a run costs once per symb
 GARCH-t/HAR-t fits, calibration, final files and plots) and per epoch (P), from a second run of 1 epoch:
 P = (T(E) - T(1)) / (E - 1), projected (F + 50 P) * 50 / symbols. (Until 2026-11-28 it was T(E) * 2500 /
 (symbols * E), which multiplied the once-per-symbol costs by 50 / E as well.) `--stacked-only` leaves out
-the one-after-another run; `--baseline-kernel REF` adds a stacked run on the fused kernel of git REF (old
-kernel against new, same process); `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1). The last
-line (SUMMARY) repeats the projections with the load average each run started at.
+the one-after-another run; `--parallel N` adds a stacked run as N stacks of consecutive symbols in N worker
+processes with the CPU threads divided between them (`mambacast train --stack --parallel N`);
+`--baseline-kernel REF` adds a stacked run on the fused kernel of git REF (old kernel against new, same
+process); `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1). The last line (SUMMARY) repeats the
+projections with the load average each run started at.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS of each way, each in its own process")
     parser.add_argument("--only", choices=["serial", "stacked"], help=argparse.SUPPRESS)   # --memory's child runs
     parser.add_argument("--stacked-only", action="store_true", help="leave out the one-after-another run")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="add a stacked run as N stacks in N worker processes (--stack --parallel N)")
     parser.add_argument("--baseline-kernel", metavar="REF", default=None,
                         help="add a stacked run on the fused kernel of git REF (e.g. main)")
     parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (MAMBACAST_CPU_BF16=1)")
@@ -107,6 +111,15 @@ def main() -> None:
         stacked = timed_training(symbols, cfg, args.days, stack_root, device="cpu", stack=True)
         if project:
             one_epoch["stacked"] = timed_training(symbols, fixed_one, args.days, device="cpu", stack=True)
+        stacked_workers = None
+        if args.parallel > 1:
+            name = f"stacked, {args.parallel} workers"
+            loads[name] = os.getloadavg()[0]
+            stacked_workers = timed_training(symbols, cfg, args.days, device="cpu", stack=True,
+                                             parallel=args.parallel)
+            if project:
+                one_epoch[name] = timed_training(symbols, fixed_one, args.days, device="cpu", stack=True,
+                                                 parallel=args.parallel)
         stacked_old = None
         if old is not None:
             name = f"stacked, kernel of {args.baseline_kernel}"
@@ -129,6 +142,8 @@ def main() -> None:
         print(f"epochs run per symbol (early stopping, stacked): {epochs}, total {sum(epochs)}")
         per = sum(epochs)
     times = {"one after another": serial, "stacked": stacked}
+    if stacked_workers is not None:
+        times[f"stacked, {args.parallel} workers"] = stacked_workers
     if stacked_old is not None:
         times[f"stacked, kernel of {args.baseline_kernel}"] = stacked_old
     projections = []

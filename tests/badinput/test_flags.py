@@ -38,7 +38,7 @@ CASES = [
     (["backtest", "--symbols", "AAPL", "--garch-weight", "-0.1"], "garch_weight=-0.1 is invalid"),
     ([*TRAIN, "--days", "0"], "--days 0 is invalid"),
     ([*TRAIN, "--parallel", "0"], "--parallel 0 is invalid"),
-    ([*TRAIN, "--stack", "--parallel", "2"], "--stack and --parallel are alternatives"),
+    ([*TRAIN, "--stack", "--parallel", "2", "--device", "cuda"], "--parallel > 1 trains in CPU worker processes"),
     ([*TRAIN, "--global", "--stack"], "--global trains one pooled model"),
     ([*TRAIN, "--source", "csv"], "--source csv needs --data"),
     (["train", "--symbols", "TIER_9"], "TIER_9"),

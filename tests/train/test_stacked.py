@@ -192,31 +192,52 @@ def test_stacked_trainer_validates_inputs(tmp_path):
         StackedTrainer([])
 
 
-@needs_sample("AAPL")
-@needs_sample("MSFT")
-def test_cli_stack_stores_what_training_alone_stores(tmp_path, capsys):
-    from mambacast.cli import main
-
-    # equal to float rounding: a float32 property (CUDA trains under bf16 autocast: tests/test_cuda.py)
-    fast = ["--preset", "small", "--epochs", "3", "--days", "400", "--batch-size", "64", "--seed", "7",
-            "--device", "cpu"]
-    assert main(["train", "--symbols", "AAPL,MSFT", "--save-dir", str(tmp_path / "alone"), *fast]) == 0
-    code = main(["train", "--symbols", "AAPL,NOPE,MSFT", "--stack", "--save-dir", str(tmp_path / "stack"), *fast])
-    out = capsys.readouterr().out
-    assert code == 1 and "[NOPE] ✗ Failed:" in out and "[MSFT] ✓ Training complete!" in out
-    alone, stack = ModelStore(tmp_path / "alone"), ModelStore(tmp_path / "stack")
-    assert stack.symbols() == ["AAPL", "MSFT"]
-    for symbol in ("AAPL", "MSFT"):
-        (ma, meta_a), (mb, meta_b) = alone.load_model(symbol), stack.load_model(symbol)
+def _assert_stores_agree(alone: ModelStore, other: ModelStore, symbols: list[str]) -> None:
+    """`other`'s models of `symbols` equal `alone`'s to float rounding, with their files."""
+    assert other.symbols() == symbols
+    for symbol in symbols:
+        (ma, meta_a), (mb, meta_b) = alone.load_model(symbol), other.load_model(symbol)
         for k, v in ma.state_dict().items():
             # measured: at most 2.4e-7 apart after 3 epochs of the small preset
             torch.testing.assert_close(mb.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
         pa, pb = meta_a["performance_metrics"], meta_b["performance_metrics"]
         assert pb["best_epoch"] == pa["best_epoch"] and pb["total_epochs"] == pa["total_epochs"]
         assert pb["best_val_loss"] == pytest.approx(pa["best_val_loss"], rel=LOSS_RTOL)
-        assert stack.state_path(symbol).is_file() and stack.plot_path(symbol).is_file()
-    assert main(["train", "--symbols", "AAPL", "--stack", "--parallel", "2", "--save-dir", str(tmp_path)]) == 2
-    assert "--stack" in capsys.readouterr().err
+        assert other.state_path(symbol).is_file() and other.plot_path(symbol).is_file()
+
+
+# equal to float rounding: a float32 property (CUDA trains under bf16 autocast: tests/test_cuda.py)
+FAST = ["--preset", "small", "--epochs", "3", "--days", "400", "--batch-size", "64", "--seed", "7", "--device", "cpu"]
+
+
+@needs_sample("AAPL")
+@needs_sample("MSFT")
+def test_cli_stack_stores_what_training_alone_stores(tmp_path, capsys):
+    from mambacast.cli import main
+
+    assert main(["train", "--symbols", "AAPL,MSFT", "--save-dir", str(tmp_path / "alone"), *FAST]) == 0
+    code = main(["train", "--symbols", "AAPL,NOPE,MSFT", "--stack", "--save-dir", str(tmp_path / "stack"), *FAST])
+    out = capsys.readouterr().out
+    assert code == 1 and "[NOPE] ✗ Failed:" in out and "[MSFT] ✓ Training complete!" in out
+    _assert_stores_agree(ModelStore(tmp_path / "alone"), ModelStore(tmp_path / "stack"), ["AAPL", "MSFT"])
+
+
+@pytest.mark.slow
+@needs_sample("AAPL")
+@needs_sample("MSFT")
+@pytest.mark.parametrize("stack", [True, False], ids=["stacks", "symbols"])
+def test_cli_parallel_workers_store_what_training_alone_stores(tmp_path, capsys, stack):
+    """--parallel 2 in two worker processes of one thread each (--stack: two stacks of consecutive symbols,
+    AAPL with NOPE, then MSFT): a failing symbol reported through the workers' progress, the others as alone."""
+    from mambacast.cli import main
+
+    assert main(["train", "--symbols", "AAPL,MSFT", "--save-dir", str(tmp_path / "alone"), *FAST]) == 0
+    capsys.readouterr()
+    argv = ["train", "--symbols", "AAPL,NOPE,MSFT", "--parallel", "2", "--save-dir", str(tmp_path / "workers"), *FAST]
+    code = main(argv + (["--stack"] if stack else []))
+    out = capsys.readouterr().out
+    assert code == 1 and "[NOPE] ✗ Failed:" in out and "[MSFT] ✓ Training complete!" in out, out
+    _assert_stores_agree(ModelStore(tmp_path / "alone"), ModelStore(tmp_path / "workers"), ["AAPL", "MSFT"])
 
 
 @pytest.mark.slow

@@ -22,7 +22,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs (default 50; early stopping may end sooner)")
     p.add_argument("--batch-size", type=int, help="batch size (default 32)")
     p.add_argument("--days", type=int, default=2000, help="trading days of history to use (default 2000)")
-    p.add_argument("--parallel", type=int, default=1, help="symbols trained at once in worker processes")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="worker processes training at once, the CPU threads divided between them (with --stack: "
+                        "that many stacks)")
     p.add_argument("--global", dest="global_model", action="store_true",
                    help="train one model on the pooled windows of all the symbols, stored as _GLOBAL and served "
                         "for any symbol without its own model")
@@ -36,8 +38,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="weight of the stock's own HAR-t (realised-variance regression) in the served "
                         "distribution (default 1/3; the network gets 1 minus both weights)")
     p.add_argument("--stack", action="store_true",
-                   help="train every symbol's own model together as one batched computation on the CPU (same "
-                        "results as one at a time; per-symbol time is then the whole stack's)")
+                   help="train every symbol's own model together as one batched computation (same results as one "
+                        "at a time; per-symbol time is then the whole stack's); with --parallel N, N stacks of "
+                        "consecutive symbols in worker processes")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="train the symbols as tasks on a Ray cluster: ADDRESS (HOST:PORT, auto, ray://HOST:PORT) "
                         "joins one, none starts a local one sized to this machine; with --stack each task trains "
@@ -157,13 +160,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--days {args.days} is invalid: must be a positive number of trading days")
     if args.source in ("csv", "parquet") and not args.data:
         raise CLIError(f"--source {args.source} needs --data PATH (a file, or a folder with one file per symbol)")
-    if args.stack and args.parallel > 1:
-        raise CLIError("--stack and --parallel are alternatives: --stack trains every symbol in one process")
     if args.ray is not None and (args.parallel > 1 or args.global_model):
         raise CLIError("--ray runs the symbols as tasks on a Ray cluster: drop --parallel and --global")
     if args.global_model and (args.stack or args.parallel > 1 or args.with_volume or args.with_range):
         raise CLIError("--global trains one pooled model of the closes in one process: drop --stack, --parallel, "
                        "--with-volume and --with-range")
+    if args.parallel > 1 and args.device not in (None, "auto", "cpu"):
+        raise CLIError("--parallel > 1 trains in CPU worker processes; use --parallel 1 with --device cuda")
     check_device(args.device)
     check_store(args.save_dir)
     printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack

@@ -29,7 +29,15 @@ from typing import Any
 
 from .. import __version__
 from ..store import ModelStore, StoreError
-from .pipeline import ProgressFn, _failure, _prepare_run, _train_stacked, model_artifacts, store_artifacts
+from .pipeline import (
+    ProgressFn,
+    _failure,
+    _prepare_run,
+    _train_stacked,
+    model_artifacts,
+    split_evenly,
+    store_artifacts,
+)
 from .trainer import resolve_device
 
 __all__ = ["train_symbols_ray", "ray_session", "import_ray", "RAY_EXTRA", "CRASH_ENV"]
@@ -173,16 +181,7 @@ def _train_group(symbols: Sequence[str], kwargs: dict[str, Any], stack: bool, th
 # ---- in the driver ---------------------------------------------------------------------------------------
 def _groups(symbols: Sequence[str], stack: bool, slots: int) -> list[list[str]]:
     """One task per symbol; with `stack`, `slots` groups of consecutive symbols, as even as they go."""
-    if not stack:
-        return [[s] for s in symbols]
-    n = max(1, min(slots, len(symbols)))
-    size, extra = divmod(len(symbols), n)
-    groups, start = [], 0
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0)
-        groups.append(list(symbols[start:end]))
-        start = end
-    return groups
+    return split_evenly(symbols, slots) if stack else [[s] for s in symbols]
 
 
 def train_symbols_ray(symbols: Sequence[str], address: str | None = None, *, stack: bool = False,

@@ -233,15 +233,35 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_train(symbol: str, kwargs: dict[str, Any], queue: Any) -> dict[str, Any]:
+def _worker_train(symbols: list[str], stack: bool, kwargs: dict[str, Any], queue: Any) -> list[dict[str, Any]]:
+    """One worker process's job: `symbols` one after another, or as one stack; every progress event, each
+    symbol's "done" included, goes back through `queue`."""
     def progress(event: str, sym: str, data: dict[str, Any]) -> None:
         if event != "batch" or data["batch"] % 10 == 0:  # batch events are many; thin them across processes
             queue.put((event, sym, data))
 
-    try:
-        return train_symbol(symbol, progress=progress, **kwargs)
-    except Exception as exc:  # reported per symbol; the other workers continue
-        return _failure(symbol, exc)
+    if stack:
+        return _train_stacked(symbols, progress, kwargs)
+    results = []
+    for symbol in symbols:
+        try:
+            results.append(train_symbol(symbol, progress=progress, **kwargs))
+        except Exception as exc:  # reported per symbol; the other symbols and workers continue
+            results.append(_failure(symbol, exc))
+            progress("done", symbol, results[-1])
+    return results
+
+
+def split_evenly(items: Sequence[str], n: int) -> list[list[str]]:
+    """`items` in min(n, len(items)) runs of consecutive items whose lengths differ by at most one."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    runs, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        runs.append(list(items[start:end]))
+        start = end
+    return runs
 
 
 def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressFn | None = None,
@@ -250,8 +270,10 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
 
     `parallel > 1` runs that many worker processes, each with `cpu_count // parallel` torch threads
     so the cores are divided, not oversubscribed. `stack` trains the symbols' models together as
-    one batched computation in this process, on `device` (each symbol's result equals training it alone);
-    with `side_work`, a stack on an accelerator sends each symbol's classical fits and training plot to worker
+    one batched computation (each symbol's result equals training it alone), in this process on `device`, or
+    with `parallel > 1` as that many stacks of consecutive symbols, one per worker process (on a 2-core CPU
+    two one-thread stacks train faster than one two-thread stack: docs/benchmarks.md); with `side_work`, a
+    stack on an accelerator sends each symbol's classical fits and training plot to worker
     processes (`train.side_work`; `mambacast train` does). Worker processes are started by spawn, which imports
     the calling script again: a script that uses `parallel` or `side_work` must keep its work under
     `if __name__ == "__main__":`. Results come back in the order of `symbols`.
@@ -260,12 +282,10 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
         raise ValueError(f"--parallel {parallel} is invalid: must be a positive integer")
     resolve_device(kwargs.get("device"))                        # a bad device or store fails before any work
     ModelStore(kwargs.get("save_dir", "models/mamba")).ensure_writable()
-    if stack and parallel > 1:
-        raise ValueError("--stack and --parallel > 1 are alternatives: stacking trains every symbol in one process")
-    if stack:
-        return _train_stacked(symbols, progress, kwargs, side_work=side_work)
     if kwargs.get("device") not in (None, "auto", "cpu") and parallel > 1:
         raise ValueError("--parallel > 1 trains in CPU worker processes; use --parallel 1 with --device cuda")
+    if stack and (parallel == 1 or len(symbols) <= 1):
+        return _train_stacked(symbols, progress, kwargs, side_work=side_work)
     if parallel == 1 or len(symbols) <= 1:
         results = []
         for symbol in symbols:
@@ -276,30 +296,44 @@ def train_symbols(symbols: Sequence[str], parallel: int = 1, progress: ProgressF
                 if progress:
                     progress("done", symbol, results[-1])
         return results
+    return _train_in_workers(split_evenly(symbols, parallel) if stack else [[s] for s in symbols], parallel,
+                             stack, progress, kwargs)
 
+
+def _train_in_workers(jobs: list[list[str]], parallel: int, stack: bool, progress: ProgressFn | None,
+                      kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each job (a list of symbols) in a worker process, at most `parallel` at once, the CPU threads divided
+    between them; results in the order of the jobs' symbols."""
     import multiprocessing as mp
 
-    workers = min(parallel, len(symbols))
+    workers = min(parallel, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
     by_symbol: dict[str, dict[str, Any]] = {}
     with ctx.Manager() as manager:
         queue = manager.Queue()
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = {pool.submit(_worker_train, s, kwargs, queue): s for s in symbols}
+            futures = {pool.submit(_worker_train, job, stack, kwargs, queue): job for job in jobs}
             pending = set(futures)
             while pending:
                 _drain(queue, progress)
                 done = {f for f in pending if f.done()}
                 for f in done:
-                    by_symbol[futures[f]] = f.result()
-                    if by_symbol[futures[f]]["status"] == "failed" and progress:
-                        progress("done", futures[f], by_symbol[futures[f]])
+                    job = futures[f]
+                    try:
+                        results = f.result()
+                    except Exception as exc:   # the worker died (killed, out of memory): its symbols failed
+                        _drain(queue, progress)
+                        results = [_failure(s, exc) for s in job]
+                        for r in results:
+                            if progress:
+                                progress("done", r["symbol"], r)
+                    by_symbol.update(zip(job, results, strict=True))
                 pending -= done
                 if pending:
                     time.sleep(0.1)
             _drain(queue, progress)
-    return [by_symbol[s] for s in symbols]
+    return [by_symbol[s] for job in jobs for s in job]
 
 
 def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: dict[str, Any],

@@ -325,3 +325,26 @@ def test_diverging_member_leaves_the_stack_and_the_others_finish(tmp_path, monke
     assert "loss became nan" in str(trainer.errors[1]) and histories[1] == []
     assert len(histories[0]) == 3
     assert_same_weights(alone, stacked[0])
+
+
+class _DiesWhenUnpickled:
+    """Sent to a worker process as a `train_symbols` argument, it ends that process as it arrives (os._exit),
+    as a kill or the out-of-memory killer would."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (70,)
+
+
+@pytest.mark.parametrize("stack", [True, False], ids=["stacks", "symbols"])
+def test_a_dead_worker_fails_its_symbols_and_returns(tmp_path, stack):
+    from mambacast.train import train_symbols
+
+    events = []
+    results = train_symbols(["AAPL", "MSFT", "GOOGL"], parallel=2, stack=stack, prices=_DiesWhenUnpickled(),
+                            save_dir=tmp_path, progress=lambda event, symbol, data: events.append((event, symbol)))
+    assert [r["symbol"] for r in results] == ["AAPL", "MSFT", "GOOGL"]
+    for r in results:
+        assert r["status"] == "failed" and "worker process ended abruptly" in r["error"], r
+    assert sorted(s for e, s in events if e == "done") == ["AAPL", "GOOGL", "MSFT"]

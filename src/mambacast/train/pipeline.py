@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -229,27 +230,36 @@ def _failure(symbol: str, exc: BaseException) -> dict[str, Any]:
     return {"symbol": symbol, "status": "failed", "error": str(exc) if known else f"{type(exc).__name__}: {exc}"}
 
 
-def _worker_init(threads: int) -> None:
+_JOB_END = "job-end"  # the last event of a worker's job: everything it sent before has arrived
+_events: Any = None   # a worker process's queue to the parent (multiprocessing.Queue, set by _worker_init)
+
+
+def _worker_init(threads: int, events: Any) -> None:
+    global _events
     torch.set_num_threads(threads)
+    _events = events   # a queue reaches a worker by inheritance at its start, not as a task's argument
 
 
-def _worker_train(symbols: list[str], stack: bool, kwargs: dict[str, Any], queue: Any) -> list[dict[str, Any]]:
-    """One worker process's job: `symbols` one after another, or as one stack; every progress event, each
-    symbol's "done" included, goes back through `queue`."""
+def _worker_train(job: int, symbols: list[str], stack: bool, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One worker process's job: `symbols` one after another, or as one stack. Every progress event, each
+    symbol's "done" included, goes back through the queue `_worker_init` was given, then the job's end marker."""
     def progress(event: str, sym: str, data: dict[str, Any]) -> None:
         if event != "batch" or data["batch"] % 10 == 0:  # batch events are many; thin them across processes
-            queue.put((event, sym, data))
+            _events.put((event, sym, data))
 
-    if stack:
-        return _train_stacked(symbols, progress, kwargs)
-    results = []
-    for symbol in symbols:
-        try:
-            results.append(train_symbol(symbol, progress=progress, **kwargs))
-        except Exception as exc:  # reported per symbol; the other symbols and workers continue
-            results.append(_failure(symbol, exc))
-            progress("done", symbol, results[-1])
-    return results
+    try:
+        if stack:
+            return _train_stacked(symbols, progress, kwargs)
+        results = []
+        for symbol in symbols:
+            try:
+                results.append(train_symbol(symbol, progress=progress, **kwargs))
+            except Exception as exc:  # reported per symbol; the other symbols and workers continue
+                results.append(_failure(symbol, exc))
+                progress("done", symbol, results[-1])
+        return results
+    finally:
+        _events.put((_JOB_END, "", {"job": job}))
 
 
 def split_evenly(items: Sequence[str], n: int) -> list[list[str]]:
@@ -310,29 +320,33 @@ def _train_in_workers(jobs: list[list[str]], parallel: int, stack: bool, progres
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
     by_symbol: dict[str, dict[str, Any]] = {}
-    with ctx.Manager() as manager:
-        queue = manager.Queue()
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = {pool.submit(_worker_train, job, stack, kwargs, queue): job for job in jobs}
-            pending = set(futures)
-            while pending:
-                _drain(queue, progress)
-                done = {f for f in pending if f.done()}
-                for f in done:
-                    job = futures[f]
-                    try:
-                        results = f.result()
-                    except Exception as exc:   # the worker died (killed, out of memory): its symbols failed
-                        _drain(queue, progress)
-                        results = [_failure(s, exc) for s in job]
-                        for r in results:
-                            if progress:
-                                progress("done", r["symbol"], r)
-                    by_symbol.update(zip(job, results, strict=True))
-                pending -= done
-                if pending:
-                    time.sleep(0.1)
-            _drain(queue, progress)
+    ended: set[int] = set()
+    queue = ctx.Queue()
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads, queue)) as pool:
+        futures = {pool.submit(_worker_train, i, job, stack, kwargs): i for i, job in enumerate(jobs)}
+        pending = set(futures)
+        # Until every job's end marker is read: a worker cannot exit while its events wait in a full pipe.
+        while pending or len(ended) < len(jobs):
+            ended |= _drain(queue, progress)
+            done = {f for f in pending if f.done()}
+            for f in done:
+                i = futures[f]
+                try:
+                    results = f.result()
+                except BrokenProcessPool:   # a worker died (killed, out of memory): its job and those queued fail
+                    ended.add(i)
+                    results = [{"symbol": s, "status": "failed", "error": "a worker process ended abruptly (killed, "
+                                "or out of memory?) before this symbol was done"} for s in jobs[i]]
+                except Exception as exc:   # the job itself failed outside any one symbol's training
+                    ended.add(i)
+                    results = [_failure(s, exc) for s in jobs[i]]
+                if f.exception() is not None and progress:
+                    for r in results:
+                        progress("done", r["symbol"], r)
+                by_symbol.update(zip(jobs[i], results, strict=True))
+            pending -= done
+            time.sleep(0.05)
+    queue.close()
     return [by_symbol[s] for job in jobs for s in job]
 
 
@@ -401,8 +415,13 @@ def _train_group(group: list[TrainingRun], side: SideWork | None, finish: Callab
             fail(run.symbol, exc)
 
 
-def _drain(queue: Any, progress: ProgressFn | None) -> None:
+def _drain(queue: Any, progress: ProgressFn | None) -> set[int]:
+    """Pass the queued events on to `progress`; returns the jobs whose end marker came."""
+    ended = set()
     while not queue.empty():
         event, symbol, data = queue.get()
-        if progress:
+        if event == _JOB_END:
+            ended.add(data["job"])
+        elif progress:
             progress(event, symbol, data)
+    return ended

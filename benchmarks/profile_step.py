@@ -1,14 +1,17 @@
 """Where a training step's time goes: torch.profiler over train steps at the guide config.
 
 Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25] [--bf16]
-                                                 [--fused-adam | --trainer-update] [--baseline-kernel main]
+                                                 [--fused-adam | --trainer-update | --stacked M]
+                                                 [--baseline-kernel main]
 
 The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
 Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam.
 `--bf16` runs the forward under torch.autocast("cpu", bfloat16) (the Linear layers in bf16 with fp32
 master weights; the fused block stays fp32), `--fused-adam` uses torch.optim.Adam(fused=True), `--trainer-update`
 what `Trainer` runs on the CPU (`train.flat.FlatAdam` from the second step: zeroing, clipping and Adam on flat
-buffers).
+buffers). `--stacked M` profiles the step of a stack of M models instead (`train.stacked`, as `--stack` trains:
+batched matmuls, one fused kernel call per block for all M models' rows, the stack's clipping and Adam) and
+reports every time per model (divided by M), beside one model's step.
 
 Prints the median step time without the profiler (with `--baseline-kernel REF` also the same step on the
 kernel of git REF, interleaved in one run: old kernel against new), then the profiler's operators by self
@@ -25,16 +28,19 @@ import argparse
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import torch
 from bench_model import baseline_kernel, matmul_peak_gflops, model_flops, using_kernel  # benchmarks/ is on sys.path
 from torch.profiler import ProfilerActivity, profile
 
-from mambacast.config import MambaConfig
+from mambacast.config import MambaConfig, TrainConfig
 from mambacast.nn.mamba import MambaModel
 from mambacast.ops.heap import kept_heap
 from mambacast.train.flat import FlatAdam
 from mambacast.train.objective import objective
+from mambacast.train.stacked import _Member, _Stack
+from mambacast.train.trainer import Trainer
 
 # profiler operator names -> the part of the step they belong to (self time; the rest is "other")
 PARTS = {
@@ -57,6 +63,8 @@ def main() -> None:
     parser.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
     parser.add_argument("--trainer-update", action="store_true",
                         help="the Trainer's CPU update: FlatAdam (flat buffers) from the second step")
+    parser.add_argument("--stacked", type=int, metavar="M", default=0,
+                        help="the step of a stack of M models (train.stacked), times per model")
     parser.add_argument("--baseline-kernel", metavar="REF", default=None,
                         help="also time the step on the fused kernel of git REF (e.g. main), interleaved")
     args = parser.parse_args()
@@ -86,6 +94,10 @@ def main() -> None:
         if args.trainer_update:
             flat.append(FlatAdam(opt, [p for p in model.parameters() if p.grad is not None]))
 
+    per = max(1, args.stacked)   # models per step: times are divided by it
+    if args.stacked:
+        step = stacked_step(cfg, X, Y, args.batch, args.stacked)
+
     kernels = {"this tree": None}
     if args.baseline_kernel:
         kernels[f"kernel of {args.baseline_kernel}"] = baseline_kernel(args.baseline_kernel)
@@ -100,11 +112,13 @@ def main() -> None:
             with using_kernel(ops):
                 t0 = time.perf_counter()
                 step()
-                times[name].append(time.perf_counter() - t0)
+                times[name].append((time.perf_counter() - t0) / per)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, load {load:.1f} -> {os.getloadavg()[0]:.1f}, "
           f"bf16 autocast {'on' if args.bf16 else 'off'}, Adam "
-          f"{'flat (Trainer)' if args.trainer_update else 'fused' if args.fused_adam else 'single-tensor'}")
+          f"{'flat (Trainer)' if args.trainer_update else 'fused' if args.fused_adam else 'single-tensor'}"
+          + (f"; a stack of {args.stacked} models (its own clipping and Adam), times per model" if args.stacked
+             else ""))
     median = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
     for name, t in times.items():
         print(f"train step, batch {args.batch}, guide config, {name}: median {median[name]:.1f} ms, "
@@ -120,8 +134,11 @@ def main() -> None:
     # Adam: everything under optimizer.step() (its own ops are generic: sqrt, lerp_, mul_, ...)
     part_us["Adam"] = sum(e.cpu_time_total for e in table if e.key.startswith("Optimizer.step"))
     part_us["other (small ops, Python, autograd)"] = total - sum(part_us.values())
+    total /= per
+    part_us = {part: us / per for part, us in part_us.items()}
     per_step = total / args.steps / 1e3
-    print(f"each part's share of the profiled step ({per_step:.1f} ms of self CPU time per step under the profiler):")
+    print(f"each part's share of the profiled step{' (per model)' if args.stacked else ''} "
+          f"({per_step:.1f} ms of self CPU time per step under the profiler):")
     for part, us in part_us.items():
         print(f"  {part:<38} {us / args.steps / 1e3:6.2f} ms  {100 * us / total:5.1f}%")
 
@@ -137,6 +154,26 @@ def main() -> None:
     ab = "; ".join(f"{name} {m:.1f} ms" for name, m in median.items())
     print(f"SUMMARY step median {ab} (load {load:.1f}); {shares}; matmul {mm_rate:.0f} and scan {scan_rate:.0f} "
           f"GFLOP/s vs peak {peak:.0f}")
+
+
+def stacked_step(cfg: MambaConfig, X: torch.Tensor, Y: torch.Tensor, batch: int, m: int) -> Callable[[], None]:
+    """One step of a stack of m fresh models (`train.stacked._Stack._eager_step`: forward, the objective, backward,
+    the stack's clipping and Adam), each model on its own random batch; Adam recorded as "Optimizer.step#stack"."""
+    members = [_Member(Trainer(MambaModel(cfg, X.shape[-1]), TrainConfig(), device="cpu"), X, Y, X, Y)
+               for _ in range(m)]
+    stack = _Stack(members)
+    adam = stack._adam
+
+    def recorded_adam(sel: torch.Tensor | None) -> None:
+        with torch.profiler.record_function("Optimizer.step#stack"):   # counted as "Adam" below
+            adam(sel)
+
+    stack._adam = recorded_adam
+
+    def step() -> None:
+        idx = torch.randint(len(X), (m, batch))
+        stack._eager_step(list(range(m)), [batch] * m, X[idx], Y[idx], True)
+    return step
 
 
 if __name__ == "__main__":

@@ -348,3 +348,38 @@ def test_a_dead_worker_fails_its_symbols_and_returns(tmp_path, stack):
     for r in results:
         assert r["status"] == "failed" and "worker process ended abruptly" in r["error"], r
     assert sorted(s for e, s in events if e == "done") == ["AAPL", "GOOGL", "MSFT"]
+
+
+@pytest.mark.slow
+@needs_sample("AAPL")
+@needs_sample("MSFT")
+def test_sigterm_to_the_parent_alone_stops_the_stacks_workers(tmp_path):
+    """`train --stack --parallel 2` sent SIGTERM in its own process only (as `kill` or a supervisor does): it stops
+    its workers at once and exits 143 with one line. (SIGINT there takes the same path as a KeyboardInterrupt; a
+    terminal's Ctrl-C reaches every process of the group.)"""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mambacast.config import preset
+
+    # the small model, no early stopping: the workers would train for minutes
+    endless = tmp_path / "endless.json"
+    endless.write_text(json.dumps({"model_config": preset("small")[0].to_dict(),
+                                   "train_config": {"epochs": 1000, "patience": 10000, "lr_patience": 10000}}))
+    argv = [sys.executable, "-m", "mambacast.cli", "train", "--symbols", "AAPL,MSFT", "--stack", "--parallel", "2",
+            "--preset", str(endless), "--days", "400", "--device", "cpu", "--quiet", "--save-dir", str(tmp_path)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    states = [ModelStore(tmp_path).state_path(s) for s in ("AAPL", "MSFT")]
+    deadline = time.monotonic() + 120
+    while not all(p.exists() for p in states) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "mambacast: terminated", err
+    saved = [p.stat().st_mtime_ns for p in states]
+    time.sleep(2)   # the small preset saves a state every ~0.2 s per symbol: a worker still training would show
+    assert [p.stat().st_mtime_ns for p in states] == saved

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from typing import Any
 
 from .. import __version__
 from .backtest import add_backtest
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, OSError) as exc:
@@ -51,6 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mambacast: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mambacast: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM while a command runs, raised in the main thread (a BaseException, as KeyboardInterrupt, so that no
+    per-symbol `except Exception` takes it for one symbol's failure): the command's cleanup runs (worker processes
+    stopped, temporary files removed) instead of the process vanishing."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 __all__ = ["main", "build_parser", "CLIError"]

@@ -262,6 +262,14 @@ def _worker_train(job: int, symbols: list[str], stack: bool, kwargs: dict[str, A
         _events.put((_JOB_END, "", {"job": job}))
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the jobs not started and end the worker processes at once (their saved epochs stay resumable)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())   # no public API before Python 3.14;
+    pool.shutdown(wait=False, cancel_futures=True)                           # shutdown forgets them
+    for process in processes:
+        process.terminate()
+
+
 def split_evenly(items: Sequence[str], n: int) -> list[list[str]]:
     """`items` in min(n, len(items)) runs of consecutive items whose lengths differ by at most one."""
     n = max(1, min(n, len(items)))
@@ -319,35 +327,47 @@ def _train_in_workers(jobs: list[list[str]], parallel: int, stack: bool, progres
     workers = min(parallel, len(jobs))
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
-    by_symbol: dict[str, dict[str, Any]] = {}
-    ended: set[int] = set()
     queue = ctx.Queue()
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads, queue)) as pool:
         futures = {pool.submit(_worker_train, i, job, stack, kwargs): i for i, job in enumerate(jobs)}
-        pending = set(futures)
-        # Until every job's end marker is read: a worker cannot exit while its events wait in a full pipe.
-        while pending or len(ended) < len(jobs):
-            ended |= _drain(queue, progress)
-            done = {f for f in pending if f.done()}
-            for f in done:
-                i = futures[f]
-                try:
-                    results = f.result()
-                except BrokenProcessPool:   # a worker died (killed, out of memory): its job and those queued fail
-                    ended.add(i)
-                    results = [{"symbol": s, "status": "failed", "error": "a worker process ended abruptly (killed, "
-                                "or out of memory?) before this symbol was done"} for s in jobs[i]]
-                except Exception as exc:   # the job itself failed outside any one symbol's training
-                    ended.add(i)
-                    results = [_failure(s, exc) for s in jobs[i]]
-                if f.exception() is not None and progress:
-                    for r in results:
-                        progress("done", r["symbol"], r)
-                by_symbol.update(zip(jobs[i], results, strict=True))
-            pending -= done
-            time.sleep(0.05)
+        try:
+            by_symbol = _collect(futures, jobs, queue, progress)
+        except BaseException:   # Ctrl-C, or SIGTERM (mambacast's CLI raises cli.Terminated for it): stop the
+            _stop_workers(pool)  # workers now instead of waiting out their jobs; `--resume` continues them
+            raise
     queue.close()
     return [by_symbol[s] for job in jobs for s in job]
+
+
+def _collect(futures: dict[Any, int], jobs: list[list[str]], queue: Any, progress: ProgressFn | None
+             ) -> dict[str, dict[str, Any]]:
+    """Wait for the workers' jobs (`futures`: future -> index into `jobs`), passing their progress events on;
+    returns each symbol's result. A job whose worker died fails its symbols."""
+    by_symbol: dict[str, dict[str, Any]] = {}
+    ended: set[int] = set()
+    pending = set(futures)
+    # Until every job's end marker is read: a worker cannot exit while its events wait in a full pipe.
+    while pending or len(ended) < len(jobs):
+        ended |= _drain(queue, progress)
+        done = {f for f in pending if f.done()}
+        for f in done:
+            i = futures[f]
+            try:
+                results = f.result()
+            except BrokenProcessPool:   # a worker died (killed, out of memory): its job and those queued fail
+                ended.add(i)
+                results = [{"symbol": s, "status": "failed", "error": "a worker process ended abruptly (killed, or "
+                            "out of memory?) before this symbol was done"} for s in jobs[i]]
+            except Exception as exc:   # the job itself failed outside any one symbol's training
+                ended.add(i)
+                results = [_failure(s, exc) for s in jobs[i]]
+            if f.exception() is not None and progress:
+                for r in results:
+                    progress("done", r["symbol"], r)
+            by_symbol.update(zip(jobs[i], results, strict=True))
+        pending -= done
+        time.sleep(0.05)
+    return by_symbol
 
 
 def _train_stacked(symbols: Sequence[str], progress: ProgressFn | None, kwargs: dict[str, Any],

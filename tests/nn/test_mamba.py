@@ -124,3 +124,29 @@ def test_heads_read_the_last_step_computed_alone(dtype):
     for a, b in zip(torch.autograd.grad((fast * w).sum(), params), torch.autograd.grad((whole * w).sum(), params),
                     strict=True):
         torch.testing.assert_close(a, b, **tol)
+
+
+def test_torch_compile_runs_the_fused_kernels_behind_graph_breaks():
+    """The fused CPU kernels have no fake implementations; `torch.compiler.disable` around them lets
+    `torch.compile` (here its eager backend: dynamo's tracing without code generation) trace the rest of the
+    model and call them eagerly. Outputs and every parameter's gradient equal the eager model's."""
+    torch.manual_seed(0)
+    model = MambaModel(MambaConfig(), 26)
+    with torch.no_grad():   # out_proj starts at zero; perturb it so that every layer receives a gradient
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    x = torch.randn(4, 60, 26)
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        loc, scale, df = fn(x)
+        (loc.sum() + scale.log().sum() + df.sum()).backward()
+        return (loc, scale, df), {n: p.grad for n, p in model.named_parameters()}
+
+    (out_e, grads_e), (out_c, grads_c) = run(model.forward_distribution), \
+        run(torch.compile(model.forward_distribution, backend="eager"))
+    for a, b in zip(out_c, out_e, strict=True):
+        torch.testing.assert_close(a, b)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads_e.values())
+    for name, g in grads_e.items():
+        torch.testing.assert_close(grads_c[name], g, msg=name)

@@ -150,3 +150,31 @@ def test_torch_compile_runs_the_fused_kernels_behind_graph_breaks():
     assert all(g is not None and g.abs().sum() > 0 for g in grads_e.values())
     for name, g in grads_e.items():
         torch.testing.assert_close(grads_c[name], g, msg=name)
+
+
+def test_eager_under_compile_first_called_inside_a_compiled_region():
+    """`ops.eager.eager_under_compile` builds `torch.compiler.disable(fn)` at the first call; when that first call
+    happens while torch.compile traces the caller, fn still runs eagerly (outside the trace)."""
+    from mambacast.ops.eager import eager_under_compile
+
+    seen = []
+
+    @eager_under_compile
+    def opaque(x):
+        seen.append(torch.compiler.is_compiling())
+        return x * 2
+
+    out = torch.compile(lambda x: opaque(x + 1) - 1, backend="eager")(torch.ones(3))
+    torch.testing.assert_close(out, torch.full((3,), 3.0))
+    assert seen == [False]
+
+
+def test_importing_the_cli_leaves_dynamo_unimported():
+    """`import mambacast.cli` (every command, --help and argument errors included) does not import torch._dynamo
+    (0.5-1 s): the kernels' `torch.compiler.disable` is applied at their first call (`ops.eager`)."""
+    import subprocess
+    import sys
+
+    code = "import sys, mambacast.cli; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

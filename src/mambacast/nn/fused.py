@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.amp import autocast_backward, float32_forward
+from ..ops.eager import eager_under_compile
 from .scan import compute_dtype, fused_chunk, fused_enabled, scan_impl, selective_scan
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "mamba_inner", "mamba_inner_ref", "fused_ops"]
@@ -52,7 +53,7 @@ def fused_ops(*tensors: Tensor, d_state: int = 1):
     return load()
 
 
-@torch.compiler.disable
+@eager_under_compile
 def _apply(fn: type[torch.autograd.Function], *args):
     """Run a fused autograd Function eagerly: under torch.compile the kernels (which have no fake
     implementations) sit behind a graph break instead of failing the trace."""

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..config import MambaConfig
 from ..ops.amp import autocast_enabled, same_autocast_backward, same_autocast_forward
+from ..ops.eager import eager_under_compile
 from .fused import fused_ops, mamba_inner
 from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_params
 
@@ -172,7 +173,7 @@ class MambaBlock(nn.Module):
             self._A_step_cache = cached
         return cached[1]
 
-    @torch.compiler.disable
+    @eager_under_compile
     def _step_fused(self, ops, hidden: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         out, conv, ssm = ops.mamba_step(
             hidden.contiguous(), self.norm.weight, self.norm.bias, self.norm.eps, self.in_proj.weight,

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.amp import autocast_backward, autocast_enabled, float32_forward
+from ..ops.eager import eager_under_compile
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_fused",
            "selective_scan_triton", "scan_impl", "fused_enabled", "compute_dtype", "DEFAULT_CHUNK", "fused_chunk"]
@@ -359,7 +360,7 @@ class _FusedScan(torch.autograd.Function):
                 dh0.transpose(1, 2) if need[8] else None, None, None)
 
 
-@torch.compiler.disable
+@eager_under_compile
 def _fused_apply(*args):
     # The kernel has no fake implementation: under torch.compile it runs eagerly behind a graph break.
     return _FusedScan.apply(*args)

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..amp import same_autocast_backward, same_autocast_forward
+from ..eager import eager_under_compile
 from .scan import _compute_dtype, _on_device, _strides
 
 __all__ = ["triton_causal_conv1d"]
@@ -182,7 +183,7 @@ class _TritonConv(torch.autograd.Function):
         return dx if need[0] else None, dw if need[1] else None, db if need[2] else None, None, None
 
 
-@torch.compiler.disable
+@eager_under_compile
 def triton_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, x_prev: Tensor | None = None,
                          silu: bool = True) -> Tensor:
     """The causal depthwise conv (+ SiLU) of the module docstring; under torch.compile it runs eagerly behind a

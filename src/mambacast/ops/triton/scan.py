@@ -32,6 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..amp import same_autocast_backward, same_autocast_forward
+from ..eager import eager_under_compile
 from ._kernels import MODE_FULL, MODE_LOCAL, _bwd_kernel, _combine_kernel, _fwd_kernel
 
 __all__ = ["triton_selective_scan", "SEG", "BLOCK_D", "forward_chunks"]
@@ -205,7 +206,7 @@ def _on_device(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-@torch.compiler.disable
+@eager_under_compile
 def triton_selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                           z: Tensor | None = None, delta_bias: Tensor | None = None,
                           initial_state: Tensor | None = None, delta_softplus: bool = False,

@@ -145,7 +145,6 @@ def _summary_table(results: list[dict[str, Any]]) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..data.universe import TEST, parse_symbols
-    from ..train.pipeline import train_symbols
 
     if not args.test and not args.symbols:
         raise CLIError("say what to train: --test (AAPL, MSFT, GOOGL) or --symbols AAPL,MSFT or --symbols TIER_1")
@@ -169,6 +168,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError("--parallel > 1 trains in CPU worker processes; use --parallel 1 with --device cuda")
     check_device(args.device)
     check_store(args.save_dir)
+    # imported after the checks, so that a mistake is answered without waiting for it (about 2 s)
+    from ..train.pipeline import train_symbols
     printer = _TrainPrinter(args.quiet, bar=sys.stdout.isatty() and args.parallel == 1 and not args.stack
                             and args.ray is None)
     t0 = time.perf_counter()

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import signal
 
 __all__ = ["Trailing", "ffill", "lag", "diff", "rolling_mean_min_periods", "ewm_mean", "span_alpha"]
 
@@ -168,6 +167,8 @@ def ewm_mean(x: np.ndarray, alpha: float, min_periods: int) -> np.ndarray:
     f = int(np.argmax(valid))
     out[f] = x[f]
     if f + 1 < x.size:
+        from scipy import signal  # here, not at import: scipy.signal takes ~0.7 s to import, every command paid it
+
         out[f + 1:] = signal.lfilter([alpha], [1.0, alpha - 1.0], x[f + 1:], zi=[(1.0 - alpha) * x[f]])[0]
     out[: f + min_periods - 1] = np.nan
     return out

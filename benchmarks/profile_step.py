@@ -7,10 +7,11 @@ Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--ro
 The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
 Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam.
 `--bf16` runs the forward under torch.autocast("cpu", bfloat16) (the Linear layers in bf16 with fp32
-master weights; the fused block stays fp32), `--fused-adam` uses torch.optim.Adam(fused=True), `--trainer-update`
-what `Trainer` runs on the CPU (`train.flat.FlatAdam` from the second step: zeroing, clipping and Adam on flat
-buffers). `--stacked M` profiles the step of a stack of M models instead (`train.stacked`, as `--stack` trains:
-batched matmuls, one fused kernel call per block for all M models' rows, the stack's clipping and Adam) and
+master weights; the fused block stays fp32; with `--stacked`, the stack's own autocast, MAMBACAST_CPU_BF16=1),
+`--fused-adam` uses torch.optim.Adam(fused=True), `--trainer-update` what `Trainer` runs on the CPU
+(`train.flat.FlatAdam` from the second step: zeroing, clipping and Adam on flat buffers). `--stacked M`
+profiles the step of a stack of M models instead (`train.stacked`, as `--stack` trains: batched matmuls, one
+fused kernel call per block for all M models' rows, the stack's clipping and Adam) and
 reports every time per model (divided by M), beside one model's step.
 
 Prints the median step time without the profiler (with `--baseline-kernel REF` also the same step on the
@@ -96,6 +97,8 @@ def main() -> None:
 
     per = max(1, args.stacked)   # models per step: times are divided by it
     if args.stacked:
+        if args.bf16:   # the stack takes its autocast from the Trainer, which reads this switch (ops.amp)
+            os.environ["MAMBACAST_CPU_BF16"] = "1"
         step = stacked_step(cfg, X, Y, args.batch, args.stacked)
 
     kernels = {"this tree": None}

@@ -12,6 +12,9 @@ alike):
   fused, fused Adam        the same with torch.optim.Adam(fused=True) (one kernel over all parameters)
   fused, Trainer's update  what `Trainer` runs on the CPU: `train.flat.FlatAdam` (parameters, gradients and
                            moments in flat buffers, from the second step) with clipping by global norm 1.0
+  Trainer's step, bf16 (default)
+                           where the CPU has bf16 in hardware (the Trainer's default there, `ops.amp`): the
+                           Trainer's update under bf16 autocast, on a copy of the model
   fused, kernel of REF     with --baseline-kernel REF: the fused model on the kernel source of git REF
                            (e.g. main), built beside this tree's under another op namespace: old
                            kernel against new in one process
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import math
 import os
@@ -52,6 +56,7 @@ from torch import nn
 
 from mambacast import MambaConfig, MambaModel
 from mambacast.ops import _loader
+from mambacast.ops.amp import cpu_has_bf16
 from mambacast.ops.heap import kept_heap
 from mambacast.train.flat import FlatAdam
 
@@ -260,6 +265,9 @@ def main() -> None:
         rows.append(Row("fused, bf16 + fused Adam", ours, x, y, None, bf16=True, fused_adam=True))
     if fused:
         rows.append(Row("fused, Trainer's update", ours, x, y, None, trainer_update=True))
+        if cpu_has_bf16():   # the Trainer's default here: its update under bf16 autocast (own model: own flat buffers)
+            rows.append(Row("Trainer's step, bf16 (default)", copy.deepcopy(ours), x, y, None, bf16=True,
+                            trainer_update=True))
     if fused and args.baseline_kernel:
         rows.append(Row(f"fused, kernel of {args.baseline_kernel}", ours, x, y, None,
                         kernel=baseline_kernel(args.baseline_kernel)))

@@ -1,7 +1,7 @@
 """Many symbols: one model per symbol trained one after another vs stacked (`--stack`).
 
 Run: OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/bench_stacked.py [--symbols 20] [--epochs 5] [--days 1000]
-     [--early-stopping] [--stacked-only] [--parallel 2] [--baseline-kernel main] [--bf16]
+     [--early-stopping] [--stacked-only] [--parallel 2] [--baseline-kernel main] [--bf16 | --fp32]
 
 Both runs go through `train_symbols` end to end (data, training, validation, callbacks,
 checkpoints, final files), at the guide's model config and batch size, with early stopping
@@ -20,7 +20,8 @@ P = (T(E) - T(1)) / (E - 1), projected (F + 50 P) * 50 / symbols. (Until 2026-11
 the one-after-another run; `--parallel N` adds a stacked run as N stacks of consecutive symbols in N worker
 processes with the CPU threads divided between them (`mambacast train --stack --parallel N`);
 `--baseline-kernel REF` adds a stacked run on the fused kernel of git REF (old kernel against new, same
-process); `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1). The last line (SUMMARY) repeats the
+process); `--bf16` / `--fp32` train under bfloat16 autocast / in float32 (MAMBACAST_CPU_BF16=1 / 0; without
+either, the Trainer's default: bf16 where the CPU has it in hardware). The last line (SUMMARY) repeats the
 projections with the load average each run started at.
 """
 
@@ -42,6 +43,7 @@ from mambacast import TrainConfig
 from mambacast.data.sources import load_prices
 from mambacast.data.universe import SAMPLE
 from mambacast.nn.scan import scan_impl
+from mambacast.ops.amp import cpu_bf16_autocast
 from mambacast.store import ModelStore
 
 
@@ -70,15 +72,18 @@ def main() -> None:
                         help="add a stacked run as N stacks in N worker processes (--stack --parallel N)")
     parser.add_argument("--baseline-kernel", metavar="REF", default=None,
                         help="add a stacked run on the fused kernel of git REF (e.g. main)")
-    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (MAMBACAST_CPU_BF16=1)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (MAMBACAST_CPU_BF16=1)")
+    precision.add_argument("--fp32", action="store_true", help="train in float32 (MAMBACAST_CPU_BF16=0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.bf16:
-        os.environ["MAMBACAST_CPU_BF16"] = "1"
+    if args.bf16 or args.fp32:
+        os.environ["MAMBACAST_CPU_BF16"] = "1" if args.bf16 else "0"
     symbols = pick_symbols(args.symbols, args.days)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
-          f"scan: {scan_impl(torch.zeros(1, 1, 1), torch.zeros(1, 16))}, load {os.getloadavg()[0]:.1f}")
+          f"scan: {scan_impl(torch.zeros(1, 1, 1), torch.zeros(1, 16))}, bf16 autocast "
+          f"{'on' if cpu_bf16_autocast() else 'off'}, load {os.getloadavg()[0]:.1f}")
     print(f"{len(symbols)} symbols x {args.epochs} epochs, {args.days} days, guide config, batch 32: "
           + ",".join(symbols))
     cfg = TrainConfig(epochs=args.epochs) if args.early_stopping else \

@@ -1,13 +1,14 @@
 """Wall time of training at the guide's config, and what `--parallel` buys on this machine.
 
 Run: .venv/bin/python benchmarks/bench_train.py [--epochs 50] [--days 1000] [--skip-parallel]
-     [--baseline-kernel main] [--bf16]
+     [--baseline-kernel main] [--bf16 | --fp32]
 
 1. One symbol (AAPL, ~1000 days) for `--epochs` full epochs with early stopping OFF (patience
    larger than the run), the guide's model and batch size; beside the guide's
    "1 symbol, 50 epochs: 2-4 min CPU, 30-50 s on an RTX 3090". With `--baseline-kernel REF` the same
    run follows on the fused kernel of git REF (old kernel against new, one process, same load);
-   `--bf16` trains under bfloat16 autocast (MAMBACAST_CPU_BF16=1, `mambacast.ops.amp`).
+   `--bf16` / `--fp32` train under bfloat16 autocast / in float32 (MAMBACAST_CPU_BF16=1 / 0,
+   `mambacast.ops.amp`; without either, the Trainer's default: bf16 where the CPU has it in hardware).
 2. Three symbols (AAPL, MSFT, GOOGL) through `train_symbols` with parallel=1 and parallel=2
    (each a fresh model store), for the speed-up of worker processes on 2 cores.
 """
@@ -27,6 +28,7 @@ from bench_model import baseline_kernel, using_kernel  # benchmarks/ is on sys.p
 
 from mambacast import MambaConfig, TrainConfig
 from mambacast.nn.scan import scan_impl
+from mambacast.ops.amp import cpu_bf16_autocast
 from mambacast.store import ModelStore
 from mambacast.train import train_symbols
 
@@ -54,15 +56,17 @@ def main() -> None:
     parser.add_argument("--skip-parallel", action="store_true")
     parser.add_argument("--baseline-kernel", metavar="REF", default=None,
                         help="repeat the 1-symbol run on the fused kernel of git REF (e.g. main)")
-    parser.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (MAMBACAST_CPU_BF16=1)")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast (MAMBACAST_CPU_BF16=1)")
+    precision.add_argument("--fp32", action="store_true", help="train in float32 (MAMBACAST_CPU_BF16=0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.bf16:
-        os.environ["MAMBACAST_CPU_BF16"] = "1"
+    if args.bf16 or args.fp32:
+        os.environ["MAMBACAST_CPU_BF16"] = "1" if args.bf16 else "0"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, "
           f"scan implementation: {scan_impl(torch.zeros(1, 1, 1), torch.zeros(1, 16))}, "
-          f"bf16 autocast {'on' if args.bf16 else 'off'}")
+          f"bf16 autocast {'on' if cpu_bf16_autocast() else 'off'}")
 
     full = TrainConfig(epochs=args.epochs, patience=10**6, lr_patience=10**6)
     kernels = {"this tree": None}

@@ -6,6 +6,8 @@ d_state=8), batch 8 x 30 steps): relative error of the whole gradient 6.0e-3 (re
 kernel), worst single parameter tensor 1.6e-2 to 2.0e-2; the tolerances are about three times that.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -121,20 +123,22 @@ def test_checkpointed_encode_long_recomputes_under_the_forwards_autocast(impl, m
 
 
 def test_cpu_bf16_switch_turns_the_trainers_autocast_on(monkeypatch):
-    """MAMBACAST_CPU_BF16=1: the Trainer's forward passes on the CPU run under bfloat16 autocast; unset or 0:
-    float32; anything else is refused rather than read as either."""
+    """MAMBACAST_CPU_BF16=1: the Trainer's forward passes on the CPU run under bfloat16 autocast; 0: float32; unset
+    or auto: bf16 where the CPU has it in hardware (`cpu_has_bf16`); anything else is refused rather than read as
+    either."""
     from mambacast import TrainConfig
-    from mambacast.ops.amp import CPU_BF16_ENV, cpu_bf16_autocast
+    from mambacast.ops.amp import CPU_BF16_ENV, cpu_bf16_autocast, cpu_has_bf16
     from mambacast.train.trainer import Trainer
 
     trainer = Trainer(MambaModel(MambaConfig(d_model=16, num_layers=1, d_state=4), n_features=3), TrainConfig(),
                       device="cpu")
-    for value, on in (("1", True), ("0", False), (None, False)):
+    for value, on in (("1", True), ("0", False), (None, cpu_has_bf16()), ("auto", cpu_has_bf16())):
         if value is None:
             monkeypatch.delenv(CPU_BF16_ENV, raising=False)
         else:
             monkeypatch.setenv(CPU_BF16_ENV, value)
         assert cpu_bf16_autocast() is on
+        assert trainer.precision == ("bfloat16 autocast" if on else "float32")
         with trainer._autocast():
             assert torch.is_autocast_enabled("cpu") is on
             assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == (
@@ -142,3 +146,12 @@ def test_cpu_bf16_switch_turns_the_trainers_autocast_on(monkeypatch):
     monkeypatch.setenv(CPU_BF16_ENV, "yes")
     with pytest.raises(ValueError, match=CPU_BF16_ENV):
         cpu_bf16_autocast()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_cpu_has_bf16_matches_the_cpus_flags():
+    """The default precision follows the hardware: bf16 exactly where the CPU lists AVX512_BF16 or AMX-BF16."""
+    from mambacast.ops.amp import cpu_has_bf16
+
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert cpu_has_bf16() is bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from mambacast import MambaConfig, TrainConfig
 from mambacast.cli import main
 from mambacast.data.sources import load_prices
+from mambacast.ops.amp import cpu_bf16_autocast
 from mambacast.store import ModelStore
 from mambacast.train import Trainer, prepare_data, train_single_symbol
 
@@ -48,6 +49,8 @@ def test_cli_trains_two_symbols_into_the_guides_layout(tmp_path, capsys):
         assert {"mambacast_version", "torch_version", "feature_names", "feature_scaler", "target_scaler",
                 "data_source", "data_hash", "seed"} <= set(meta)
         assert meta["seed"] == 7 and meta["data_stats"]["days"] == 400
+        # what the step computed in: bf16 autocast where the CPU has bf16 in hardware (ops.amp), else float32
+        assert meta["precision"] == ("bfloat16 autocast" if cpu_bf16_autocast() else "float32")
         assert set(load_file(str(store.weights_path(symbol)))) == set(store.load_model(symbol)[0].state_dict())
     assert "symbol" in out and "best val loss" in out  # the summary table
 
@@ -141,6 +144,7 @@ def assert_resumed(out, left, epochs=4):
 @pytest.mark.slow
 @needs_sample("AAPL")
 @needs_sample("MSFT")
+@pytest.mark.usefixtures("float32_training")   # bit for bit (tests/conftest.py)
 def test_sigkill_then_resume_completes_with_valid_files(tmp_path):
     reference = tmp_path / "reference"
     proc = _run([*KILL_ARGS, "--save-dir", str(reference)])

@@ -1,8 +1,14 @@
-"""Stacked training: M per-symbol models as one computation must equal training each alone."""
+"""Stacked training: M per-symbol models as one computation must equal training each alone.
+
+The comparisons of whole trainings run in float32 (`float32_training`, tests/conftest.py: under bf16 autocast the
+batched matmuls' other summation order flips bf16 roundings that training grows); the stack under bf16 autocast is
+checked against each model alone under it by its own tests below.
+"""
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mambacast import MambaConfig, MambaModel, TrainConfig
 from mambacast.nn.stacked import (
@@ -18,6 +24,8 @@ from mambacast.train.stacked import StackedTrainer
 from mambacast.train.trainer import Trainer
 
 from ..samples import needs_sample
+
+pytestmark = pytest.mark.usefixtures("float32_training")
 
 CFG = MambaConfig(d_model=8, d_state=4, num_layers=2, prediction_horizons=[1, 5])
 
@@ -182,6 +190,62 @@ def test_stacked_state_resumes_alone(tmp_path):
     history = second.fit(*d, resume_from=(tensors, info))
     assert [h["epoch"] for h in history] == [2, 3]                 # it continued, it did not start over
     assert_same_weights(full, second, tol=1e-6)      # measured 4.8e-7
+
+
+class MatmulDtypes(TorchDispatchMode):
+    """The dtypes of the batched matmuls' inputs run under it (as autocast has cast them)."""
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
+            self.dtypes.add(args[-2].dtype)   # bmm(a, b) / baddbmm(c, a, b): a
+        return func(*args, **(kwargs or {}))
+
+
+def test_stacked_forward_under_bf16_autocast_equals_each_model_under_it():
+    """Under the CPU training autocast (bf16 Linear layers) the stack rounds the same inputs as each model alone
+    does: their outputs agree to bf16's resolution (measured: equal), and differ from float32's (autocast is on)."""
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = MambaModel(CFG, 3)
+        for p in (model.head.proj.weight, model.head.proj.bias, model.dist_head.scale_proj.weight):
+            torch.nn.init.normal_(p, std=0.3)
+        models.append(model)
+    params, buffers = stack_parameters(models), stack_buffers(models)
+    x = torch.randn(3, 5, 12, 3)
+    with torch.no_grad():
+        loc32 = stacked_forward_distribution(params, models[0], x, buffers)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loc, scale, df = stacked_forward_distribution(params, models[0], x, buffers)
+            for m, model in enumerate(models):
+                l_m, s_m, d_m = model.forward_distribution(x[m])
+                torch.testing.assert_close(loc[m], l_m, rtol=8e-3, atol=1e-3)   # 8e-3: one bf16 ulp
+                torch.testing.assert_close(scale[m], s_m, rtol=8e-3, atol=1e-3)
+                torch.testing.assert_close(df[m, 0], d_m)
+    assert (loc.float() - loc32).abs().max() > 1e-4
+
+
+def test_stacked_training_under_bf16_follows_training_alone(tmp_path, monkeypatch):
+    """MAMBACAST_CPU_BF16=1 (the default where the CPU has bf16): the stack trains under the Trainer's bf16 autocast
+    (its batched matmuls see bf16 inputs) as each model alone does. Not to 1e-6 (see the module's note): the losses
+    of two epochs agree to 2e-3 relative (measured 4.6e-4 at most, 8e-5-1.6e-4 in the first epoch)."""
+    monkeypatch.setenv("MAMBACAST_CPU_BF16", "1")
+    sizes, seeds = (64, 56, 40), (1, 2, 3)
+    datasets = [data(n, seed) for n, seed in zip(sizes, seeds, strict=True)]
+    alone = [make_trainer(tmp_path / "alone", f"S{i}", seed, epochs=2) for i, seed in enumerate(seeds)]
+    histories = [t.fit(*d) for t, d in zip(alone, datasets, strict=True)]
+    stacked = [make_trainer(tmp_path / "stacked", f"S{i}", seed, epochs=2) for i, seed in enumerate(seeds)]
+    with MatmulDtypes() as seen:
+        stacked_histories = StackedTrainer(stacked).fit(datasets)
+    assert torch.bfloat16 in seen.dtypes   # the Linear layers' (the fused block's x_proj stays float32)
+    assert {t.precision for t in alone + stacked} == {"bfloat16 autocast"}
+    for ha, hb in zip(histories, stacked_histories, strict=True):
+        assert [h["epoch"] for h in ha] == [h["epoch"] for h in hb] == [0, 1]
+        for key in ("train_loss", "val_loss", "val_crps"):
+            np.testing.assert_allclose([h[key] for h in hb], [h[key] for h in ha], rtol=2e-3, err_msg=key)
 
 
 def test_stacked_trainer_validates_inputs(tmp_path):

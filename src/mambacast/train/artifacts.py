@@ -144,6 +144,7 @@ def model_artifacts(run: TrainingRun) -> ModelArtifacts:
         "seed": train_config.seed,
         "n_parameters": run.n_params,
         "device": str(trainer.device),
+        "precision": trainer.precision,
         "mambacast_version": __version__,
         "torch_version": torch.__version__,
     }

@@ -195,7 +195,7 @@ def train_global(symbols: Sequence[str], *, model_config: MambaConfig | None = N
         "feature_scaler": data.feature_scaler.to_dict(), "target_scaler": data.target_scaler.to_dict(),
         "data_source": source, "data_hash": data_hash, "seed": train_config.seed,
         "n_parameters": model.count_parameters(), "device": str(trainer.device),
-        "mambacast_version": __version__, "torch_version": torch.__version__,
+        "precision": trainer.precision, "mambacast_version": __version__, "torch_version": torch.__version__,
     }
     paths = store.save_model(name, model, metadata, metrics=tracker.to_dict(),
                              plot_png=render_curves(tracker.history, name))

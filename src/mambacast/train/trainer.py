@@ -10,11 +10,12 @@ without `forward_distribution` is trained on the MSE.
 
 Everything the loop needs to continue after a crash — weights, Adam moments, learning rate,
 shuffle-generator state, callback counters — is exposed by `training_state()` and restored by
-`fit(resume_from=...)`, and a resumed run on CPU reproduces the uninterrupted one exactly.
+`fit(resume_from=...)`, and a resumed run on CPU reproduces the uninterrupted one exactly (bit for bit in float32,
+as tested; under bf16 autocast a resume in a fresh process can differ in the last bits, which training grows).
 
-On CUDA the step runs under bf16 autocast (on GPUs with bfloat16 in hardware; in float32 on older ones) and is
-replayed as a CUDA graph (`train.graphs`: the guide-sized step is launch-bound there); MAMBACAST_CUDA_GRAPHS=0
-runs it kernel by kernel.
+On CUDA GPUs and CPUs with bfloat16 in hardware the step runs under bf16 autocast (float32 elsewhere;
+MAMBACAST_CPU_BF16=0|1 decides on the CPU); on CUDA it is replayed as a CUDA graph (`train.graphs`: the
+guide-sized step is launch-bound there); MAMBACAST_CUDA_GRAPHS=0 runs it kernel by kernel.
 """
 
 from __future__ import annotations
@@ -116,14 +117,21 @@ class Trainer:
             group["lr"] = float(value)
 
     def _autocast(self, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on CUDA GPUs with bfloat16 in hardware (`ops.amp.cuda_bf16_autocast`), and on the CPU
-        when opted in; `cache=False` inside a CUDA graph capture, where autocast's cache of cast weights would go
-        stale."""
+        """bf16 autocast on CUDA GPUs and CPUs with bfloat16 in hardware (`ops.amp.cuda_bf16_autocast`,
+        `ops.amp.cpu_bf16_autocast`: MAMBACAST_CPU_BF16 overrides it on the CPU); `cache=False` inside a CUDA graph
+        capture, where autocast's cache of cast weights would go stale."""
         if self._cuda_bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
-        if self.device.type == "cpu" and cpu_bf16_autocast():   # opt-in: MAMBACAST_CPU_BF16=1 (ops.amp)
+        if self.device.type == "cpu" and cpu_bf16_autocast():   # bf16 in hardware, or MAMBACAST_CPU_BF16 (ops.amp)
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @property
+    def precision(self) -> str:
+        """What the training step computes in, as the stored metadata records it: "bfloat16 autocast" (the Linear
+        layers in bf16, float32 master weights) or "float32"."""
+        on = self._cuda_bf16 or (self.device.type == "cpu" and cpu_bf16_autocast())
+        return "bfloat16 autocast" if on else "float32"
 
     # ---- loop --------------------------------------------------------------------------------
     @kept_heap()   # every step reuses the last step's freed activations (ops.heap: page faults)

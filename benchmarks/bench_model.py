@@ -304,7 +304,7 @@ def main() -> None:
         rate = flops["train"] / (step / 1e3) / 1e9
         print(f"{row.name:<30} {fwd:>11.1f} {step:>14.1f} {min(row.step) * 1e3:>6.1f} {ratio:>16} {rate:>8.1f} "
               f"{100 * rate / peak:>8.1f}%")
-        if peer_step and row is not peer and row.name.startswith(("mambacast fused", "fused")):
+        if peer_step and row is not peer and row.name.startswith(("mambacast fused", "fused", "Trainer")):
             summary.append(f"{row.name} {step:.1f} ms = {peer_step * 1e3 / step:.1f}x")
     if fused and args.baseline_kernel:
         old = next(row.kernel for row in rows if row.kernel is not None)

@@ -10,8 +10,8 @@ without `forward_distribution` is trained on the MSE.
 
 Everything the loop needs to continue after a crash — weights, Adam moments, learning rate,
 shuffle-generator state, callback counters — is exposed by `training_state()` and restored by
-`fit(resume_from=...)`, and a resumed run on CPU reproduces the uninterrupted one exactly (bit for bit in float32,
-as tested; under bf16 autocast a resume in a fresh process can differ in the last bits, which training grows).
+`fit(resume_from=...)`. A resumed run on CPU reproduces the uninterrupted one bit for bit in float32 (tested); under
+bf16 autocast a resume in a fresh process was seen to differ in the last bits, which training then grows.
 
 On CUDA GPUs and CPUs with bfloat16 in hardware the step runs under bf16 autocast (float32 elsewhere;
 MAMBACAST_CPU_BF16=0|1 decides on the CPU); on CUDA it is replayed as a CUDA graph (`train.graphs`: the

@@ -21,14 +21,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def float32_training():
-    """Training in float32 whatever the CPU, for a test module or one test (`MAMBACAST_CPU_BF16=0`, which the CLI's,
-    the worker pool's and Ray's processes inherit). For tests that compare two ways of training the same models to
-    1e-6 or bit for bit: bf16 autocast, the default on CPUs with bfloat16 in hardware, rounds the Linear layers'
-    inputs to 8 bits of mantissa, so summing in another order (a batched matmul, one thread instead of two) flips
-    roundings that training grows to 1e-3-1e-2 in the weights within five epochs (measured on the stacked test's
-    models). The bf16 paths have tests of their own (tests/train/test_stacked.py, tests/nn/test_autocast.py)."""
+    """Training in float32 whatever the CPU, for one test (`MAMBACAST_CPU_BF16=0`, which the CLI's, the worker
+    pool's and Ray's processes inherit). For tests that compare two ways of training the same models to 1e-6 or
+    bit for bit: bf16 autocast, the default on CPUs with bfloat16 in hardware, rounds the Linear layers' inputs to
+    8 bits of mantissa, so summing in another order (a batched matmul, one thread instead of two) flips roundings
+    that training grows to 1e-3-1e-2 in the weights within five epochs (measured on the stacked test's models).
+    The bf16 paths have tests of their own (tests/train/test_stacked.py, tests/nn/test_autocast.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAMBACAST_CPU_BF16", "0")
+        yield
+
+
+@pytest.fixture(scope="module")
+def float32_module():
+    """`float32_training` for a whole module, for module-scoped fixtures that train (or start Ray's workers, which
+    inherit the environment at their start)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MAMBACAST_CPU_BF16", "0")
         yield

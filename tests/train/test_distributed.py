@@ -1,7 +1,7 @@
 """`mambacast train --ray` on a real local Ray cluster (2 CPUs, started once for the module, no mocks).
 
 The Ray models must equal the same symbols trained one at a time with the same seed (to float rounding: the
-workers run one torch thread; in float32, `float32_training` in tests/conftest.py), a worker that dies
+workers run one torch thread; in float32, `float32_module` in tests/conftest.py), a worker that dies
 mid-training (a real process exit, not an exception) must be retried and resume from its checkpoint, and user
 mistakes are one line.
 """
@@ -26,12 +26,12 @@ FAST = ["--preset", "small", "--epochs", "3", "--days", "400", "--batch-size", "
 
 
 @pytest.fixture(scope="module")
-def cluster(float32_training, ray_cluster):   # float32 first: Ray's workers inherit the environment at its start
+def cluster(float32_module, ray_cluster):   # float32 first: Ray's workers inherit the environment at its start
     return ray_cluster
 
 
 @pytest.fixture(scope="module")
-def reference(float32_training, tmp_path_factory):
+def reference(float32_module, tmp_path_factory):
     """The three symbols trained one at a time in this process (no Ray)."""
     root = tmp_path_factory.mktemp("alone")
     assert main(["train", "--symbols", ",".join(SYMBOLS), "--save-dir", str(root), *FAST]) == 0

@@ -90,6 +90,17 @@ def test_a_wrong_preset_is_one_line(good, tmp_path, value, match):
     assert good.unchanged()
 
 
+@pytest.mark.parametrize("argv", [[*TRAIN, *TINY], ["backtest", "--symbols", "AAPL", "--epochs", "1"]],
+                         ids=["train", "backtest"])
+def test_a_wrong_precision_switch_is_one_line_before_any_work(good, tmp_path, monkeypatch, argv):
+    """MAMBACAST_CPU_BF16 is checked with the flags: one line, exit 2, not one failure per symbol after its data."""
+    monkeypatch.setenv("MAMBACAST_CPU_BF16", "yes")
+    where = ["--save-dir", str(good.root)] if argv[0] == "train" else ["--report", str(tmp_path / "report")]
+    code, out, err = run_cli([*argv, *where])
+    assert_one_line(code, out, err, 2, "MAMBACAST_CPU_BF16='yes': use 1")
+    assert good.unchanged() and not (tmp_path / "report").exists()
+
+
 def test_help_still_shows_the_usage(capsys):
     code, out, err = run_cli(["train", "--help"])
     assert code == 0 and out.startswith("usage: mambacast train") and "--save-dir" in out and err == ""

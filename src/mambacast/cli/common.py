@@ -37,12 +37,18 @@ def one_line(exc: BaseException | str) -> str:
 
 
 def check_device(device: str) -> None:
-    """A bad --device is one line before any data is read or epoch trained: the commands run on the CPU or
-    CUDA (the library's `resolve_device` also takes other torch devices, e.g. the tests' "meta")."""
+    """A bad --device, or a bad MAMBACAST_CPU_BF16 (the CPU's training precision), is one line before any data is
+    read or epoch trained (not one failure per symbol): the commands run on the CPU or CUDA (the library's
+    `resolve_device` also takes other torch devices, e.g. the tests' "meta")."""
+    from ..ops.amp import cpu_bf16_autocast
     from ..train.trainer import resolve_device
 
     if resolve_device(device).type not in ("cpu", "cuda"):
         raise CLIError(f"--device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
+    try:
+        cpu_bf16_autocast()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def check_store(save_dir: str) -> None:

@@ -29,15 +29,17 @@ def float32_training():
     8 bits of mantissa, so summing in another order (a batched matmul, one thread instead of two) flips roundings
     that training grows to 1e-3-1e-2 in the weights within five epochs (measured on the stacked test's models).
     The bf16 paths have tests of their own (tests/train/test_stacked.py, tests/nn/test_autocast.py)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MAMBACAST_CPU_BF16", "0")
-        yield
+    yield from _float32_env()
 
 
 @pytest.fixture(scope="module")
 def float32_module():
     """`float32_training` for a whole module, for module-scoped fixtures that train (or start Ray's workers, which
     inherit the environment at their start)."""
+    yield from _float32_env()
+
+
+def _float32_env():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MAMBACAST_CPU_BF16", "0")
         yield

@@ -127,3 +127,60 @@ def test_fused_block_stacked_weights_equal_each_model(kernel, dtype, dims, state
         i = [j for j in range(10) if per[0][j] is not None][k]
         expected = (torch.cat if i in batch_like else torch.stack)([rg[k] for rg in ref_grads])
         torch.testing.assert_close(grad, expected, **TOL[dtype], msg=lambda m, i=i: f"grad of input {i}: {m}")
+
+
+# bfloat16 activations: the kernels read a bfloat16 xz (an autocast in_proj output) and write its gradient in
+# bfloat16 (`vload_bf16` / `vstore_bf16`), giving what casting around a float32 kernel gives.
+_BF16_EDGES = [
+    0x3F808000,  # 1 + 2^-8: halfway between bfloat16 1 and 1 + 2^-7, ties to the even 1
+    0x3F818000,  # halfway above an odd bfloat16: ties up
+    0x3F808001, 0x3F807FFF,             # just above / below a tie
+    0x7F7FFFFF, 0xFF7FFFFF,             # float32's largest: rounds to inf
+    0x7F7F7FFF,                         # the largest finite bfloat16's neighbourhood
+    0x00000001, 0x80400000, 0x00018000,  # subnormals (not flushed)
+    0x00000000,
+    0x7F800000, 0xFF800000,             # inf, -inf
+]
+
+
+def _floats(bits: list[int]) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+@pytest.mark.parametrize("d", [16, 37])   # 37: two full vectors and a masked tail of 5
+def test_bf16_gradient_rounds_as_torch_does(kernel, d):
+    """conv_bwd with one tap of weight 1 and no SiLU computes dx = dout: written into a strided bfloat16 dx_out it
+    has exactly the bits of the float32 kernel's dx cast by torch (ties to even, overflow to inf, subnormals
+    kept), NaN stays NaN."""
+    g = torch.Generator().manual_seed(0)
+    random_bits = torch.randint(-2**31, 2**31 - 1, (3, 11, d), generator=g, dtype=torch.int64).to(torch.int32)
+    dout = random_bits.view(torch.float32).clone()
+    dout.view(-1)[:len(_BF16_EDGES)] = _floats(_BF16_EDGES)
+    dout.view(-1)[len(_BF16_EDGES)] = float("nan")
+    x = torch.randn(3, 11, d, generator=g).bfloat16()
+    dxz = torch.zeros(3, 11, 2 * d, dtype=torch.bfloat16)
+    kernel.conv_bwd(x, torch.ones(1, d), None, None, dout, False, dxz[..., :d])
+    dx32 = kernel.conv_bwd(x.float(), torch.ones(1, d), None, None, dout, False, None)[0]
+    assert torch.equal(dx32[~dout.isnan()], dout[~dout.isnan()])
+    dx, expected = dxz[..., :d], dx32.bfloat16()
+    nan = dout.isnan()
+    assert dx[nan].isnan().all()
+    assert torch.equal(dx[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+    assert (dxz[..., d:] == 0).all()    # the other half untouched
+    assert dx.reshape(-1)[:4].float().tolist() == [1.0, 1.0 + 2 ** -6, 1.0 + 2 ** -7, 1.0]
+
+
+@pytest.mark.parametrize("d", [16, 37])
+def test_bf16_activations_read_as_their_float32_values(kernel, d):
+    """conv_fwd and the scan's gate read a bfloat16 input as its exact float32 value: bit for bit what they
+    compute from x.float() / z.float()."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 11, d, generator=g).bfloat16()
+    wt, bias = torch.randn(4, d, generator=g), torch.randn(d, generator=g)
+    assert torch.equal(kernel.conv_fwd(x, wt, bias, None, True), kernel.conv_fwd(x.float(), wt, bias, None, True))
+    u, delta, B, C, z = (torch.randn(3, 11, k, generator=g) for k in (d, d, 4, 4, d))
+    At, D = -torch.rand(4, d, generator=g) - 0.1, torch.randn(d, generator=g)
+    zb = z.bfloat16()
+    fwd = [kernel.scan_fwd(u, delta, At, B, C, D, zz, None, None, None, True, 8, True) for zz in (zb, zb.float())]
+    for a, b in zip(*fwd, strict=True):
+        assert torch.equal(a, b)

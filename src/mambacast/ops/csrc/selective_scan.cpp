@@ -62,13 +62,56 @@ Ptr2<T> ptr2(const at::Tensor& x) {
   return r;
 }
 
+// A (batch, seq_len, k) activation with unit stride along k, held as T or (T = float) as bfloat16: the block's
+// input xz, an autocast bfloat16 matmul's output, read as it is, and its gradient written in its dtype.
+template <typename T>
+struct Act {
+  using V = typename VT<T>::V;
+  void* p = nullptr;
+  int64_t sb = 0, sl = 0;  // in elements
+  bool bf16 = false;
+  int64_t index(int64_t b, int64_t t, int64_t c) const { return b * sb + t * sl + c; }
+  const void* at(int64_t b, int64_t t, int64_t c) const {  // for prefetches
+    return bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(p) + index(b, t, c))
+                : static_cast<const void*>(static_cast<const T*>(p) + index(b, t, c));
+  }
+  V load(int64_t b, int64_t t, int64_t c0, int cnt) const {
+    if constexpr (sizeof(T) == 4) {
+      if (bf16) return vload_bf16(static_cast<const uint16_t*>(p) + index(b, t, c0), cnt);
+    }
+    return vload(static_cast<const T*>(p) + index(b, t, c0), cnt);
+  }
+  void store(int64_t b, int64_t t, int64_t c0, V v, int cnt) const {
+    if constexpr (sizeof(T) == 4) {
+      if (bf16) return vstore_bf16(static_cast<uint16_t*>(p) + index(b, t, c0), v, cnt);
+    }
+    vstore(static_cast<T*>(p) + index(b, t, c0), v, cnt);
+  }
+};
+
+template <typename T>
+Act<T> act(const at::Tensor& x) {
+  Act<T> r;
+  r.p = x.data_ptr();
+  r.sb = x.stride(0);
+  r.sl = x.stride(1);
+  r.bf16 = x.scalar_type() == at::kBFloat16;
+  return r;
+}
+
+// The dtypes an activation of a T kernel may have: T, or bfloat16 for a float32 kernel.
+bool act_dtype_ok(const at::Tensor& x, at::ScalarType kernel) {
+  return x.scalar_type() == kernel || (kernel == at::kFloat && x.scalar_type() == at::kBFloat16);
+}
+
 template <typename T>
 struct Args {
   int64_t batch = 0, L = 0, d = 0, N = 0, chunk = 1, K = 0;
   // Stacked models: At, D, bias and Wt hold M models' parameters along a leading dimension, and
   // batch row b belongs to model b / rows (M = 1: one set of parameters shared by every row).
   int64_t M = 1, rows = 1;
-  Ptr2<T> u, delta, B, C, z, dout;
+  Ptr2<T> u, delta, B, C, dout;
+  Act<T> z;                   // (batch, L, d), T or bfloat16
   const T* At = nullptr;      // (N, d)
   const T* D = nullptr;       // (d)
   const T* bias = nullptr;    // (d)
@@ -85,8 +128,8 @@ struct Args {
   const T* hsave_in = nullptr;
   const T* ypre_in = nullptr;
   // backward outputs
-  T *du = nullptr, *ddelta = nullptr, *dz = nullptr;  // (batch, L, d); dz rows strided
-  int64_t dz_sb = 0, dz_sl = 0;
+  T *du = nullptr, *ddelta = nullptr;  // (batch, L, d)
+  Act<T> dz;                           // z's dtype; rows strided
   // Partials over batch rows, packed in one (batch, pstride) tensor (one sum reduces them all): row b holds dA
   // (N, d), dD (d), dbias (d), dW (R, d); each pointer below is row 0's part.
   int64_t pstride = 0;
@@ -345,7 +388,7 @@ void fwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt) 
       V yv = s.yacc[i];
       if (a.z.p) {
         if (a.ypre) vstore(a.ypre + (b * a.L + t0 + i) * d + c0, yv, cnt);
-        const V zv = vload(a.z.at(b, t0 + i) + c0, cnt);
+        const V zv = a.z.load(b, t0 + i, c0, cnt);
         yv *= zv * vsigmoid(zv);
       }
       vstore(a.y + (b * a.L + t0 + i) * d + c0, yv, cnt);
@@ -397,10 +440,10 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
       __builtin_prefetch(a.dout.at(b, t0 + i + 8) + c0);
       V dyv = vload(a.dout.at(b, t0 + i) + c0, cnt);
       if (a.z.p) {
-        const V zv = vload(a.z.at(b, t0 + i) + c0, cnt);
+        const V zv = a.z.load(b, t0 + i, c0, cnt);
         const V sg = vsigmoid(zv);
         const V yv = y_saved ? vload(a.ypre_in + (b * a.L + t0 + i) * d + c0, cnt) : s.yacc[i];
-        vstore(a.dz + b * a.dz_sb + (t0 + i) * a.dz_sl + c0, dyv * yv * sg * (1.0f + zv * (1.0f - sg)), cnt);
+        a.dz.store(b, t0 + i, c0, dyv * yv * sg * (1.0f + zv * (1.0f - sg)), cnt);
         dyv = dyv * zv * sg;
       }
       s.dy[i] = dyv;
@@ -527,7 +570,7 @@ void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const
   a.C = ptr2<T>(C);
   a.At = At.data_ptr<T>();
   if (D) a.D = D->data_ptr<T>();
-  if (z) a.z = ptr2<T>(*z);
+  if (z) a.z = act<T>(*z);
   if (bias) a.bias = bias->data_ptr<T>();
   if (Wt) {
     a.Wt = Wt->data_ptr<T>();
@@ -571,7 +614,8 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   for (const at::Tensor* t : {&u, &delta, &At, &B, &C}) {
     TORCH_CHECK(t->scalar_type() == u.scalar_type(), "selective_scan: all inputs must share one dtype");
   }
-  if (z) TORCH_CHECK(z->scalar_type() == u.scalar_type(), "selective_scan: z dtype");
+  if (z) TORCH_CHECK(act_dtype_ok(*z, u.scalar_type()), "selective_scan: z must have u's dtype (or bfloat16 for "
+                     "float32 u), got ", z->scalar_type());
   for (const std::optional<at::Tensor>* o : {&D, &bias}) {
     if (*o) {
       TORCH_CHECK((*o)->dim() == (stacked ? 2 : 1) && (!stacked || (*o)->size(0) == M) && (*o)->size(-1) == d &&
@@ -656,9 +700,10 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   at::Tensor dz;
   if (z && dz_out) {
     check_btk(*dz_out, "dz_out", batch, L, d);
+    TORCH_CHECK(dz_out->scalar_type() == z->scalar_type(), "selective_scan backward: dz_out must have z's dtype");
     dz = *dz_out;
   } else {
-    dz = at::empty({z ? batch : 0, L, d}, opt);
+    dz = at::empty({z ? batch : 0, L, d}, z ? z->options() : opt);
   }
   const int64_t P = (N + 2 + R) * d, S = R + 2 * N;
   at::Tensor partials = at::empty({batch, P}, opt);
@@ -681,11 +726,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
     a.du = du.data_ptr<scalar_t>();
     a.write_ddelta = need_ddelta;
     if (need_ddelta) a.ddelta = ddelta.data_ptr<scalar_t>();
-    if (z) {
-      a.dz = dz.data_ptr<scalar_t>();
-      a.dz_sb = dz.stride(0);
-      a.dz_sl = dz.stride(1);
-    }
+    if (z) a.dz = act<scalar_t>(dz);
     scalar_t* part = partials.data_ptr<scalar_t>();
     a.pstride = P;
     a.dA = part;
@@ -708,21 +749,22 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
 // ---------------------------------------------------------------- causal depthwise conv1d (+ SiLU)
 //   pre_t = bias + sum_k w_k * x_{t-(K-1)+k}      x_{-j} = x_prev[K-1-j] (or 0)
 //   out_t = silu(pre_t) (or pre_t)
-// x: (batch, seq_len, d) with unit channel stride; wt: (K, d); x_prev: (batch, K-1, d).
+// x: (batch, seq_len, d) with unit channel stride, T or (T = float) bfloat16; wt: (K, d); x_prev: (batch, K-1, d).
+// dx has x's dtype; everything else is T.
 constexpr int kMaxConv = 16;
 
 template <typename T>
 struct ConvArgs {
   int64_t batch = 0, L = 0, d = 0, K = 0;
   int64_t M = 1, rows = 1;  // stacked models: wt (M, K, d), bias (M, d); row b uses model b / rows
-  Ptr2<T> x, dout;
+  Act<T> x;
+  Ptr2<T> dout;
   const T* wt = nullptr;
   const T* bias = nullptr;
   const T* xprev = nullptr;
   bool silu = true;
   T* out = nullptr;      // (batch, L, d)
-  T* dx = nullptr;       // rows of stride dx_sl, dx_sb
-  int64_t dx_sb = 0, dx_sl = 0;
+  Act<T> dx;             // rows strided
   T* dw = nullptr;       // (batch, K, d)
   T* db = nullptr;       // (batch, d)
   T* dxprev = nullptr;   // (batch, K-1, d)
@@ -740,10 +782,10 @@ void conv_fwd_block(const ConvArgs<T>& a, int64_t b, int64_t c0, int cnt) {
   }
   const V bv = a.bias ? vload(a.bias + c0, cnt) : V{};
   for (int64_t t = 0; t < a.L; ++t) {
-    __builtin_prefetch(a.x.at(b, t + 8) + c0);
+    __builtin_prefetch(a.x.at(b, t + 8, c0));
 #pragma GCC unroll 16
     for (int k = 0; k + 1 < K; ++k) xw[k] = xw[k + 1];
-    xw[K - 1] = vload(a.x.at(b, t) + c0, cnt);
+    xw[K - 1] = a.x.load(b, t, c0, cnt);
     V pre = bv;
 #pragma GCC unroll 16
     for (int k = 0; k < K; ++k) pre += w[k] * xw[k];
@@ -774,9 +816,9 @@ void conv_bwd_block(const ConvArgs<T>& a, int64_t b, int64_t c0, int cnt) {
       gp[k] = gp[k + 1];
     }
     if (t < a.L) {
-      __builtin_prefetch(a.x.at(b, t + 8) + c0);
+      __builtin_prefetch(a.x.at(b, t + 8, c0));
       __builtin_prefetch(a.dout.at(b, t + 8) + c0);
-      xw[K - 1] = vload(a.x.at(b, t) + c0, cnt);
+      xw[K - 1] = a.x.load(b, t, c0, cnt);
       V pre = bv;
 #pragma GCC unroll 16
       for (int k = 0; k < K; ++k) pre += w[k] * xw[k];
@@ -798,7 +840,7 @@ void conv_bwd_block(const ConvArgs<T>& a, int64_t b, int64_t c0, int cnt) {
 #pragma GCC unroll 16
     for (int k = 0; k < K; ++k) dx += w[k] * gp[K - 1 - k];
     if (s >= 0) {
-      vstore(a.dx + b * a.dx_sb + s * a.dx_sl + c0, dx, cnt);
+      a.dx.store(b, s, c0, dx, cnt);
     } else if (a.dxprev) {
       vstore(a.dxprev + (b * (K - 1) + (s + K - 1)) * d + c0, dx, cnt);
     }
@@ -841,12 +883,14 @@ void dispatch_conv(const ConvArgs<T>& a) {
 
 void check_conv(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias,
                 const std::optional<at::Tensor>& xprev) {
-  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
-              "causal_conv1d (fused CPU kernel): float32/float64 CPU tensors only");
+  TORCH_CHECK(x.device().is_cpu() && (wt.scalar_type() == at::kFloat || wt.scalar_type() == at::kDouble) &&
+                  act_dtype_ok(x, wt.scalar_type()),
+              "causal_conv1d (fused CPU kernel): float32/float64 CPU tensors only (x may be bfloat16 for a float32 "
+              "weight)");
   TORCH_CHECK(x.dim() == 3, "causal_conv1d: x must be (batch, seq_len, d)");
   const int64_t batch = x.size(0), d = x.size(2);
   TORCH_CHECK((wt.dim() == 2 || wt.dim() == 3) && wt.size(-1) == d && wt.size(-2) >= 1 && wt.size(-2) <= kMaxConv &&
-                  wt.is_contiguous() && wt.scalar_type() == x.scalar_type(),
+                  wt.is_contiguous(),
               "causal_conv1d: weight must be contiguous (K, d), or (n_models, K, d) for stacked models, with 1 <= K <= ",
               kMaxConv);
   check_btk(x, "x", batch, x.size(1), d);
@@ -856,21 +900,21 @@ void check_conv(const at::Tensor& x, const at::Tensor& wt, const std::optional<a
               " is not a multiple of the ", wt.size(0), " stacked models");
   if (bias) {
     TORCH_CHECK(bias->dim() == (stacked ? 2 : 1) && (!stacked || bias->size(0) == wt.size(0)) && bias->size(-1) == d &&
-                    bias->is_contiguous() && bias->scalar_type() == x.scalar_type(),
-                "causal_conv1d: bias must be contiguous ([n_models,] d)");
+                    bias->is_contiguous() && bias->scalar_type() == wt.scalar_type(),
+                "causal_conv1d: bias must be contiguous ([n_models,] d) of the weight's dtype");
   }
   if (xprev) {
     TORCH_CHECK(xprev->dim() == 3 && xprev->size(0) == batch && xprev->size(1) == K - 1 && xprev->size(2) == d &&
-                    xprev->is_contiguous() && xprev->scalar_type() == x.scalar_type(),
-                "causal_conv1d: x_prev must be contiguous (batch, K-1, d)");
+                    xprev->is_contiguous() && xprev->scalar_type() == wt.scalar_type(),
+                "causal_conv1d: x_prev must be contiguous (batch, K-1, d) of the weight's dtype");
   }
 }
 
 at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias,
                     const std::optional<at::Tensor>& xprev, bool silu) {
   check_conv(x, wt, bias, xprev);
-  at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambacast_conv_fwd", [&] {
+  at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2)}, wt.options());
+  AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "mambacast_conv_fwd", [&] {
     ConvArgs<scalar_t> a;
     a.batch = x.size(0);
     a.L = x.size(1);
@@ -878,7 +922,7 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& wt, const std::option
     a.K = wt.size(-2);
     a.M = wt.dim() == 3 ? wt.size(0) : 1;
     a.rows = a.batch / a.M;
-    a.x = ptr2<scalar_t>(x);
+    a.x = act<scalar_t>(x);
     a.wt = wt.data_ptr<scalar_t>();
     if (bias) a.bias = bias->data_ptr<scalar_t>();
     if (xprev && a.K > 1) a.xprev = xprev->data_ptr<scalar_t>();
@@ -898,16 +942,18 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& wt, cons
   const int64_t batch = x.size(0), L = x.size(1), d = x.size(2), K = wt.size(-2);
   check_btk(dout, "grad_output", batch, L, d);
   at::Tensor dx;
+  TORCH_CHECK(dout.scalar_type() == wt.scalar_type(), "causal_conv1d backward: grad_output must have the weight's dtype");
   if (dx_out) {
     check_btk(*dx_out, "dx_out", batch, L, d);
+    TORCH_CHECK(dx_out->scalar_type() == x.scalar_type(), "causal_conv1d backward: dx_out must have x's dtype");
     dx = *dx_out;
   } else {
     dx = at::empty({batch, L, d}, x.options());
   }
-  at::Tensor dw = at::empty({batch, K, d}, x.options());
-  at::Tensor db = at::empty({batch, d}, x.options());
-  at::Tensor dxprev = at::empty({xprev ? batch : 0, K - 1, d}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambacast_conv_bwd", [&] {
+  at::Tensor dw = at::empty({batch, K, d}, wt.options());
+  at::Tensor db = at::empty({batch, d}, wt.options());
+  at::Tensor dxprev = at::empty({xprev ? batch : 0, K - 1, d}, wt.options());
+  AT_DISPATCH_FLOATING_TYPES(wt.scalar_type(), "mambacast_conv_bwd", [&] {
     ConvArgs<scalar_t> a;
     a.batch = batch;
     a.L = L;
@@ -915,7 +961,7 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& wt, cons
     a.K = K;
     a.M = wt.dim() == 3 ? wt.size(0) : 1;
     a.rows = batch / a.M;
-    a.x = ptr2<scalar_t>(x);
+    a.x = act<scalar_t>(x);
     a.dout = ptr2<scalar_t>(dout);
     a.wt = wt.data_ptr<scalar_t>();
     if (bias) a.bias = bias->data_ptr<scalar_t>();
@@ -924,9 +970,7 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& x, const at::Tensor& wt, cons
       a.dxprev = dxprev.data_ptr<scalar_t>();
     }
     a.silu = silu;
-    a.dx = dx.data_ptr<scalar_t>();
-    a.dx_sb = dx.stride(0);
-    a.dx_sl = dx.stride(1);
+    a.dx = act<scalar_t>(dx);
     a.dw = dw.data_ptr<scalar_t>();
     a.db = db.data_ptr<scalar_t>();
     dispatch_conv<scalar_t, true>(a);

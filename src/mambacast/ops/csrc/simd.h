@@ -2,8 +2,8 @@
 // (16 floats / 8 doubles) written with GCC vector extensions, so the same code compiles to zmm
 // instructions with -march=native on an AVX-512 CPU and splits into ymm/xmm (or scalar) code
 // elsewhere; the hot functions (exp2, 1/x) have explicit AVX-512 intrinsics under __AVX512F__
-// beside their portable form. exp, exp2, log1p on [0, 1], softplus/sigmoid, masked loads and stores,
-// and transpose-add trees that sum the lanes of 16 (8) vectors at once.
+// beside their portable form. exp, exp2, log1p on [0, 1], softplus/sigmoid, masked loads and stores
+// (also of bfloat16 activations, as float32 vectors), and transpose-add trees that sum the lanes of 16 (8) vectors at once.
 //
 // Everything is in an anonymous namespace: two builds of the kernel (different flags or sources)
 // loaded into one process must not bind to each other's copies of these functions.
@@ -223,6 +223,39 @@ inline void vstore(T* p, typename VT<T>::V v, int cnt) {
     std::memcpy(p, &v, sizeof(v));
   } else {
     for (int i = 0; i < cnt; ++i) p[i] = v[i];
+  }
+}
+
+// bfloat16 is the upper half of a float32: widening is a 16-bit shift (exact); narrowing rounds to nearest even,
+// NaN to the quiet NaN 0x7fc0, as c10::BFloat16 does, so a kernel reading or writing bfloat16 gives the values
+// (finite ones bit for bit) that Tensor.float() / Tensor.bfloat16() around a float32 kernel give.
+typedef uint16_t BF16x16 __attribute__((vector_size(32)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+
+inline VT<float>::V vload_bf16(const uint16_t* p, int cnt) {
+  BF16x16 h;
+  if (__builtin_expect(cnt == 16, 1)) {
+#if defined(__AVX512F__)
+    // (GCC's code for the portable form below round-trips the 16 halves through the stack)
+    const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return reinterpret_cast<VT<float>::V>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+#endif
+    std::memcpy(&h, p, sizeof(h));
+  } else {
+    h = BF16x16{};
+    for (int i = 0; i < cnt; ++i) h[i] = p[i];
+  }
+  return bitcast<VT<float>::V>(__builtin_convertvector(h, U32x16) << 16);
+}
+
+inline void vstore_bf16(uint16_t* p, VT<float>::V v, int cnt) {
+  const U32x16 u = bitcast<U32x16>(v);
+  const U32x16 rounded = (u + (0x7fffu + ((u >> 16) & 1u))) >> 16;
+  const BF16x16 h = __builtin_convertvector(v != v ? U32x16{} + 0x7fc0u : rounded, BF16x16);
+  if (__builtin_expect(cnt == 16, 1)) {
+    std::memcpy(p, &h, sizeof(h));
+  } else {
+    for (int i = 0; i < cnt; ++i) p[i] = h[i];
   }
 }
 

@@ -7,7 +7,8 @@ Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--ro
 The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
 Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam.
 `--bf16` runs the forward under torch.autocast("cpu", bfloat16) (the Linear layers in bf16 with fp32
-master weights; the fused block stays fp32; with `--stacked`, the stack's own autocast, MAMBACAST_CPU_BF16=1),
+master weights, the fused block's x_proj too, its conv and scan in fp32; with `--stacked`, the stack's own
+autocast, MAMBACAST_CPU_BF16=1),
 `--fused-adam` uses torch.optim.Adam(fused=True), `--trainer-update` what `Trainer` runs on the CPU
 (`train.flat.FlatAdam` from the second step: zeroing, clipping and Adam on flat buffers). `--stacked M`
 profiles the step of a stack of M models instead (`train.stacked`, as `--stack` trains: batched matmuls, one

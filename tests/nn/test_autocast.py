@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mambacast import MambaConfig, MambaModel
 from mambacast.nn.fused import mamba_inner
@@ -101,6 +102,107 @@ def test_fused_block_serves_autocast(monkeypatch):
                            block.dt_proj.weight, block.dt_proj.bias, block.A, block.D)
     assert xz.dtype == torch.bfloat16 and y.dtype == torch.float32
     assert type(y.grad_fn).__name__ == "_MambaInnerBackward"
+
+
+class _MatmulDtypes(TorchDispatchMode):
+    """(op name, first operand's dtype, second operand's shape) of every matmul run under it."""
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if name in ("mm", "addmm", "addmm_", "bmm", "baddbmm", "baddbmm_"):
+            a, b = args[-2:]
+            self.seen.append((name, a.dtype, tuple(b.shape)))
+        return func(*args, **(kwargs or {}))
+
+
+def _fused_block_grads(dtype, amp: bool, stacked: bool):
+    """Outputs and gradients of one fused block (two stacked copies with `stacked`) on fixed inputs, and the
+    matmuls it ran: xz (2 rows per model, 12 steps, 2 * d_inner = 32), d_state 4, dt_rank 2."""
+    g = torch.Generator().manual_seed(0)
+    lead = (2,) if stacked else ()
+    d, K, N, R = 16, 4, 4, 2
+    params = [torch.randn(*lead, d, K, generator=g) * 0.3, torch.randn(*lead, d, generator=g) * 0.1,
+              torch.randn(*lead, R + 2 * N, d, generator=g) * 0.3, torch.randn(*lead, d, R, generator=g) * 0.3,
+              torch.randn(*lead, d, generator=g) * 0.1 - 2, -torch.rand(*lead, d, N, generator=g) - 0.5,
+              torch.randn(*lead, d, generator=g)]
+    params = [p.to(dtype).requires_grad_() for p in params]
+    xz = (torch.randn(4 if stacked else 2, 12, 2 * d, generator=g)).to(dtype).requires_grad_()
+    with _MatmulDtypes() as mm, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        y, h = mamba_inner(xz, *params)
+        assert type(y.grad_fn).__name__ == "_MambaInnerBackward"
+        w = torch.randn(y.shape, generator=g).to(dtype)
+        grads = torch.autograd.grad((y * w).sum() + h.sum(), [xz, *params])
+    return [y.detach(), *grads], mm.seen
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one model", "stacked"])
+def test_fused_block_runs_x_proj_in_bf16_under_autocast(stacked):
+    """Under the CPU's bf16 autocast the fused block's x_proj (forward and weight gradient) multiplies in bfloat16,
+    as autocast runs every Linear and as the block's unfused ops run it; its input gradient stays float32. The
+    results stay within bfloat16's rounding of float32's (measured: 5.7e-3 relative at most) and are not float32's."""
+    _needs_kernel("fused")
+    out32, seen32 = _fused_block_grads(torch.float32, False, stacked)
+    out16, seen16 = _fused_block_grads(torch.float32, True, stacked)
+    x_proj = (2, 10, 16) if stacked else (10, 16)      # x_proj's weight (R + 2N, d_inner), per model
+    assert {dt for _, dt, _ in seen32} == {torch.float32}
+    # forward: xc @ W^T (W's shape transposed), weight gradient: dx_dbl^T @ xc, input gradient: dx_dbl @ W (+=)
+    fwd = [(dt, name) for name, dt, shape in seen16 if shape == (*x_proj[:-2], x_proj[-1], x_proj[-2])]
+    grad_w = [(dt, name) for name, dt, shape in seen16 if shape[-1] == x_proj[-1] and shape[-2] != x_proj[-2]]
+    grad_x = [(dt, name) for name, dt, shape in seen16 if shape == x_proj]
+    assert [dt for dt, _ in fwd] == [torch.bfloat16], seen16
+    assert [dt for dt, _ in grad_w] == [torch.bfloat16], seen16
+    assert [dt for dt, _ in grad_x] == [torch.float32], seen16
+    assert all(o.dtype == torch.float32 for o in out16)
+    for i, (a, b) in enumerate(zip(out16, out32, strict=True)):
+        assert (a - b).norm() / b.norm() < 1e-2, i
+    assert any(not torch.equal(a, b) for a, b in zip(out16, out32, strict=True))
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one model", "stacked"])
+@pytest.mark.parametrize("gated", [True, False], ids=["xz", "x alone"])
+def test_fused_block_reads_a_bf16_xz_as_its_float32_cast(stacked, gated):
+    """Under autocast the fused block takes in_proj's bfloat16 output as it is (the kernels widen it as they read,
+    and write its gradient in bfloat16): outputs and parameter gradients bit for bit those of the same block given
+    xz.float(), the input's gradient that float32 gradient rounded by torch, and the block keeps xz in bfloat16
+    for its backward instead of a float32 copy."""
+    _needs_kernel("fused")
+    g = torch.Generator().manual_seed(3)
+    M = 2 if stacked else 1
+    lead = (M,) if stacked else ()
+    d, K, N, R = 20, 4, 5, 2    # 20 channels: a full vector and a masked tail
+    params = [torch.randn(*lead, d, K, generator=g) * 0.3, torch.randn(*lead, d, generator=g) * 0.1,
+              torch.randn(*lead, R + 2 * N, d, generator=g) * 0.3, torch.randn(*lead, d, R, generator=g) * 0.3,
+              torch.randn(*lead, d, generator=g) * 0.1 - 2, -torch.rand(*lead, d, N, generator=g) - 0.5,
+              torch.randn(*lead, d, generator=g)]
+    params = [p.requires_grad_() for p in params]
+    xz16 = torch.randn(3 * M, 13, 2 * d if gated else d, generator=g).bfloat16().requires_grad_()
+    xz32 = xz16.detach().float().requires_grad_()
+    w = torch.randn(3 * M, 13, d, generator=g)
+    results = []
+    for xz in (xz16, xz32):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, h = mamba_inner(xz, *params)
+        assert type(y.grad_fn).__name__ == "_MambaInnerBackward"
+        assert y.grad_fn.saved_tensors[0].dtype == xz.dtype
+        results.append([y, h, *torch.autograd.grad((y * w).sum() + h.sum(), [xz, *params])])
+    (y16, h16, dxz16, *dp16), (y32, h32, dxz32, *dp32) = results
+    assert dxz16.dtype == torch.bfloat16
+    for a, b in zip([y16, h16, *dp16], [y32, h32, *dp32], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(dxz16.view(torch.int16), dxz32.bfloat16().view(torch.int16))
+
+
+def test_fused_block_keeps_float64_under_autocast():
+    """float64 is not autocast's to round: the block under autocast computes exactly what it computes without."""
+    _needs_kernel("fused")
+    out_amp, seen = _fused_block_grads(torch.float64, True, False)
+    out, _ = _fused_block_grads(torch.float64, False, False)
+    assert {dt for _, dt, _ in seen} == {torch.float64}
+    for a, b in zip(out_amp, out, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("impl", ["chunked", "fused"])

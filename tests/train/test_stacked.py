@@ -240,7 +240,7 @@ def test_stacked_training_under_bf16_follows_training_alone(tmp_path, monkeypatc
     stacked = [make_trainer(tmp_path / "stacked", f"S{i}", seed, epochs=2) for i, seed in enumerate(seeds)]
     with MatmulDtypes() as seen:
         stacked_histories = StackedTrainer(stacked).fit(datasets)
-    assert torch.bfloat16 in seen.dtypes   # the Linear layers' (the fused block's x_proj stays float32)
+    assert torch.bfloat16 in seen.dtypes   # the Linear layers' and the fused block's x_proj
     assert {t.precision for t in alone + stacked} == {"bfloat16 autocast"}
     for ha, hb in zip(histories, stacked_histories, strict=True):
         assert [h["epoch"] for h in ha] == [h["epoch"] for h in hb] == [0, 1]

@@ -12,6 +12,13 @@ and five small matmuls, and writes dx and dz straight into the two halves of one
 `(batch, seq_len, 2*d_inner)` gradient, so autograd keeps no intermediate of the block and
 never concatenates. `mamba_inner_ref` is the same function in plain PyTorch ops.
 
+Under bfloat16 autocast on the CPU, `x_proj`'s forward and weight gradient run in bfloat16 with float32
+accumulation, as autocast runs every other Linear (and as `mamba_inner_ref`'s ops and mamba-ssm's
+`mamba_inner_fn` run it); its input gradient, the conv, the scan and dt_proj stay float32. The kernels
+read xz (in_proj's bfloat16 output) as it is, widening it exactly as they load it, and write its gradient
+in bfloat16, rounded as torch rounds: the values of casting around float32 kernels, without the casts'
+passes over the block's largest activation or a float32 copy of it kept for the backward.
+
 Both also run M stacked models at once (`nn.stacked`): every weight then has a leading
 `n_models` dimension and the batch holds each model's rows in turn (rows `m * b .. (m+1) * b - 1`
 belong to model m). The kernel reads each row's parameters from its model, and its per-row
@@ -148,6 +155,13 @@ def _split_sizes(x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor) -> tu
     return dt_proj_weight.shape[-1], A.shape[-1]
 
 
+def _lowp_x_proj(t: Tensor) -> bool:
+    """Whether the fused block runs x_proj in bfloat16: under the CPU's bfloat16 autocast, for the activations
+    autocast would cast (not float64). Read here, outside the Function, whose forward runs with autocast off."""
+    return (t.is_cpu and t.dtype != torch.float64 and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 def _linear(x: Tensor, weight: Tensor) -> Tensor:
     """x (batch, seq_len, in) @ weight.T; weight (out, in), or (n_models, out, in) with batch = n_models * rows."""
     if weight.dim() == 2:
@@ -207,10 +221,11 @@ def _split_gate(xz: Tensor, conv_weight: Tensor) -> tuple[Tensor, Tensor | None]
 
 class _MambaInner(torch.autograd.Function):
     @staticmethod
-    @float32_forward
+    @float32_forward(keep_bf16=(0,))   # xz: the kernels read an autocast bfloat16 in_proj output as it is
     def forward(ctx, xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,  # type: ignore[override]
                 x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor,
-                D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None) -> tuple[Tensor, Tensor]:
+                D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None,
+                lowp: bool) -> tuple[Tensor, Tensor]:
         from ..ops import load
 
         ops = load()
@@ -218,7 +233,10 @@ class _MambaInner(torch.autograd.Function):
         x, z = _split_gate(xz, conv_weight)
         wt = conv_weight.transpose(-1, -2).contiguous()                  # ([M,] K, d)
         xc = ops.conv_fwd(x, wt, conv_bias, conv_state, True)            # (b, l, d), after SiLU
-        x_dbl = _linear(xc, x_proj_weight)                               # (b, l, R + 2N)
+        # x_proj (b, l, d) -> (b, l, R + 2N); with lowp in bfloat16 (xc_mm: its input as it multiplies, kept for
+        # the weight's gradient), the scan reading its output as float32.
+        xc_mm = xc.bfloat16() if lowp else xc
+        x_dbl = _linear(xc_mm, x_proj_weight.to(xc_mm.dtype)).to(xc.dtype)
         dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
         # dt_proj (rank R -> d_inner), its bias and the softplus run inside the scan kernel.
         dt_wt = dt_proj_weight.transpose(-1, -2).contiguous()            # ([M,] R, d)
@@ -230,7 +248,7 @@ class _MambaInner(torch.autograd.Function):
                                               save)
         if save:
             ctx.save_for_backward(xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D,
-                                  conv_state, xc, x_dbl, hsave, ypre)
+                                  conv_state, xc, xc_mm, x_dbl, hsave, ypre)
         ctx.chunk, ctx.R, ctx.N, ctx.has_h0, ctx.gated = chunk, R, N, ssm_state is not None, z is not None
         ctx.n_models = A.shape[0] if A.dim() == 3 else None
         ctx.set_materialize_grads(False)
@@ -242,14 +260,14 @@ class _MambaInner(torch.autograd.Function):
         from ..ops import load
 
         ops = load()
-        (xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D, conv_state, xc, x_dbl,
+        (xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D, conv_state, xc, xc_mm, x_dbl,
          hsave, ypre) = ctx.saved_tensors
         R, N = ctx.R, ctx.N
         batch, seq_len, d = xc.shape
         x, z = (xz[..., :d], xz[..., d:]) if ctx.gated else (xz, None)
-        dy = xz.new_zeros(batch, seq_len, d) if dy is None else _unit_last(dy)
+        dy = xc.new_zeros(batch, seq_len, d) if dy is None else _unit_last(dy)
         dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
-        dxz = torch.empty_like(xz)
+        dxz = torch.empty_like(xz)      # xz's dtype: the kernels write bfloat16 for a bfloat16 xz
         dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
         out = ops.scan_bwd(xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk,
                            dxz[..., d:] if ctx.gated else None, False)
@@ -260,13 +278,16 @@ class _MambaInner(torch.autograd.Function):
         M = ctx.n_models
         parts = _per_model(out[12], M)                                                  # ([M,] (N+2+R) d)
         dA, dD, ddt_bias, d_dt_wt = torch.split(parts, [N * d, d, d, R * d], dim=-1)
+        # x_proj's weight gradient in xc_mm's dtype; its input gradient in float32, added in place (in bfloat16
+        # it would cost as much, with its output cast and added).
+        dx_mm = dx_dbl.to(xc_mm.dtype)
         if M is None:
-            d_x_proj_weight = dx_dbl.t() @ xc.view(-1, d)
+            d_x_proj_weight = (dx_mm.t() @ xc_mm.view(-1, d)).to(xc.dtype)
             dxc.view(-1, d).addmm_(dx_dbl, x_proj_weight)
         else:   # per model: (M, b/M*l, R+2N)
-            dx_dbl = dx_dbl.view(M, -1, R + 2 * N)
-            d_x_proj_weight = torch.bmm(dx_dbl.transpose(1, 2), xc.view(M, -1, d))
-            dxc.view(M, -1, d).baddbmm_(dx_dbl, x_proj_weight)
+            d_x_proj_weight = torch.bmm(dx_mm.view(M, -1, R + 2 * N).transpose(1, 2), xc_mm.view(M, -1, d))
+            d_x_proj_weight = d_x_proj_weight.to(xc.dtype)
+            dxc.view(M, -1, d).baddbmm_(dx_dbl.view(M, -1, R + 2 * N), x_proj_weight)
         _, dw, db, dxp = ops.conv_bwd(x, wt, conv_bias, conv_state, dxc, True, dxz[..., :d])
         need = ctx.needs_input_grad
         lead = At.shape[:-2]     # () or (M,)
@@ -278,7 +299,7 @@ class _MambaInner(torch.autograd.Function):
                 dA.view(*lead, N, d).transpose(-1, -2) if need[6] else None,
                 dD if D is not None and need[7] else None,
                 dxp if conv_state is not None and need[8] else None,
-                dh0.transpose(1, 2) if ctx.has_h0 and need[9] else None)
+                dh0.transpose(1, 2) if ctx.has_h0 and need[9] else None, None)
 
 
 def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
@@ -286,12 +307,13 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
                 conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Same signature and function as `mamba_inner_ref` (xz, or x alone); one fused autograd node when the CPU
     kernel applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`'s ops
-    with `causal_conv1d` (the Triton conv where the scan is Triton)."""
+    with `causal_conv1d` (the Triton conv where the scan is Triton). Under the CPU's bfloat16 autocast x_proj's
+    forward runs in bfloat16 either way (the fused node by hand, the ops by autocast)."""
     tensors = [t for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                            conv_state, ssm_state) if t is not None]
     if conv_weight.shape[-1] <= 16 and fused_ops(*tensors, d_state=A.shape[-1]) is not None:
         return _apply(_MambaInner, _unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
                       dt_proj_weight.contiguous(), dt_proj_bias, A, D,
-                      None if conv_state is None else conv_state.contiguous(), ssm_state)
+                      None if conv_state is None else conv_state.contiguous(), ssm_state, _lowp_x_proj(xz))
     return _mamba_inner_ops(causal_conv1d, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                             dt_proj_bias, A, D, conv_state, ssm_state)

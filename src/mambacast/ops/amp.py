@@ -21,7 +21,8 @@ backward, more than some of the kernels they wrap).
     default where the CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX: `cpu_has_bf16`), float32
     elsewhere (oneDNN would emulate bf16 there, slower than float32); `MAMBACAST_CPU_BF16=0|1` forces either.
     The Linear layers (in_proj, out_proj, the embedding, the heads) then run as oneDNN bf16 matmuls with
-    float32 accumulation on float32 master weights; the fused block, the norms and the loss stay float32. On
+    float32 accumulation on float32 master weights; the fused block reads in_proj's bf16 output as it is and runs
+    x_proj in bf16 too (`nn.fused`), its conv, scan and dt_proj in float32; the norms and the loss stay float32. On
     this project's AVX512_BF16 machine that takes 10-17% off a train step, and the validation loss of 50-epoch
     runs stays within float32's seed noise (6 stocks x 4 seeds: docs/benchmarks.md, `benchmarks/bf16_quality.py`).
 """
@@ -91,18 +92,31 @@ def autocast_enabled(device: torch.device) -> bool:
         return False
 
 
-def float32_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+def float32_forward(forward: Callable[..., Any] | None = None, *,
+                    keep_bf16: tuple[int, ...] = ()) -> Callable[..., Any]:
     """`torch.amp.custom_fwd(cast_inputs=torch.float32)` for the CPU and for CUDA (pair with `autocast_backward`):
     where autocast is on, the floating tensor arguments on that device type (float64 excepted) arrive as float32
     and the forward runs with it off. One wrapper for both device types, which returns at once when autocast is
-    off everywhere (the common case: the two stacked decorators cost more than a small kernel call)."""
+    off everywhere (the common case: the two stacked decorators cost more than a small kernel call).
+
+    `@float32_forward(keep_bf16=(i, ...))`: the arguments at these positions (after ctx) arrive as they are when
+    they are bfloat16, for kernels that read bfloat16 activations themselves (saving the cast's pass and a
+    float32 copy); other dtypes are cast as usual."""
+    if forward is None:
+        return functools.partial(float32_forward, keep_bf16=keep_bf16)
+
+    def cast(i: int, a: Any, on: list[str]) -> Any:
+        if (isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64 and a.device.type in on
+                and not (a.dtype == torch.bfloat16 and i in keep_bf16)):
+            return a.float()
+        return a
+
     @functools.wraps(forward)
     def wrapper(ctx: Any, *args: Any) -> Any:
         on = [d for d in _DEVICE_TYPES if torch.is_autocast_enabled(d)]
         if not on:
             return forward(ctx, *args)
-        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64
-                     and a.device.type in on else a for a in args)
+        args = tuple(cast(i, a, on) for i, a in enumerate(args))
         with contextlib.ExitStack() as stack:
             for d in on:
                 stack.enter_context(torch.autocast(d, enabled=False))

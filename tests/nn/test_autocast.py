@@ -91,7 +91,8 @@ def test_scans_compute_in_float32_under_autocast(impl):
 
 
 def test_fused_block_serves_autocast(monkeypatch):
-    """With the default choice the fused CPU block runs under autocast too (its inputs cast to float32)."""
+    """With the default choice the fused CPU block runs under autocast too (computing in float32): given in_proj's
+    bfloat16 output it returns the gated y in bfloat16, what out_proj's autocast casts it to."""
     _needs_kernel("fused")
     monkeypatch.delenv("MAMBACAST_SCAN", raising=False)
     model = MambaModel(MambaConfig(d_model=16, num_layers=1, d_state=4), n_features=3)
@@ -100,7 +101,7 @@ def test_fused_block_serves_autocast(monkeypatch):
         xz = block.in_proj(block.norm(torch.randn(2, 10, 16)))
         y, _ = mamba_inner(xz, block.conv1d.weight.squeeze(1), block.conv1d.bias, block.x_proj.weight,
                            block.dt_proj.weight, block.dt_proj.bias, block.A, block.D)
-    assert xz.dtype == torch.bfloat16 and y.dtype == torch.float32
+    assert xz.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
     assert type(y.grad_fn).__name__ == "_MambaInnerBackward"
 
 
@@ -165,9 +166,9 @@ def test_fused_block_runs_x_proj_in_bf16_under_autocast(stacked):
 @pytest.mark.parametrize("gated", [True, False], ids=["xz", "x alone"])
 def test_fused_block_reads_a_bf16_xz_as_its_float32_cast(stacked, gated):
     """Under autocast the fused block takes in_proj's bfloat16 output as it is (the kernels widen it as they read,
-    and write its gradient in bfloat16): outputs and parameter gradients bit for bit those of the same block given
-    xz.float(), the input's gradient that float32 gradient rounded by torch, and the block keeps xz in bfloat16
-    for its backward instead of a float32 copy."""
+    and write its gradient in bfloat16) and returns the gated y in bfloat16 (reading its bfloat16 gradient as it
+    is): bit for bit the same block given xz.float() with its y and gradients cast by torch (as out_proj's
+    autocast would), and the block keeps xz in bfloat16 for its backward instead of a float32 copy."""
     _needs_kernel("fused")
     g = torch.Generator().manual_seed(3)
     M = 2 if stacked else 1
@@ -187,12 +188,19 @@ def test_fused_block_reads_a_bf16_xz_as_its_float32_cast(stacked, gated):
             y, h = mamba_inner(xz, *params)
         assert type(y.grad_fn).__name__ == "_MambaInnerBackward"
         assert y.grad_fn.saved_tensors[0].dtype == xz.dtype
-        results.append([y, h, *torch.autograd.grad((y * w).sum() + h.sum(), [xz, *params])])
+        # y reaches the loss through a bfloat16 cast (out_proj's under autocast): its gradient arrives in bfloat16
+        loss = (y.bfloat16().float() * w).sum() + h.sum()
+        results.append([y, h, *torch.autograd.grad(loss, [xz, *params])])
     (y16, h16, dxz16, *dp16), (y32, h32, dxz32, *dp32) = results
+    assert y16.dtype == (torch.bfloat16 if gated else torch.float32) and h16.dtype == torch.float32
     assert dxz16.dtype == torch.bfloat16
-    for a, b in zip([y16, h16, *dp16], [y32, h32, *dp32], strict=True):
+
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+    assert torch.equal(bits(y16), bits(y32.to(y16.dtype)))
+    for a, b in zip([h16, *dp16], [h32, *dp32], strict=True):
         assert torch.equal(a, b)
-    assert torch.equal(dxz16.view(torch.int16), dxz32.bfloat16().view(torch.int16))
+    assert torch.equal(bits(dxz16), bits(dxz32.bfloat16()))
 
 
 def test_fused_block_keeps_float64_under_autocast():

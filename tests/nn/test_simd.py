@@ -173,7 +173,8 @@ def test_bf16_gradient_rounds_as_torch_does(kernel, d):
 @pytest.mark.parametrize("d", [16, 37])
 def test_bf16_activations_read_as_their_float32_values(kernel, d):
     """conv_fwd and the scan's gate read a bfloat16 input as its exact float32 value: bit for bit what they
-    compute from x.float() / z.float()."""
+    compute from x.float() / z.float(), the scan's gated y written in z's dtype (rounded as torch rounds); the
+    scan's backward reads a bfloat16 gradient of y as its float32 value."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 11, d, generator=g).bfloat16()
     wt, bias = torch.randn(4, d, generator=g), torch.randn(d, generator=g)
@@ -182,5 +183,13 @@ def test_bf16_activations_read_as_their_float32_values(kernel, d):
     At, D = -torch.rand(4, d, generator=g) - 0.1, torch.randn(d, generator=g)
     zb = z.bfloat16()
     fwd = [kernel.scan_fwd(u, delta, At, B, C, D, zz, None, None, None, True, 8, True) for zz in (zb, zb.float())]
-    for a, b in zip(*fwd, strict=True):
+    (y16, *rest16), (y32, *rest32) = fwd
+    assert y16.dtype == torch.bfloat16 and torch.equal(y16.view(torch.int16), y32.bfloat16().view(torch.int16))
+    for a, b in zip(rest16, rest32, strict=True):
+        assert torch.equal(a, b)
+    dy = torch.randn(3, 11, d, generator=g).bfloat16()
+    hsave, ypre = rest32[1], rest32[2]
+    bwd = [kernel.scan_bwd(u, delta, At, B, C, D, zb, None, None, hsave, ypre, g_, None, True, 8, None, True)
+           for g_ in (dy, dy.float())]
+    for a, b in zip(*bwd, strict=True):
         assert torch.equal(a, b)

@@ -16,8 +16,9 @@ Under bfloat16 autocast on the CPU, `x_proj`'s forward and weight gradient run i
 accumulation, as autocast runs every other Linear (and as `mamba_inner_ref`'s ops and mamba-ssm's
 `mamba_inner_fn` run it); its input gradient, the conv, the scan and dt_proj stay float32. The kernels
 read xz (in_proj's bfloat16 output) as it is, widening it exactly as they load it, and write its gradient
-in bfloat16, rounded as torch rounds: the values of casting around float32 kernels, without the casts'
-passes over the block's largest activation or a float32 copy of it kept for the backward.
+in bfloat16, rounded as torch rounds; the gated output y comes out in bfloat16 too (what out_proj's autocast
+would cast it to) and its gradient is read as it is. These are the values of casting around float32 kernels,
+without the casts' passes over the block's activations or a float32 copy of xz kept for the backward.
 
 Both also run M stacked models at once (`nn.stacked`): every weight then has a leading
 `n_models` dimension and the batch holds each model's rows in turn (rows `m * b .. (m+1) * b - 1`
@@ -308,7 +309,8 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
     """Same signature and function as `mamba_inner_ref` (xz, or x alone); one fused autograd node when the CPU
     kernel applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`'s ops
     with `causal_conv1d` (the Triton conv where the scan is Triton). Under the CPU's bfloat16 autocast x_proj's
-    forward runs in bfloat16 either way (the fused node by hand, the ops by autocast)."""
+    forward runs in bfloat16 either way (the fused node by hand, the ops by autocast), and the fused node returns
+    the gated y in xz's dtype (bfloat16), the ungated y and the state in float32."""
     tensors = [t for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                            conv_state, ssm_state) if t is not None]
     if conv_weight.shape[-1] <= 16 and fused_ops(*tensors, d_state=A.shape[-1]) is not None:

@@ -6,7 +6,8 @@
 //
 // Layout: u, delta, z, y are (batch, seq_len, d_inner) with unit stride along d_inner; B, C are
 // (batch, seq_len, d_state) with unit stride along d_state. A is passed transposed, (d_state, d_inner).
-// States are (batch, d_state, d_inner).
+// States are (batch, d_state, d_inner). In a float32 kernel z, y, their gradients, and the conv's input and
+// its gradient may be bfloat16 (the block's input and output under autocast: `Act`); all maths is float32.
 //
 // Vectorisation runs over channels: one task owns a block of L consecutive channels of one batch
 // row (L = 16 floats or 8 doubles, one 64-byte vector: a zmm register with -march=native on an
@@ -110,8 +111,8 @@ struct Args {
   // Stacked models: At, D, bias and Wt hold M models' parameters along a leading dimension, and
   // batch row b belongs to model b / rows (M = 1: one set of parameters shared by every row).
   int64_t M = 1, rows = 1;
-  Ptr2<T> u, delta, B, C, dout;
-  Act<T> z;                   // (batch, L, d), T or bfloat16
+  Ptr2<T> u, delta, B, C;
+  Act<T> z, dout;             // (batch, L, d), T or bfloat16
   const T* At = nullptr;      // (N, d)
   const T* D = nullptr;       // (d)
   const T* bias = nullptr;    // (d)
@@ -121,7 +122,7 @@ struct Args {
   int64_t R = 0;
   bool softplus = false;
   // forward outputs
-  T* y = nullptr;      // (batch, L, d)
+  Act<T> y;            // (batch, L, d), z's dtype
   T* hlast = nullptr;  // (batch, N, d)
   T* hsave = nullptr;  // (batch, K, N, d): state entering each chunk
   T* ypre = nullptr;   // (batch, L, d): y before the z gate, saved for the backward
@@ -391,7 +392,7 @@ void fwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt) 
         const V zv = a.z.load(b, t0 + i, c0, cnt);
         yv *= zv * vsigmoid(zv);
       }
-      vstore(a.y + (b * a.L + t0 + i) * d + c0, yv, cnt);
+      a.y.store(b, t0 + i, c0, yv, cnt);
     }
   }
   if (a.hlast) {
@@ -437,8 +438,8 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
       scan_groups<T, true, false>(a, s, b, t0, T_, s.h1.data());
     }
     for (int64_t i = 0; i < T_; ++i) {
-      __builtin_prefetch(a.dout.at(b, t0 + i + 8) + c0);
-      V dyv = vload(a.dout.at(b, t0 + i) + c0, cnt);
+      __builtin_prefetch(a.dout.at(b, t0 + i + 8, c0));
+      V dyv = a.dout.load(b, t0 + i, c0, cnt);
       if (a.z.p) {
         const V zv = a.z.load(b, t0 + i, c0, cnt);
         const V sg = vsigmoid(zv);
@@ -625,7 +626,7 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   }
 }
 
-// y (batch, L, d) [gated by silu(z) if z], h_last (batch, N, d), and if save_states the state
+// y (batch, L, d) [gated by silu(z) if z; in z's dtype], h_last (batch, N, d), and if save_states the state
 // entering each chunk (batch, ceil(L / chunk), N, d) and, with z, y before the gate (batch, L, d)
 // for the backward (empty tensors otherwise).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
@@ -640,7 +641,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
                     h0->is_contiguous() && h0->scalar_type() == u.scalar_type(),
                 "selective_scan: h0 must be contiguous (batch, d_state, d_inner)");
   }
-  at::Tensor y = at::empty({batch, L, d}, u.options());
+  at::Tensor y = at::empty({batch, L, d}, z ? z->options() : u.options());
   at::Tensor hlast = at::empty({batch, N, d}, u.options());
   const int64_t K = (L + std::max<int64_t>(1, chunk) - 1) / std::max<int64_t>(1, chunk);
   at::Tensor hsave = at::empty({save_states ? batch : 0, K, N, d}, u.options());
@@ -649,7 +650,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
     if (h0) a.h0 = h0->data_ptr<scalar_t>();
-    a.y = y.data_ptr<scalar_t>();
+    a.y = act<scalar_t>(y);
     a.hlast = hlast.data_ptr<scalar_t>();
     if (save_states) a.hsave = hsave.data_ptr<scalar_t>();
     if (save_states && z) a.ypre = ypre.data_ptr<scalar_t>();
@@ -680,6 +681,8 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
                   hsave.size(3) == d && hsave.is_contiguous(),
               "selective_scan backward: saved states have shape ", hsave.sizes());
   check_btk(dout, "grad_output", batch, L, d);
+  TORCH_CHECK(act_dtype_ok(dout, u.scalar_type()), "selective_scan backward: grad_output must have u's dtype (or "
+              "bfloat16 for float32 u), got ", dout.scalar_type());
   if (dhlast) {
     TORCH_CHECK(dhlast->dim() == 3 && dhlast->size(0) == batch && dhlast->size(1) == N && dhlast->size(2) == d &&
                     dhlast->is_contiguous(),
@@ -721,7 +724,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
     a.hsave_in = hsave.data_ptr<scalar_t>();
     if (z && ypre && ypre->numel() > 0) a.ypre_in = ypre->data_ptr<scalar_t>();
-    a.dout = ptr2<scalar_t>(dout);
+    a.dout = act<scalar_t>(dout);
     if (dhlast) a.dhlast = dhlast->data_ptr<scalar_t>();
     a.du = du.data_ptr<scalar_t>();
     a.write_ddelta = need_ddelta;

@@ -250,8 +250,15 @@ inline VT<float>::V vload_bf16(const uint16_t* p, int cnt) {
 
 inline void vstore_bf16(uint16_t* p, VT<float>::V v, int cnt) {
   const U32x16 u = bitcast<U32x16>(v);
-  const U32x16 rounded = (u + (0x7fffu + ((u >> 16) & 1u))) >> 16;
-  const BF16x16 h = __builtin_convertvector(v != v ? U32x16{} + 0x7fc0u : rounded, BF16x16);
+  const U32x16 rounded = v != v ? U32x16{} + 0x7fc0u : (u + (0x7fffu + ((u >> 16) & 1u))) >> 16;
+  if (__builtin_expect(cnt == 16, 1)) {
+#if defined(__AVX512F__)
+    // (one vpmovdw; GCC builds the portable narrowing from two-source word permutes)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(rounded)));
+    return;
+#endif
+  }
+  const BF16x16 h = __builtin_convertvector(rounded, BF16x16);
   if (__builtin_expect(cnt == 16, 1)) {
     std::memcpy(p, &h, sizeof(h));
   } else {

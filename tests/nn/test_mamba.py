@@ -169,6 +169,43 @@ def test_eager_under_compile_first_called_inside_a_compiled_region():
     assert seen == [False]
 
 
+def test_running_the_fused_model_leaves_dynamo_unimported():
+    """The fused block, its backward and the recurrent step run without importing torch._dynamo (1 s with sympy and
+    triton: every `predict` paid it) while nothing has imported it: no torch.compile can be active then
+    (`ops.eager`). The same calls after torch._dynamo is imported go through `torch.compiler.disable` and agree."""
+    import subprocess
+    import sys
+
+    from .kernel import kernel_or_skip
+
+    kernel_or_skip()
+    code = """
+import sys, torch
+from mambacast import MambaConfig, MambaModel
+from mambacast.nn import fused
+calls = []
+apply = fused._MambaInner.apply
+fused._MambaInner.apply = lambda *a: calls.append(1) or apply(*a)
+torch.manual_seed(0)
+model = MambaModel(MambaConfig(), 26)
+x = torch.randn(2, 60, 26)
+out = model.forward_distribution(x)[0]
+out.sum().backward()
+state = model.init_state(2)
+with torch.no_grad():
+    h, _ = model.step(x[:, 0], state)
+print(len(calls), 'torch._dynamo' in sys.modules)
+import torch._dynamo
+out2 = model.forward_distribution(x)[0]
+with torch.no_grad():
+    h2, _ = model.step(x[:, 0], state)
+print(len(calls), torch.equal(out, out2) and torch.equal(h, h2))
+"""
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    n = MambaConfig().num_layers   # one fused call per block and forward
+    assert lines[-4:] == [str(n), "False", str(2 * n), "True"]
+
+
 def test_importing_the_cli_leaves_dynamo_unimported():
     """`import mambacast.cli` (every command, --help and argument errors included) does not import torch._dynamo
     (0.5-1 s): the kernels' `torch.compiler.disable` is applied at their first call (`ops.eager`)."""

@@ -24,7 +24,10 @@ alike):
 Every row runs inside `mambacast.ops.heap.kept_heap()`, as the Trainer's steps do (freed memory is kept for
 the next step instead of being faulted in again; mambapy's rows as well). Times are medians over `--repeats`
 runs after warm-up, on this machine's threads. Each row's ratio is against mambapy measured in the same run,
-since absolute times on a shared 2-core machine are only indicative.
+since absolute times on a shared 2-core machine are only indicative. The machine also has slow spells that last
+seconds to minutes: a ratio of two medians can set one row's fast spell against the peer's slow one (runs of
+the same tree gave 7.7x to 17.1x). The paired ratio is therefore reported beside it: per round, mambapy's median
+step over the row's, both measured within seconds of each other; the median over rounds and their range.
 
 FLOPs (counted, not measured): every matmul of the model (embedding, in_proj, x_proj, dt_proj,
 out_proj, the heads' last step; depthwise conv as 2*d_conv per channel and step) at 2*M*K*N,
@@ -172,6 +175,14 @@ def scan_kernel_ab(ops: dict[str, SimpleNamespace], batch: int, seq_len: int, cf
     return {name: (f * 1e3, b * 1e3) for name, (f, b) in best.items()}
 
 
+def paired_ratios(peer: list[float], row: list[float], rounds: int) -> list[float]:
+    """Per interleaved round, the peer's median step time over the row's: the recorded times hold `rounds` rounds
+    of equally many runs each, in order, for both rows."""
+    n = len(row) // rounds
+    return [statistics.median(peer[r * n:(r + 1) * n]) / statistics.median(row[r * n:(r + 1) * n])
+            for r in range(rounds)]
+
+
 class Row:
     def __init__(self, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, env: str | None,
                  bf16: bool = False, fused_adam: bool = False, kernel: SimpleNamespace | None = None,
@@ -296,16 +307,19 @@ def main() -> None:
     peer = rows[0] if rows[0].name.startswith("mambapy") else None
     peer_step = statistics.median(peer.step) if peer else None
     print(f"{'model':<30} {'forward ms':>11} {'train step ms':>14} {'(min)':>6} {'step vs mambapy':>16} "
-          f"{'GFLOP/s':>8} {'% of peak':>9}")
+          f"{'paired (range)':>20} {'GFLOP/s':>8} {'% of peak':>9}")
     summary = []
     for row in rows:
         fwd, step = statistics.median(row.fwd) * 1e3, statistics.median(row.step) * 1e3
         ratio = f"{peer_step * 1e3 / step:.2f}x faster" if peer_step else "-"
+        pairs = paired_ratios(peer.step, row.step, rounds) if peer and row is not peer else []
+        paired = f"{statistics.median(pairs):.2f}x ({min(pairs):.1f}-{max(pairs):.1f})" if pairs else "-"
         rate = flops["train"] / (step / 1e3) / 1e9
-        print(f"{row.name:<30} {fwd:>11.1f} {step:>14.1f} {min(row.step) * 1e3:>6.1f} {ratio:>16} {rate:>8.1f} "
-              f"{100 * rate / peak:>8.1f}%")
+        print(f"{row.name:<30} {fwd:>11.1f} {step:>14.1f} {min(row.step) * 1e3:>6.1f} {ratio:>16} {paired:>20} "
+              f"{rate:>8.1f} {100 * rate / peak:>8.1f}%")
         if peer_step and row is not peer and row.name.startswith(("mambacast fused", "fused", "Trainer")):
-            summary.append(f"{row.name} {step:.1f} ms = {peer_step * 1e3 / step:.1f}x")
+            summary.append(f"{row.name} {step:.1f} ms = {peer_step * 1e3 / step:.1f}x, "
+                           f"paired {statistics.median(pairs):.1f}x over {rounds} rounds")
     if fused and args.baseline_kernel:
         old = next(row.kernel for row in rows if row.kernel is not None)
         kernels = {"this tree": _loader.load(), f"kernel of {args.baseline_kernel}": old}

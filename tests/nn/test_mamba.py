@@ -208,7 +208,7 @@ print(len(calls), torch.equal(out, out2) and torch.equal(h, h2))
 
 def test_importing_the_cli_leaves_dynamo_unimported():
     """`import mambacast.cli` (every command, --help and argument errors included) does not import torch._dynamo
-    (0.5-1 s): the kernels' `torch.compiler.disable` is applied at their first call (`ops.eager`)."""
+    (0.5-1 s): the kernels' `torch.compiler.disable` is applied only once dynamo is loaded (`ops.eager`)."""
     import subprocess
     import sys
 

@@ -143,3 +143,20 @@ def test_serving_with_stored_fits_refits_nothing(closes, monkeypatch):
         np.testing.assert_array_equal(law[0], full.mean)
         np.testing.assert_array_equal(law[1], full.scale)
     assert g.law_many(closes, [1499], HORIZONS)[2] == g.nu_
+
+
+@needs_sample("KO")
+def test_serving_imports_no_arch():
+    """`arch` (with matplotlib, 1.2-1.9 s) is imported where a GARCH-t is fitted, not by the predictor: a stored
+    model's fits are restored, never refitted, per request (above)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mambacast.predict\n"
+            "print('arch' in sys.modules, 'matplotlib' in sys.modules)\n"
+            "from mambacast.blend import fit_garch\n"
+            "from mambacast.data.sources import load_prices\n"
+            "g = fit_garch(load_prices('KO', days=800)['close'].to_numpy())\n"
+            "print('arch' in sys.modules, g.fit_info_['status'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-4:] == ["False", "False", "True", "garch"]

@@ -145,7 +145,7 @@ def test_garch_t_falls_back_when_the_fit_fails(monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise np.linalg.LinAlgError("singular Hessian")
 
-    monkeypatch.setattr(B, "arch_model", boom)
+    monkeypatch.setattr("arch.arch_model", boom)   # GarchT imports it at each fit (baselines: lazy import)
     p = _prices(400)
     with caplog.at_level(logging.WARNING, logger="mambacast.evaluate.baselines"):
         g = B.GarchT().fit(p)

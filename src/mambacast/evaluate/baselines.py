@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from arch import arch_model
 from scipy import signal
 
 from .forecast import DEFAULT_QUANTILES, Forecast, check_horizons
@@ -413,6 +412,10 @@ class GarchT(_VectorisedForecaster):
 
     def _fit_arch(self, r: np.ndarray) -> tuple[tuple[dict[str, float], float] | None, str | None]:
         """Maximum-likelihood fit with arch: ((params, nu), None), or (estimate or None, why it is refused)."""
+        # Imported here: arch brings scipy.stats and matplotlib (1.2-1.9 s), and serving a stored model restores its
+        # fit (`from_dict`) without fitting.
+        from arch import arch_model
+
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import hashlib
 import math
 import os
@@ -88,7 +89,17 @@ def baseline_kernel(ref: str) -> SimpleNamespace:
     cpp_extension.load(name=f"{ns}_{key}", sources=[str(build / "selective_scan.cpp")], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], build_directory=str(build), is_python_module=False, verbose=False)
     lib = getattr(torch.ops, ns)
-    return SimpleNamespace(**{op: getattr(lib, op) for op in _loader._OPS if hasattr(lib, op)}, name=ns, flags=flags)
+    ops = {op: getattr(lib, op) for op in _loader._OPS if hasattr(lib, op)}
+    for op in ("scan_fwd", "scan_bwd"):   # a kernel from before `fast_exp`: called without it (its exact exp)
+        n_args = len(ops[op].default._schema.arguments)
+        if ops[op].default._schema.arguments[-1].name != "fast_exp":
+            ops[op] = functools.partial(_without_fast_exp, ops[op], n_args)
+    return SimpleNamespace(**ops, name=ns, flags=flags)
+
+
+def _without_fast_exp(op: Callable[..., object], n_args: int, *args: object) -> object:
+    """Call `op` (an older kernel's scan, `n_args` arguments) with a newer caller's trailing `fast_exp` dropped."""
+    return op(*args[:n_args])
 
 
 @contextlib.contextmanager

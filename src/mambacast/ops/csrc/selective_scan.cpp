@@ -14,7 +14,8 @@
 // AVX-512 CPU) and keeps its d_state state vectors in registers/stack, in groups of 8 (float) states
 // unrolled so that each state's recurrence is an independent chain. Per state and step the forward
 // is 11 vector instructions: exp2(delta log2(e) A) by vreduceps, a degree-5 polynomial and
-// vscalefps (simd.h, <= 1.9 ulp), then h = e h + (delta u) B and y += C h. No
+// vscalefps (simd.h, <= 1.9 ulp; with fast_exp, under bfloat16 autocast, a degree-4 polynomial: one instruction
+// fewer, 3e-6 relative), then h = e h + (delta u) B and y += C h. No
 // (batch, seq_len, d_inner, d_state) tensor exists: the forward saves only the state at chunk
 // boundaries; the backward recomputes each chunk's states and exp(delta*A) from its boundary state
 // into a (chunk, d_state, L) buffer per task, then runs the reverse recurrence. Reductions across
@@ -121,6 +122,7 @@ struct Args {
   const T* Wt = nullptr;      // (R, d): fused dt_proj; then `delta` is dt_low (batch, seq_len, R)
   int64_t R = 0;
   bool softplus = false;
+  bool fast_exp = false;  // exp(delta A) by vexp2_fast (under bfloat16 autocast)
   // forward outputs
   Act<T> y;            // (batch, L, d), z's dtype
   T* hlast = nullptr;  // (batch, N, d)
@@ -235,7 +237,7 @@ inline void add_lane_sums_small(const typename VT<T>::V* v, int R, T* out) {
 
 // Forward over one chunk for states n0 .. n0+ng-1: h carried in s.h; accumulates C.h into s.yacc.
 // With ab/hb, also records exp(delta A) and every state for the backward.
-template <typename T, int G, bool FULL, bool REC, bool ACC_Y>
+template <typename T, int G, bool FULL, bool REC, bool ACC_Y, bool FAST>
 inline void scan_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_, int n0, int ng_rt,
                        typename VT<T>::V* h_io) {
   using V = typename VT<T>::V;
@@ -257,7 +259,7 @@ inline void scan_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, i
     V* hb = rec ? s.hb.data() + i * N + n0 : nullptr;
 #pragma GCC unroll 16
     for (int j = 0; j < ng; ++j) {
-      const V e = vexp2(dt2 * Av[j]);
+      const V e = FAST ? vexp2_fast(dt2 * Av[j]) : vexp2(dt2 * Av[j]);
       h[j] = e * h[j] + du * Bt[j];
       y += h[j] * Ct[j];
       if (rec) {
@@ -343,16 +345,26 @@ inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0
   }
 }
 
-template <typename T, bool REC, bool ACC_Y>
-void scan_groups(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_, typename VT<T>::V* h_io) {
+template <typename T, bool REC, bool ACC_Y, bool FAST>
+void scan_groups_exp(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_,
+                     typename VT<T>::V* h_io) {
   constexpr int G = kGroup<T>;
   for (int n0 = 0; n0 < a.N; n0 += G) {
     const int ng = static_cast<int>(std::min<int64_t>(G, a.N - n0));
     if (ng == G) {
-      scan_group<T, G, true, REC, ACC_Y>(a, s, b, t0, T_, n0, ng, h_io);
+      scan_group<T, G, true, REC, ACC_Y, FAST>(a, s, b, t0, T_, n0, ng, h_io);
     } else {
-      scan_group<T, G, false, REC, ACC_Y>(a, s, b, t0, T_, n0, ng, h_io);
+      scan_group<T, G, false, REC, ACC_Y, FAST>(a, s, b, t0, T_, n0, ng, h_io);
     }
+  }
+}
+
+template <typename T, bool REC, bool ACC_Y>
+void scan_groups(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_, typename VT<T>::V* h_io) {
+  if (a.fast_exp) {
+    scan_groups_exp<T, REC, ACC_Y, true>(a, s, b, t0, T_, h_io);
+  } else {
+    scan_groups_exp<T, REC, ACC_Y, false>(a, s, b, t0, T_, h_io);
   }
 }
 
@@ -641,7 +653,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& B, const at::Tensor& C,
     const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& Wt, const std::optional<at::Tensor>& h0, bool softplus, int64_t chunk,
-    bool save_states) {
+    bool save_states, bool fast_exp) {
   check_common(u, delta, At, B, C, D, z, bias, Wt);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(-2);
   if (h0) {
@@ -657,6 +669,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambacast_scan_fwd", [&] {
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
+    a.fast_exp = fast_exp;
     if (h0) a.h0 = h0->data_ptr<scalar_t>();
     a.y = act<scalar_t>(y);
     a.hlast = hlast.data_ptr<scalar_t>();
@@ -680,7 +693,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
                                  const std::optional<at::Tensor>& Wt, const at::Tensor& hsave,
                                  const std::optional<at::Tensor>& ypre, const at::Tensor& dout,
                                  const std::optional<at::Tensor>& dhlast, bool softplus, int64_t chunk,
-                                 const std::optional<at::Tensor>& dz_out, bool need_ddelta) {
+                                 const std::optional<at::Tensor>& dz_out, bool need_ddelta, bool fast_exp) {
   check_common(u, delta, At, B, C, D, z, bias, Wt);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(-2);
   const int64_t R = Wt ? Wt->size(-2) : 0;
@@ -730,6 +743,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mambacast_scan_bwd", [&] {
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
+    a.fast_exp = fast_exp;
     a.hsave_in = hsave.data_ptr<scalar_t>();
     if (z && ypre && ypre->numel() > 0) a.ypre_in = ypre->data_ptr<scalar_t>();
     a.dout = act<scalar_t>(dout);
@@ -1123,9 +1137,10 @@ std::vector<at::Tensor> mamba_step(const at::Tensor& hidden, const at::Tensor& n
 
 
 // ---------------------------------------------------------------- the scan's exponential, for tests
-// exp2 of a contiguous float32 tensor by the vector exp2 the scan uses (vexp2 in simd.h), so that the
-// tests can measure its error against float64 over every float32 input in a range.
-at::Tensor simd_exp2(const at::Tensor& x) {
+// exp2 of a contiguous float32 tensor by the vector exp2 the scan uses (vexp2 in simd.h; with fast, vexp2_fast, its
+// exponential under bfloat16 autocast), so that the tests can measure its error against float64 over every float32
+// input in a range.
+at::Tensor simd_exp2(const at::Tensor& x, bool fast) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "simd_exp2: a contiguous float32 CPU tensor");
   at::Tensor out = at::empty(x.sizes(), x.options());
@@ -1137,7 +1152,8 @@ at::Tensor simd_exp2(const at::Tensor& x) {
   at::parallel_for(0, (n + L - 1) / L, 4096, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int cnt = static_cast<int>(std::min<int64_t>(L, n - i * L));
-      vstore(op + i * L, vexp2(vload(xp + i * L, cnt)), cnt);
+      const VT<float>::V v = vload(xp + i * L, cnt);
+      vstore(op + i * L, fast ? vexp2_fast(v) : vexp2(v), cnt);
     }
   });
   return out;
@@ -1148,20 +1164,21 @@ at::Tensor simd_exp2(const at::Tensor& x) {
 TORCH_LIBRARY(mambacast, m) {
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
-      "Tensor? dt_wt, Tensor? h0, bool softplus, int chunk, bool save_states) -> (Tensor, Tensor, Tensor, Tensor)",
+      "Tensor? dt_wt, Tensor? h0, bool softplus, int chunk, bool save_states, bool fast_exp=False) -> "
+      "(Tensor, Tensor, Tensor, Tensor)",
       &scan_fwd);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
       "Tensor? dt_wt, Tensor hsave, Tensor? ypre, Tensor dout, Tensor? dhlast, bool softplus, int chunk, "
       "Tensor? dz_out, "
-      "bool need_ddelta) -> Tensor[]",
+      "bool need_ddelta, bool fast_exp=False) -> Tensor[]",
       &scan_bwd);
   m.def(
       "mamba_step(Tensor hidden, Tensor norm_w, Tensor norm_b, float eps, Tensor in_w, Tensor conv_w, Tensor? conv_b, "
       "Tensor x_w, Tensor dt_w, Tensor? dt_b, Tensor A, Tensor? D, Tensor out_w, Tensor conv_state, "
       "Tensor ssm_state) -> Tensor[]",
       &mamba_step);
-  m.def("simd_exp2(Tensor x) -> Tensor", &simd_exp2);
+  m.def("simd_exp2(Tensor x, bool fast=False) -> Tensor", &simd_exp2);
   m.def("conv_fwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, bool silu) -> Tensor", &conv_fwd);
   m.def(
       "conv_bwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, Tensor dout, bool silu, Tensor? dx_out) -> Tensor[]",

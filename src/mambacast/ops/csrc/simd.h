@@ -113,7 +113,12 @@ inline VT<double>::V vexp(VT<double>::V x) {
 // instead of 13. The AVX512F-only variant (vrndscaleps + vsubps for f) gives the same results.
 // Elsewhere: exp(t ln 2) by the Cephes-style vexp above; rounding t ln 2 costs up to |t| * 6e-8 relative
 // (measured: 4.1e-6 at t = -100, a few ulp for the scan's usual |t| < 20).
-inline VT<float>::V vexp2(VT<float>::V t) {
+// FAST (`vexp2_fast`): a degree-4 polynomial for 2^f instead (p(0) = 1, coefficients fitted for the least maximum
+// relative error on [0, 1): 2.9e-6 in exact arithmetic, 3.0e-6 measured in float32, about 25 ulp), one multiply-add
+// fewer: the scan's exponential under bfloat16 autocast, where every other input of the scan carries bfloat16's
+// 3.9e-3 rounding (`fast_exp` of scan_fwd / scan_bwd). Without AVX-512 (and for double) it is vexp2.
+template <bool FAST>
+inline VT<float>::V vexp2_poly(VT<float>::V t) {
 #if defined(__AVX512F__)
   using V = VT<float>::V;
   const __m512 x = (__m512)t;
@@ -122,11 +127,19 @@ inline VT<float>::V vexp2(VT<float>::V t) {
 #else
   const V f = (V)_mm512_sub_ps(x, _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
 #endif
-  V p = bcast<V>(1.8852928187698126e-3f);
-  p = p * f + 8.973388932645321e-3f;
-  p = p * f + 5.5835917592048645e-2f;
-  p = p * f + 2.4015280604362488e-1f;
-  p = p * f + 6.931524872779846e-1f;
+  V p;
+  if constexpr (FAST) {
+    p = bcast<V>(1.3426518572e-2f);
+    p = p * f + 5.2242740296e-2f;
+    p = p * f + 2.4128008099e-1f;
+    p = p * f + 6.9304486025e-1f;
+  } else {
+    p = bcast<V>(1.8852928187698126e-3f);
+    p = p * f + 8.973388932645321e-3f;
+    p = p * f + 5.5835917592048645e-2f;
+    p = p * f + 2.4015280604362488e-1f;
+    p = p * f + 6.931524872779846e-1f;
+  }
   p = p * f + 1.0f;
   return (V)_mm512_scalef_ps((__m512)p, x);
 #else
@@ -134,32 +147,9 @@ inline VT<float>::V vexp2(VT<float>::V t) {
 #endif
 }
 
+inline VT<float>::V vexp2(VT<float>::V t) { return vexp2_poly<false>(t); }
+inline VT<float>::V vexp2_fast(VT<float>::V t) { return vexp2_poly<true>(t); }
 inline VT<double>::V vexp2(VT<double>::V t) { return vexp(t * 0.6931471805599453094); }
-
-// 2^t with a degree-4 polynomial for 2^f (p(0) = 1, coefficients fitted for the least maximum relative error on
-// [0, 1): 2.9e-6 in exact arithmetic, 3.0e-6 measured in float32, about 25 ulp), one multiply-add fewer than
-// vexp2: the scan's exponential under bfloat16 autocast, where every other input of the scan carries bfloat16's
-// 3.9e-3 rounding (`fast_exp` of scan_fwd / scan_bwd). Without AVX-512 (and for double) it is vexp2.
-inline VT<float>::V vexp2_fast(VT<float>::V t) {
-#if defined(__AVX512F__)
-  using V = VT<float>::V;
-  const __m512 x = (__m512)t;
-#if defined(__AVX512DQ__)
-  const V f = (V)_mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-#else
-  const V f = (V)_mm512_sub_ps(x, _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
-#endif
-  V p = bcast<V>(1.3426518572e-2f);
-  p = p * f + 5.2242740296e-2f;
-  p = p * f + 2.4128008099e-1f;
-  p = p * f + 6.9304486025e-1f;
-  p = p * f + 1.0f;
-  return (V)_mm512_scalef_ps((__m512)p, x);
-#else
-  return vexp2(t);
-#endif
-}
-
 inline VT<double>::V vexp2_fast(VT<double>::V t) { return vexp2(t); }
 
 // 1/x: AVX-512 rcp14 refined by one Newton step (~2^-28 relative) instead of a slow divide.

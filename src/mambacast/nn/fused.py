@@ -157,9 +157,10 @@ def _split_sizes(x_proj_weight: Tensor, dt_proj_weight: Tensor, A: Tensor) -> tu
     return dt_proj_weight.shape[-1], A.shape[-1]
 
 
-def _lowp_x_proj(t: Tensor) -> bool:
-    """Whether the fused block runs x_proj in bfloat16: under the CPU's bfloat16 autocast, for the activations
-    autocast would cast (not float64). Read here, outside the Function, whose forward runs with autocast off."""
+def _lowp(t: Tensor) -> bool:
+    """Whether the fused block runs at bfloat16's precision (x_proj in bfloat16, the scan's cheaper exp): under the
+    CPU's bfloat16 autocast, for the activations autocast would cast (not float64). Read here, outside the
+    Function, whose forward runs with autocast off."""
     return (t.is_cpu and t.dtype != torch.float64 and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
@@ -320,6 +321,6 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
     if conv_weight.shape[-1] <= 16 and fused_ops(*tensors, d_state=A.shape[-1]) is not None:
         return _apply(_MambaInner, _unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
                       dt_proj_weight.contiguous(), dt_proj_bias, A, D,
-                      None if conv_state is None else conv_state.contiguous(), ssm_state, _lowp_x_proj(xz))
+                      None if conv_state is None else conv_state.contiguous(), ssm_state, _lowp(xz))
     return _mamba_inner_ops(causal_conv1d, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                             dt_proj_bias, A, D, conv_state, ssm_state)

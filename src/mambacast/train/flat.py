@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.optim.adam import adam
+
+from .adam import Adam, fused_adam_
 
 __all__ = ["FlatAdam"]
 
 
 class FlatAdam:
-    """`params` of a `torch.optim.Adam` (CPU, one dtype, equal step counts) in flat buffers, for the duration of a
-    fit: `zero_grad()`, then backward, then `clip_and_step(max_norm)`; `release()` at the end."""
+    """`params` of an Adam (`train.adam.Adam` or `torch.optim.Adam`; CPU, one dtype, equal step counts) in flat
+    buffers, for the duration of a fit: `zero_grad()`, then backward, then `clip_and_step(max_norm)`; `release()`
+    at the end."""
 
-    def __init__(self, optimizer: torch.optim.Adam, params: list[Tensor]):
+    def __init__(self, optimizer: Adam | torch.optim.Adam, params: list[Tensor]):
         if len(optimizer.param_groups) != 1:
             raise ValueError("FlatAdam takes an optimizer with one parameter group")
         self.optimizer = optimizer
@@ -96,11 +98,8 @@ class FlatAdam:
                                    "before backward and do not replace .grad between them")
         norm = torch.linalg.vector_norm(self.flat_grad)
         self.flat_grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-        group = self.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        adam([self.flat_param], [self.flat_grad], [self.exp_avg], [self.exp_avg_sq], [], [self.step_count],
-             fused=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-             weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+        fused_adam_([self.flat_param], [self.flat_grad], [self.exp_avg], [self.exp_avg_sq], [self.step_count],
+                    self.optimizer.param_groups[0])
         return True
 
     def release(self) -> None:

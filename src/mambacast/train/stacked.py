@@ -194,7 +194,8 @@ class _Stack:
         self.eps, self.weight_decay = group["eps"], group["weight_decay"]
         self.clipnorm = first.config.clipnorm
         self.lr = torch.tensor([t.lr for t in trainers], dtype=torch.float64, device=self.device)
-        # Adam moments and step counts as each member's torch.optim.Adam holds them (zeros if fresh).
+        # Adam moments and step counts as each member's Adam (train.adam on the CPU, torch.optim's on CUDA) holds
+        # them (zeros if fresh).
         self.exp_avg, self.exp_avg_sq = {}, {}
         # (stacked on the device: a GPU-held step count read one by one would wait for the GPU once per member)
         steps = []

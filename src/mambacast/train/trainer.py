@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..ops.amp import cpu_bf16_autocast, cuda_bf16_autocast
 from ..ops.heap import kept_heap
+from .adam import Adam
 from .callbacks import Callback
 from .flat import FlatAdam
 from .graphs import GraphedSteps, graphs_enabled
@@ -90,13 +91,16 @@ class Trainer:
         self.model = model.to(self.device)
         self.callbacks = list(callbacks)
         # On CUDA the step is replayed as a CUDA graph (train.graphs), so Adam keeps its step count there. On the
-        # CPU Adam is one fused kernel over all parameters: the default there loops over them in Python.
+        # CPU Adam is one fused kernel over all parameters (torch.optim's default loops over them in Python), called
+        # without torch.optim, which would import torch._dynamo (train.adam).
         self._graphs = graphs_enabled(self.device)
         self._cuda_bf16 = self.device.type == "cuda" and cuda_bf16_autocast(self.device)
-        self._fused = self.device.type == "cpu"
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
-                                          weight_decay=config.weight_decay, capturable=self._graphs,
-                                          fused=self._fused or None)
+        self.optimizer: Adam | torch.optim.Adam
+        if self.device.type == "cpu":
+            self.optimizer = Adam(self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
+                                              weight_decay=config.weight_decay, capturable=self._graphs)
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._flat: FlatAdam | None = None   # during a CPU fit, from its second step (`_flat_update`)
         self._flat_pending = False
@@ -342,7 +346,8 @@ class Trainer:
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
         # The saved run may have used the other device: Adam's implementation is this device's.
-        groups = [dict(g, capturable=self._graphs, fused=self._fused or None) for g in info["param_groups"]]
+        fused = self.optimizer.defaults["fused"]
+        groups = [dict(g, capturable=self._graphs, fused=fused) for g in info["param_groups"]]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         self._graphed = None   # captured graphs point at the optimizer's old state tensors
         self.generator.set_state(tensors["rng.shuffle"])

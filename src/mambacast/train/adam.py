@@ -3,9 +3,9 @@
 
 Why not `torch.optim.Adam` itself: every `torch.optim.Optimizer` imports `torch._dynamo` (with sympy, and triton
 where installed) when it is built, since its methods are wrapped in `torch._disable_dynamo`, which imports dynamo
-at their first call: 1.2-1.5 s per process on the 2-core CPU, 4-5% of a one-symbol, 50-epoch training run, and
-every fused-kernel call then goes through `torch.compiler.disable` (`ops.eager`). Nothing else in a CPU fit needs
-dynamo. The CUDA path keeps `torch.optim.Adam` (its capturable update is replayed in CUDA graphs, `train.graphs`).
+at their first call: 1.2-1.5 s per process on the 2-core CPU, 4-5% of a one-symbol, 50-epoch training run.
+Nothing else in a CPU fit needs dynamo. The CUDA path keeps `torch.optim.Adam` (its capturable update is replayed
+in CUDA graphs, `train.graphs`).
 
 The update (Kingma & Ba 2015, Algorithm 1, with L2 weight decay added to the gradient as `torch.optim.Adam`
 does): g += wd * p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr * (m / (1 - b1^t)) /

@@ -18,16 +18,19 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or heap._gl
 # afresh each time by default) and counts the minor page faults per allocation: by default, then inside kept_heap
 # once the heap has grown (its first allocations there still fault: they grow it), and inside after a nested
 # context exited. Relative figures only: with transparent huge pages a fault maps 2 MiB instead of 4 KiB. Then a
-# 256 MiB block freed inside must stay resident until the outermost exit hands it back.
+# 256 MiB block freed inside must stay resident until the outermost exit hands it back. After that exit a 16 MiB
+# block (an inference pass's activation) is served from the heap again, where the thresholds kept_heap used to
+# leave behind (glibc's 128 KiB start values, fixed) mapped it afresh every time.
 SCRIPT = """
-import json, os, resource, torch
+import ctypes, json, os, resource, torch
+from mambacast.ops import heap
 from mambacast.ops.heap import kept_heap
 
-def faults(n=4):
-    torch.empty(16 << 20).fill_(1.0)
+def faults(n=4, floats=16 << 20):
+    torch.empty(floats).fill_(1.0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(n):
-        torch.empty(16 << 20).fill_(1.0)
+        torch.empty(floats).fill_(1.0)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
 
 def rss_mb():
@@ -45,6 +48,12 @@ with kept_heap():
     torch.empty(64 << 20).fill_(1.0)
     out["rss_kept"] = rss_mb()
 out["rss_after"] = rss_mb()
+out["16m_after"] = faults(floats=4 << 20)
+libc = heap._glibc()
+if libc is not None:
+    libc.mallopt(heap._M_MMAP_THRESHOLD, 128 << 10)
+    libc.mallopt(heap._M_TRIM_THRESHOLD, 128 << 10)
+out["16m_fixed_start_values"] = faults(floats=4 << 20)
 print(json.dumps(out))
 """
 
@@ -63,6 +72,8 @@ def test_kept_heap_reuses_freed_memory_and_gives_it_back_after():
     assert f["kept"] * 20 < f["default"]               # the freed block is reused
     assert f["after_inner_exit"] * 20 < f["default"]   # re-entrant: the inner exit keeps the heap
     assert f["rss_kept"] - f["rss_after"] > 128          # the outermost exit gives the free memory back
+    assert f["16m_fixed_start_values"] > 0
+    assert f["16m_after"] * 20 < f["16m_fixed_start_values"]   # and leaves inference's blocks in the heap
 
 
 def test_kept_heap_can_be_turned_off():

@@ -10,10 +10,13 @@ per step for 20 stacked models, where the fused scan kernels, which first write 
 "Issue 17, 2026-11-28").
 
 `kept_heap()` raises both thresholds for the process while any training runs (freed blocks stay in the
-heap and are reused by the next step); when the outermost training ends it sets them back to glibc's
-defaults (128 KiB; glibc's adaptive raising of the mmap threshold stays off, as after any `mallopt`) and
-returns the free memory with `malloc_trim(0)`. Elsewhere than glibc (macOS, musl, Windows) this does
-nothing. MAMBACAST_KEEP_HEAP=0 turns it off.
+heap and are reused by the next step); when the outermost training ends it returns the free memory with
+`malloc_trim(0)` and leaves the thresholds where glibc's own adaptive ones end up after large blocks are freed
+(mmap 32 MiB, trim 64 MiB). Not glibc's start values (128 KiB): any `mallopt` turns the adaptive raising off for
+good, and with 128 KiB every later activation above it was mapped afresh, so inference after training (the
+validation report, the backtest's forecasts after each refit, a notebook's predictions) ran 1.5-1.8x slower
+than in a process that never trained (docs/benchmarks.md, "Issue 17, 2026-11-28 (seventh session)").
+Elsewhere than glibc (macOS, musl, Windows) this does nothing. MAMBACAST_KEEP_HEAP=0 turns it off.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # threshold at 32 MiB, which is tried next.
 _MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 _TRIM_THRESHOLD = (1 << 31) - 1   # the largest value mallopt's int takes: never trim while training
-_DEFAULT_THRESHOLD = 128 << 10    # glibc's default for both
+# After training: the adaptive thresholds' ceiling on 64-bit glibc (DEFAULT_MMAP_THRESHOLD_MAX, trim twice it),
+# else glibc's start value for both (a 32-bit build caps the mmap threshold lower).
+_AFTER_THRESHOLDS = ((32 << 20, 64 << 20), (128 << 10, 128 << 10))
 
 _lock = threading.Lock()
 _depth = 0
@@ -82,6 +87,8 @@ def kept_heap() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
-                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+                for mmap, trim in _AFTER_THRESHOLDS:
+                    if libc.mallopt(_M_MMAP_THRESHOLD, mmap) == 1:
+                        libc.mallopt(_M_TRIM_THRESHOLD, trim)
+                        break
                 libc.malloc_trim(0)

@@ -14,7 +14,7 @@ heap and are reused by the next step); when the outermost training ends it retur
 `malloc_trim(0)` and leaves the thresholds where glibc's own adaptive ones end up after large blocks are freed
 (mmap 32 MiB, trim 64 MiB). Not glibc's start values (128 KiB): any `mallopt` turns the adaptive raising off for
 good, and with 128 KiB every later activation above it was mapped afresh, so inference after training (the
-validation report, the backtest's forecasts after each refit, a notebook's predictions) ran 1.5-1.8x slower
+validation report, the backtest's forecasts after each refit, a notebook's predictions) ran 1.3-2x slower
 than in a process that never trained (docs/benchmarks.md, "Issue 17, 2026-11-28 (seventh session)").
 Elsewhere than glibc (macOS, musl, Windows) this does nothing. MAMBACAST_KEEP_HEAP=0 turns it off.
 """

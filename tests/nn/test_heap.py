@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or heap._gl
 # block (an inference pass's activation) is served from the heap again, where the thresholds kept_heap used to
 # leave behind (glibc's 128 KiB start values, fixed) mapped it afresh every time.
 SCRIPT = """
-import ctypes, json, os, resource, torch
+import json, os, resource, torch
 from mambacast.ops import heap
 from mambacast.ops.heap import kept_heap
 

@@ -220,6 +220,25 @@ def test_start_and_end_dates_select_origins_and_data():
         walk_forward("SIM", frame.iloc[:100], [RandomWalk()], config)
 
 
+def test_a_symbol_without_origins_stops_the_run_before_anything_is_fitted():
+    """The second symbol's history ends before the first origin: the run names it at once, before the first
+    symbol's refits (with a global model, before all of its training); the same for a bad close."""
+    dates = pd.bdate_range("2000-01-03", periods=1500)
+    long = pd.DataFrame({"close": random_walk_prices(1500)}, index=dates)
+    config = BacktestConfig(horizons=(1, 5), refit_every=250, min_train_days=200)
+    spy = Spy()
+    no_origin = r"^SHORT: 600 days \(2000-01-03..2002-04-19\) leave no forecast origin"
+    with pytest.raises(InsufficientHistoryError, match=no_origin):
+        run_backtest({"LONG": long, "SHORT": long.iloc[:600]}, [spy], config, start="2003-01-01")
+    bad = long.copy()
+    bad.iloc[700, 0] = -1.0
+    with pytest.raises(ValueError, match="^BAD: closes must be finite and > 0"):
+        run_backtest({"LONG": long, "BAD": bad}, [spy], config, start="2003-01-01")
+    assert spy.fits == [] and spy.predicts == []
+    run_backtest({"LONG": long}, [spy], config, start="2003-01-01")   # and the symbols that have origins run
+    assert spy.fits
+
+
 def test_block_forecasts_equal_one_origin_at_a_time_for_every_baseline():
     closes = random_walk_prices(800, seed=3)
     fast = walk_forward("SIM", closes, make_baselines(), BacktestConfig(refit_every=150, min_train_days=300))

@@ -322,6 +322,42 @@ def checked_prices(prices: Mapping[str, Any], end: Any = None) -> dict[str, pd.D
     return out
 
 
+def _backtest_frame(symbol: str, prices: Any, end: Any) -> pd.DataFrame:
+    """The symbol's price frame up to `end` (a date, or an integer index), its closes checked finite and > 0."""
+    frame = as_price_frame(prices)
+    if end is not None:
+        dated = isinstance(frame.index, pd.DatetimeIndex)
+        frame = frame.loc[: pd.Timestamp(end)] if dated else frame.iloc[: int(end) + 1]
+    closes = frame["close"].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(closes)) or np.any(closes <= 0):
+        raise ValueError(f"{symbol}: closes must be finite and > 0 (clean the data: mambacast data check)")
+    return frame
+
+
+def _origin_range(symbol: str, dates: pd.Index, config: BacktestConfig, start: Any, warn: bool) -> tuple[int, int]:
+    """Indices of the first and last forecast origin over `dates`; raises `InsufficientHistoryError` when none is
+    left. With `warn`, logs where a `start` too early for `min_train_days` moves the first origin."""
+    n, emb = len(dates), config.embargo_days
+    earliest = config.min_train_days - 1 + emb  # first origin with min_train_days of training closes
+    s0 = _start_index(dates, start)
+    if s0 is None:
+        s0 = earliest
+    elif s0 < earliest:
+        if warn:
+            logger.warning("%s: start leaves %d training days before the embargo; moving the first origin to %s "
+                           "(min_train_days=%d)", symbol, max(s0 - emb + 1, 0), dates[min(earliest, n - 1)],
+                           config.min_train_days)
+        s0 = earliest
+    last = n - 1 - config.horizons[0]
+    if s0 > last:
+        span = f" ({dates[0]:%Y-%m-%d}..{dates[-1]:%Y-%m-%d})" if isinstance(dates, pd.DatetimeIndex) and n else ""
+        raise InsufficientHistoryError(
+            f"{symbol}: {n} days{span} leave no forecast origin: the first origin needs {earliest + 1} days "
+            f"(min_train_days {config.min_train_days} + embargo {emb}) and start, and the last one "
+            f"{config.horizons[0]} more days after it; load more history or move --start earlier")
+    return s0, last
+
+
 def walk_forward(symbol: str, prices: Any, forecasters: Sequence[Forecaster], config: BacktestConfig | None = None,
                  start: Any = None, end: Any = None, progress: ProgressFn | None = None) -> SymbolBacktest:
     """Walk-forward forecasts of one symbol by every forecaster (see the module docstring for the protocol).
@@ -330,34 +366,14 @@ def walk_forward(symbol: str, prices: Any, forecasters: Sequence[Forecaster], co
     end: last date (or index) of data used at all. Raises `InsufficientHistoryError` when no origin is left.
     """
     config = config or BacktestConfig()
-    frame = as_price_frame(prices)
-    if end is not None:
-        dated = isinstance(frame.index, pd.DatetimeIndex)
-        frame = frame.loc[: pd.Timestamp(end)] if dated else frame.iloc[: int(end) + 1]
+    frame = _backtest_frame(symbol, prices, end)
     closes = frame["close"].to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(closes)) or np.any(closes <= 0):
-        raise ValueError(f"{symbol}: closes must be finite and > 0 (clean the data: mambacast data check)")
     dates, n = frame.index, closes.size
     horizons, emb = list(config.horizons), config.embargo_days
     names = [f.name for f in forecasters]
     if len(set(names)) != len(names):
         raise ValueError(f"forecaster names must be unique, got {names}")
-
-    earliest = config.min_train_days - 1 + emb  # first origin with min_train_days of training closes
-    s0 = _start_index(dates, start)
-    if s0 is None:
-        s0 = earliest
-    elif s0 < earliest:
-        logger.warning("%s: start leaves %d training days before the embargo; moving the first origin to %s "
-                       "(min_train_days=%d)", symbol, max(s0 - emb + 1, 0), dates[min(earliest, n - 1)],
-                       config.min_train_days)
-        s0 = earliest
-    last = n - 1 - horizons[0]
-    if s0 > last:
-        raise InsufficientHistoryError(
-            f"{symbol}: {n} days leave no forecast origin: the first origin needs {earliest + 1} days "
-            f"(min_train_days {config.min_train_days} + embargo {emb}) and start, and the last one {horizons[0]} "
-            "more days after it; load more history or move --start earlier")
+    s0, last = _origin_range(symbol, dates, config, start, warn=True)
     starts = list(range(s0, last + 1, config.refit_every))
     origins = np.arange(s0, last + 1)
     realised = np.full((origins.size, len(horizons)), np.nan)
@@ -428,6 +444,11 @@ def run_backtest(prices: Mapping[str, Any], forecasters: ForecasterFactory | Seq
     with the small preset and every baseline), or one list reused for every symbol (each block refits it).
     """
     config = config or BacktestConfig()
+    # Every symbol's data and origins are checked before anything is fitted: a symbol without a forecast origin
+    # would otherwise stop the run only when its turn came, after the others' refits (with a global model, after
+    # all of its training).
+    for symbol, p in prices.items():
+        _origin_range(symbol, _backtest_frame(symbol, p, end).index, config, start, warn=False)
     factory: ForecasterFactory
     if forecasters is None:
         factory = default_forecasters(panel=dated_panel(prices))

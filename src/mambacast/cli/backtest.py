@@ -66,8 +66,10 @@ def add_backtest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="file or folder for --source csv/parquet")
     p.add_argument("--device", default="cpu", help="device of the model's refits (default cpu)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads for the refits (default 1: the small refit models gain little from more, "
-                        "and on a busy machine extra threads wait on each other)")
+                   help="torch CPU threads for the refits (default 1: the same numbers on any machine, since the "
+                        "thread count changes float rounding and so the trained models, and on a busy machine extra "
+                        "threads wait on each other; on an idle 2-core machine 2 trained the global model 1.4-1.7x "
+                        "faster, docs/benchmarks.md)")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the tables")
     p.set_defaults(func=_cmd_backtest)
 

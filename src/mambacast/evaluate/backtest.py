@@ -303,9 +303,7 @@ def checked_prices(prices: Mapping[str, Any], end: Any = None) -> dict[str, pd.D
     for symbol, p in prices.items():
         frame = as_price_frame(p)
         frame.attrs.setdefault("symbol", symbol)
-        if end is not None:
-            dated = isinstance(frame.index, pd.DatetimeIndex)
-            frame = frame.loc[: pd.Timestamp(end)] if dated else frame.iloc[: int(end) + 1]
+        frame = _cut_at(frame, end)
         closes = frame["close"].to_numpy(np.float64)
         known = np.isfinite(closes) & (closes > 0)
         t0 = stale_sample_start(np.log(closes[known])) if known.all() else 0
@@ -322,12 +320,16 @@ def checked_prices(prices: Mapping[str, Any], end: Any = None) -> dict[str, pd.D
     return out
 
 
+def _cut_at(frame: pd.DataFrame, end: Any) -> pd.DataFrame:
+    """The rows up to `end`: a date for a dated index, else an integer index; None keeps all."""
+    if end is None:
+        return frame
+    return frame.loc[: pd.Timestamp(end)] if isinstance(frame.index, pd.DatetimeIndex) else frame.iloc[: int(end) + 1]
+
+
 def _backtest_frame(symbol: str, prices: Any, end: Any) -> pd.DataFrame:
     """The symbol's price frame up to `end` (a date, or an integer index), its closes checked finite and > 0."""
-    frame = as_price_frame(prices)
-    if end is not None:
-        dated = isinstance(frame.index, pd.DatetimeIndex)
-        frame = frame.loc[: pd.Timestamp(end)] if dated else frame.iloc[: int(end) + 1]
+    frame = _cut_at(as_price_frame(prices), end)
     closes = frame["close"].to_numpy(dtype=np.float64)
     if not np.all(np.isfinite(closes)) or np.any(closes <= 0):
         raise ValueError(f"{symbol}: closes must be finite and > 0 (clean the data: mambacast data check)")

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,16 +91,32 @@ def baseline_kernel(ref: str) -> SimpleNamespace:
                        extra_ldflags=["-fopenmp"], build_directory=str(build), is_python_module=False, verbose=False)
     lib = getattr(torch.ops, ns)
     ops = {op: getattr(lib, op) for op in _loader._OPS if hasattr(lib, op)}
-    for op in ("scan_fwd", "scan_bwd"):   # a kernel from before `fast_exp`: called without it (its exact exp)
-        n_args = len(ops[op].default._schema.arguments)
-        if ops[op].default._schema.arguments[-1].name != "fast_exp":
-            ops[op] = functools.partial(_without_fast_exp, ops[op], n_args)
+    names = [a.name for a in ops["scan_fwd"].default._schema.arguments]
+    if "y_from" not in names:   # a kernel from before `y_from`: y in full, cut (and its gradient padded) here
+        ops["scan_fwd"] = functools.partial(_fwd_without_y_from, ops["scan_fwd"], "fast_exp" in names)
+        ops["scan_bwd"] = functools.partial(_bwd_without_y_from, ops["scan_bwd"], "fast_exp" in names)
     return SimpleNamespace(**ops, name=ns, flags=flags)
 
 
-def _without_fast_exp(op: Callable[..., object], n_args: int, *args: object) -> object:
-    """Call `op` (an older kernel's scan, `n_args` arguments) with a newer caller's trailing `fast_exp` dropped."""
-    return op(*args[:n_args])
+_FWD_ARGS, _BWD_ARGS = 13, 17   # scan_fwd's and scan_bwd's arguments before fast_exp and y_from
+
+
+def _fwd_without_y_from(op: Callable[..., Any], has_fast_exp: bool, *args: Any) -> Any:
+    """A newer caller's scan_fwd(..., save_states[, fast_exp[, y_from]]) on an older kernel: every step's y, then cut (a
+    kernel from before `fast_exp` runs its exact exp)."""
+    head, fast_exp, y_from = args[:_FWD_ARGS], args[_FWD_ARGS:_FWD_ARGS + 1], args[_FWD_ARGS + 1:]
+    y, *rest = op(*head, *(fast_exp if has_fast_exp else ()))
+    return (y[:, y_from[0]:] if y_from else y, *rest)
+
+
+def _bwd_without_y_from(op: Callable[..., Any], has_fast_exp: bool, *args: Any) -> Any:
+    """scan_bwd(..., need_ddelta[, fast_exp[, y_from]]) on an older kernel: grad_output (argument 11) padded with
+    zeros before y_from."""
+    head, fast_exp, y_from = list(args[:_BWD_ARGS]), args[_BWD_ARGS:_BWD_ARGS + 1], args[_BWD_ARGS + 1:]
+    if y_from and y_from[0]:
+        dout = head[11]
+        head[11] = torch.cat([dout.new_zeros(dout.shape[0], y_from[0], dout.shape[2]), dout], 1)
+    return op(*head, *(fast_exp if has_fast_exp else ()))
 
 
 @contextlib.contextmanager

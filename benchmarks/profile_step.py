@@ -51,7 +51,8 @@ PARTS = {
     "scan forward": ("mambacast::scan_fwd",),
     "scan backward": ("mambacast::scan_bwd",),
     "conv (fused kernel)": ("mambacast::conv_fwd", "mambacast::conv_bwd"),
-    "LayerNorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "LayerNorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward", "mambacast::layer_norm",
+                  "torch::autograd::CppNode<(anonymous namespace)::LayerNormFunction>"),
     "bf16 casts": ("aten::_to_copy", "aten::copy_"),
 }
 

@@ -212,9 +212,9 @@ def _scan_calls(monkeypatch, force_exact: bool = False) -> list[tuple[str, bool]
     def spy(name: str):
         op = getattr(kernel, name)
 
-        def call(*args):
-            calls.append((name, args[-1]))
-            return op(*args[:-1], False if force_exact else args[-1])
+        def call(*args):   # the fused block passes (..., fast_exp, y_from)
+            calls.append((name, args[-2]))
+            return op(*args[:-2], False if force_exact else args[-2], args[-1])
         return call
 
     for name in ("scan_fwd", "scan_bwd"):

@@ -317,6 +317,46 @@ def test_fused_block_equals_reference(kernel, dtype, dims, states, gated):
     assert_same(mamba_inner(*ins), mamba_inner_ref(*ins), inputs, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dims", [(2, 1, 16, 4, 2, 4), (3, 60, 32, 16, 4, 4), (2, 37, 20, 5, 3, 3),
+                                  (2, 45, 24, 8, 9, 5)])
+@pytest.mark.parametrize("states", [False, True])
+def test_fused_block_last_step_only_equals_reference(kernel, dtype, dims, states):
+    """`last_only` (the last block): y at the last step alone, (batch, 1, d_inner), and the same gradients as the
+    whole y with a gradient at its last step only."""
+    ins = block_inputs(*dims, dtype, states)
+    ins[0] = ins[0][..., :dims[2]].detach().clone().requires_grad_()
+    inputs = [t for t in ins if t is not None]
+    fast = mamba_inner(*ins, last_only=True)
+    assert fast[0].shape == (dims[0], 1, dims[2])
+    assert_same(fast, mamba_inner_ref(*ins, last_only=True), inputs, dtype)
+    with pytest.raises(ValueError, match="last_only takes x alone"):
+        mamba_inner(*block_inputs(*dims, dtype, states), last_only=True)
+
+
+@pytest.mark.parametrize("y_from", [1, 7, 8, 20, 36])
+def test_scan_kernel_output_from_a_step_equals_the_whole_output_cut(kernel, y_from):
+    """The kernel's y_from (forward: y from that step on; backward: dy from there, zero before) against the whole y,
+    across chunk boundaries (chunk 8) and within a chunk."""
+    g = torch.Generator().manual_seed(y_from)
+    batch, L, d, N, R = 2, 37, 20, 5, 3
+    u, dt_low = torch.randn(batch, L, d, generator=g), torch.randn(batch, L, R, generator=g)
+    At = -torch.rand(N, d, generator=g) - 0.1
+    B, C = torch.randn(batch, L, N, generator=g), torch.randn(batch, L, N, generator=g)
+    D, bias, Wt = torch.randn(d, generator=g), torch.randn(d, generator=g), torch.randn(R, d, generator=g) * 0.5
+    args = (u, dt_low, At, B, C, D, None, bias, Wt)
+    y, h, hsave, _ = kernel.scan_fwd(*args, None, True, 8, True, False, 0)
+    y_cut, h_cut, hsave_cut, _ = kernel.scan_fwd(*args, None, True, 8, True, False, y_from)
+    assert y_cut.shape == (batch, L - y_from, d)
+    assert torch.equal(y_cut, y[:, y_from:]) and torch.equal(h_cut, h) and torch.equal(hsave_cut, hsave)
+    dy = torch.randn(batch, L - y_from, d, generator=g)
+    full = torch.cat([torch.zeros(batch, y_from, d), dy], 1)
+    whole = kernel.scan_bwd(*args, hsave, None, full, None, True, 8, None, True, False, 0)
+    cut = kernel.scan_bwd(*args, hsave, None, dy, None, True, 8, None, True, False, y_from)
+    for i, (a, b) in enumerate(zip(cut, whole, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, i=i: f"output {i}: {m}")
+
+
 def test_block_input_of_the_wrong_width_is_refused(kernel):
     ins = block_inputs(2, 5, 8, 4, 1, 4, torch.float32, False)
     ins[0] = ins[0][..., :12]

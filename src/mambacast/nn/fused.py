@@ -183,11 +183,13 @@ def _per_model(partial: Tensor, n_models: int | None) -> Tensor:
 
 def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
                     dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor, D: Tensor | None,
-                    conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    conv_state: Tensor | None = None, ssm_state: Tensor | None = None,
+                    last_only: bool = False) -> tuple[Tensor, Tensor]:
     """The block between in_proj and out_proj in PyTorch ops: xz (batch, seq_len, 2*d_inner) ->
     (y * silu(z) (batch, seq_len, d_inner), final SSM state (batch, d_inner, d_state)). With x alone
     (batch, seq_len, d_inner) in place of xz there is no gate: y is returned before it (the caller gates the
-    steps it reads, as the last block does at the last step).
+    steps it reads, as the last block does at the last step). `last_only` (x alone): y at the last step only,
+    (batch, 1, d_inner), which is all the last block reads.
 
     conv_weight (d_inner, d_conv); conv_state (batch, d_conv-1, d_inner): the inputs before xz;
     ssm_state (batch, d_inner, d_state): the state before xz. The scan is `selective_scan`
@@ -196,26 +198,31 @@ def mamba_inner_ref(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x
     with per-model A, D and dt bias).
     """
     return _mamba_inner_ops(causal_conv1d_ref, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                            dt_proj_bias, A, D, conv_state, ssm_state)
+                            dt_proj_bias, A, D, conv_state, ssm_state, last_only)
 
 
 def _mamba_inner_ops(conv: Callable[..., Tensor], xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
                      x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor,
-                     D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None) -> tuple[Tensor, Tensor]:
+                     D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None,
+                     last_only: bool) -> tuple[Tensor, Tensor]:
     """`mamba_inner_ref` with `conv` for the causal conv (the reference, or `causal_conv1d`'s choice)."""
     R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
-    x, z = _split_gate(xz, conv_weight)
+    x, z = _split_gate(xz, conv_weight, last_only)
     x = conv(x, conv_weight, conv_bias, conv_state)
     dt, B, C = torch.split(_linear(x, x_proj_weight), [R, N, N], dim=-1)
-    return selective_scan(x, _linear(dt, dt_proj_weight), A, B, C, D, z=z, delta_bias=dt_proj_bias,
+    y, h = selective_scan(x, _linear(dt, dt_proj_weight), A, B, C, D, z=z, delta_bias=dt_proj_bias,
                           delta_softplus=True, initial_state=ssm_state, return_final_state=True)
+    return (y[:, -1:], h) if last_only else (y, h)
 
 
-def _split_gate(xz: Tensor, conv_weight: Tensor) -> tuple[Tensor, Tensor | None]:
+def _split_gate(xz: Tensor, conv_weight: Tensor, last_only: bool = False) -> tuple[Tensor, Tensor | None]:
     """xz (batch, seq_len, 2*d_inner) -> x, z views; x alone (batch, seq_len, d_inner) -> x, None (no gate)."""
     d_inner = conv_weight.shape[-2]
     if xz.shape[-1] == d_inner:
         return xz, None
+    if last_only:
+        raise ValueError("mamba_inner: last_only takes x alone (d_inner channels), not x and z: the caller gates the "
+                         "last step")
     if xz.shape[-1] != 2 * d_inner:
         raise ValueError(f"mamba_inner: xz has {xz.shape[-1]} channels; expected 2 * d_inner = {2 * d_inner} "
                          f"(x and z) or d_inner = {d_inner} (x alone)")
@@ -228,12 +235,12 @@ class _MambaInner(torch.autograd.Function):
     def forward(ctx, xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,  # type: ignore[override]
                 x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor,
                 D: Tensor | None, conv_state: Tensor | None, ssm_state: Tensor | None,
-                lowp: bool) -> tuple[Tensor, Tensor]:
+                lowp: bool, last_only: bool) -> tuple[Tensor, Tensor]:
         from ..ops import load
 
         ops = load()
         R, N = _split_sizes(x_proj_weight, dt_proj_weight, A)
-        x, z = _split_gate(xz, conv_weight)
+        x, z = _split_gate(xz, conv_weight, last_only)
         wt = conv_weight.transpose(-1, -2).contiguous()                  # ([M,] K, d)
         xc = ops.conv_fwd(x, wt, conv_bias, conv_state, True)            # (b, l, d), after SiLU
         # x_proj (b, l, d) -> (b, l, R + 2N); with lowp in bfloat16 (xc_mm: its input as it multiplies, kept for
@@ -248,14 +255,16 @@ class _MambaInner(torch.autograd.Function):
         chunk = fused_chunk(N)
         save = any(ctx.needs_input_grad)
         # With lowp the scan's exp(delta A) is the degree-4 one (`vexp2_fast`: 3e-6 relative, against bfloat16's
-        # 3.9e-3 on every other input here): one multiply-add fewer per state and step.
+        # 3.9e-3 on every other input here): one multiply-add fewer per state and step. With last_only the scan
+        # forms y at the last step alone, and its backward skips dy's terms at the others.
+        y_from = xc.shape[1] - 1 if last_only else 0
         y, h_last, hsave, ypre = ops.scan_fwd(xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, h0, True, chunk,
-                                              save, lowp)
+                                              save, lowp, y_from)
         if save:
             ctx.save_for_backward(xz, wt, conv_bias, x_proj_weight, dt_wt, dt_proj_bias, At, D,
                                   conv_state, xc, xc_mm, x_dbl, hsave, ypre)
         ctx.chunk, ctx.R, ctx.N, ctx.has_h0, ctx.gated = chunk, R, N, ssm_state is not None, z is not None
-        ctx.lowp = lowp
+        ctx.lowp, ctx.y_from = lowp, y_from
         ctx.n_models = A.shape[0] if A.dim() == 3 else None
         ctx.set_materialize_grads(False)
         return y, h_last.transpose(1, 2)
@@ -271,12 +280,12 @@ class _MambaInner(torch.autograd.Function):
         R, N = ctx.R, ctx.N
         batch, seq_len, d = xc.shape
         x, z = (xz[..., :d], xz[..., d:]) if ctx.gated else (xz, None)
-        dy = xc.new_zeros(batch, seq_len, d) if dy is None else _unit_last(dy)
+        dy = xc.new_zeros(batch, seq_len - ctx.y_from, d) if dy is None else _unit_last(dy)
         dhl = None if dh_last is None else dh_last.transpose(1, 2).contiguous()
         dxz = torch.empty_like(xz)      # xz's dtype: the kernels write bfloat16 for a bfloat16 xz
         dt_low, B, C = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:]
         out = ops.scan_bwd(xc, dt_low, At, B, C, D, z, dt_proj_bias, dt_wt, hsave, ypre, dy, dhl, True, ctx.chunk,
-                           dxz[..., d:] if ctx.gated else None, False, ctx.lowp)
+                           dxz[..., d:] if ctx.gated else None, False, ctx.lowp, ctx.y_from)
         dxc, dh0 = out[0], out[8]
         # The gradient of x_proj's output (dt_low, B, C side by side), partial over channel groups, and the per-row
         # partials of dA, dD, dt_proj's bias and weight in one tensor: one reduction each.
@@ -305,12 +314,13 @@ class _MambaInner(torch.autograd.Function):
                 dA.view(*lead, N, d).transpose(-1, -2) if need[6] else None,
                 dD if D is not None and need[7] else None,
                 dxp if conv_state is not None and need[8] else None,
-                dh0.transpose(1, 2) if ctx.has_h0 and need[9] else None, None)
+                dh0.transpose(1, 2) if ctx.has_h0 and need[9] else None, None, None)
 
 
 def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
                 dt_proj_weight: Tensor, dt_proj_bias: Tensor | None, A: Tensor, D: Tensor | None,
-                conv_state: Tensor | None = None, ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                conv_state: Tensor | None = None, ssm_state: Tensor | None = None,
+                last_only: bool = False) -> tuple[Tensor, Tensor]:
     """Same signature and function as `mamba_inner_ref` (xz, or x alone); one fused autograd node when the CPU
     kernel applies (all tensors on CPU, one float32/float64 dtype, d_conv <= 16), else `mamba_inner_ref`'s ops
     with `causal_conv1d` (the Triton conv where the scan is Triton). Under the CPU's bfloat16 autocast x_proj's
@@ -321,6 +331,6 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
     if conv_weight.shape[-1] <= 16 and fused_ops(*tensors, d_state=A.shape[-1]) is not None:
         return _apply(_MambaInner, _unit_last(xz), conv_weight, conv_bias, x_proj_weight.contiguous(),
                       dt_proj_weight.contiguous(), dt_proj_bias, A, D,
-                      None if conv_state is None else conv_state.contiguous(), ssm_state, _lowp(xz))
+                      None if conv_state is None else conv_state.contiguous(), ssm_state, _lowp(xz), last_only)
     return _mamba_inner_ops(causal_conv1d, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                            dt_proj_bias, A, D, conv_state, ssm_state)
+                            dt_proj_bias, A, D, conv_state, ssm_state, last_only)

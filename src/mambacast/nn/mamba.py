@@ -33,6 +33,7 @@ from ..ops.amp import autocast_enabled, same_autocast_backward, same_autocast_fo
 from ..ops.eager import eager_under_compile
 from .fused import fused_ops, mamba_inner
 from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_params
+from .norm import layer_norm
 
 __all__ = ["MambaBlock", "MambaModel", "LayerState"]
 
@@ -45,12 +46,15 @@ class LayerState(NamedTuple):
 
 
 def _norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
-    """`norm(x)`; on CUDA with its affine part as a separate multiply-add (as `nn.stacked` does), so autograd sums
-    the weight and bias gradients with ordinary reductions instead of PyTorch's LayerNorm weight-gradient kernel,
-    which is slow for rows as narrow as d_model = 64 (docs/benchmarks.md, GPU profile)."""
-    if x.device.type != "cuda" or norm.weight is None or norm.bias is None:
+    """`norm(x)`: on the CPU the fused kernel (`nn.norm`); on CUDA with its affine part as a separate multiply-add
+    (as `nn.stacked` does), so autograd sums the weight and bias gradients with ordinary reductions instead of
+    PyTorch's LayerNorm weight-gradient kernel, which is slow for rows as narrow as d_model = 64 (docs/benchmarks.md,
+    GPU profile)."""
+    if norm.weight is None or norm.bias is None:
         return norm(x)
-    return torch.addcmul(norm.bias, F.layer_norm(x, norm.normalized_shape, eps=norm.eps), norm.weight)
+    if x.device.type == "cuda":
+        return torch.addcmul(norm.bias, F.layer_norm(x, norm.normalized_shape, eps=norm.eps), norm.weight)
+    return layer_norm(x, norm.weight, norm.bias, norm.eps)
 
 
 class MambaBlock(nn.Module):
@@ -127,8 +131,8 @@ class MambaBlock(nn.Module):
             A, D = self.A.to(xz.dtype), self.D.to(xz.dtype)
         y, ssm = mamba_inner(xz, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
                              self.dt_proj.weight, self.dt_proj.bias, A, D, conv_prev,
-                             None if state is None else state.ssm)
-        if last_only:
+                             None if state is None else state.ssm, last_only=last_only)
+        if last_only:   # y: (b, 1, d_inner), the last step's
             out = hidden[:, -1] + self.out_proj(y[:, -1] * F.silu(z_last))
         else:
             out = hidden + self.out_proj(y)

@@ -24,6 +24,7 @@ from torch import Tensor
 from .fused import mamba_inner
 from .heads import baseline_log_sigma, student_t_params
 from .mamba import MambaModel
+from .norm import layer_norm
 
 __all__ = ["stack_parameters", "stack_buffers", "unstack_parameters", "stacked_forward_distribution",
            "stacked_forward"]
@@ -61,11 +62,6 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """x (M, n, d) normalised over d with per-model affine weight/bias (M, d)."""
-    return torch.addcmul(bias.unsqueeze(1), F.layer_norm(x, x.shape[-1:], eps=eps), weight.unsqueeze(1))
-
-
 def _last_hidden(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Tensor:
     """x (M, batch, seq_len, n_features) -> final-normed last hidden state (M, batch, d_model)."""
     if x.dim() != 4 or x.shape[-1] != model.n_features:
@@ -78,7 +74,7 @@ def _last_hidden(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Ten
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
         last = i + 1 == cfg.num_layers
-        normed = _layer_norm(hidden, params[p + "norm.weight"], params[p + "norm.bias"], cfg.norm_eps)
+        normed = layer_norm(hidden, params[p + "norm.weight"], params[p + "norm.bias"], cfg.norm_eps)
         w_in = params[p + "in_proj.weight"]
         # The heads read the last step only: in the last block x alone at every step (M, b*l, d_inner), z and
         # the gate, out_proj and the residual at the last step (as MambaBlock's last_only).
@@ -86,15 +82,15 @@ def _last_hidden(params: dict[str, Tensor], model: MambaModel, x: Tensor) -> Ten
         A = -torch.exp(params[p + "A_log"])                                        # (M, d_inner, d_state)
         y, _ = mamba_inner(xz.view(M * batch, seq_len, -1), params[p + "conv1d.weight"].squeeze(2),
                            params[p + "conv1d.bias"], params[p + "x_proj.weight"], params[p + "dt_proj.weight"],
-                           params[p + "dt_proj.bias"], A, params[p + "D"])
+                           params[p + "dt_proj.bias"], A, params[p + "D"], last_only=last)
         if not last:
             hidden = hidden + _linear(y.view(M, batch * seq_len, -1), params[p + "out_proj.weight"])
-        else:
+        else:   # y: (M * b, 1, d_inner), the last step's
             z = _linear(normed.view(M, batch, seq_len, -1)[:, :, -1], w_in[:, d_inner:])   # (M, b, d_inner)
             hidden = hidden.view(M, batch, seq_len, -1)[:, :, -1] + _linear(
-                y.view(M, batch, seq_len, -1)[:, :, -1] * F.silu(z), params[p + "out_proj.weight"])
+                y.view(M, batch, -1) * F.silu(z), params[p + "out_proj.weight"])
     # LayerNorm is per time step, so normalising only the last step equals MambaModel's encode()[:, -1].
-    return _layer_norm(hidden, params["norm_f.weight"], params["norm_f.bias"], cfg.norm_eps)
+    return layer_norm(hidden, params["norm_f.weight"], params["norm_f.bias"], cfg.norm_eps)
 
 
 def stacked_forward_distribution(params: dict[str, Tensor], model: MambaModel, x: Tensor,

@@ -33,11 +33,12 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
 # Every file the translation unit includes from csrc/: part of the cache key, so an edit to a header
 # builds afresh.
-HEADERS = (SOURCE.parent / "simd.h",)
+HEADERS = (SOURCE.parent / "simd.h", SOURCE.parent / "layer_norm.h")
 _COMMON_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
 _FLAG_SETS = (["-march=native"], [])
 
-_OPS = ("scan_fwd", "scan_bwd", "conv_fwd", "conv_bwd", "mamba_step", "simd_exp2")
+_OPS = ("scan_fwd", "scan_bwd", "conv_fwd", "conv_bwd", "mamba_step", "simd_exp2", "layer_norm",
+        "layer_norm_fwd", "layer_norm_bwd")
 
 _lock = threading.Lock()
 _ops: Any = None

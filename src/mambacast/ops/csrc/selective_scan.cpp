@@ -28,6 +28,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -113,7 +114,7 @@ struct Args {
   // batch row b belongs to model b / rows (M = 1: one set of parameters shared by every row).
   int64_t M = 1, rows = 1;
   Ptr2<T> u, delta, B, C;
-  Act<T> z, dout;             // (batch, L, d), T or bfloat16
+  Act<T> z, dout;             // (batch, L, d) (dout: L - y0 steps), T or bfloat16
   const T* At = nullptr;      // (N, d)
   const T* D = nullptr;       // (d)
   const T* bias = nullptr;    // (d)
@@ -123,8 +124,10 @@ struct Args {
   int64_t R = 0;
   bool softplus = false;
   bool fast_exp = false;  // exp(delta A) by vexp2_fast (under bfloat16 autocast)
+  // y and its gradient only from step y0 on (the last block: its last step only): without z
+  int64_t y0 = 0;
   // forward outputs
-  Act<T> y;            // (batch, L, d), z's dtype
+  Act<T> y;            // (batch, L - y0, d), z's dtype
   T* hlast = nullptr;  // (batch, N, d)
   T* hsave = nullptr;  // (batch, K, N, d): state entering each chunk
   T* ypre = nullptr;   // (batch, L, d): y before the z gate, saved for the backward
@@ -235,11 +238,11 @@ inline void add_lane_sums_small(const typename VT<T>::V* v, int R, T* out) {
   add_lane_sums<T>(v, R, out);
 }
 
-// Forward over one chunk for states n0 .. n0+ng-1: h carried in s.h; accumulates C.h into s.yacc.
-// With ab/hb, also records exp(delta A) and every state for the backward.
+// Forward over steps i0 .. i1-1 of the chunk starting at t0, for states n0 .. n0+ng-1: h carried in h_io; with
+// ACC_Y accumulates C.h into s.yacc. With REC, also records exp(delta A) and every state for the backward.
 template <typename T, int G, bool FULL, bool REC, bool ACC_Y, bool FAST>
-inline void scan_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_, int n0, int ng_rt,
-                       typename VT<T>::V* h_io) {
+inline void scan_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t i0, int64_t i1, int n0,
+                       int ng_rt, typename VT<T>::V* h_io) {
   using V = typename VT<T>::V;
   const int ng = FULL ? G : ng_rt;
   const int64_t N = a.N;
@@ -250,7 +253,7 @@ inline void scan_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, i
     Av[j] = s.Av[n0 + j];
   }
   constexpr bool rec = REC;
-  for (int64_t i = 0; i < T_; ++i) {
+  for (int64_t i = i0; i < i1; ++i) {
     const T* Bt = a.B.at(b, t0 + i) + n0;
     const T* Ct = a.C.at(b, t0 + i) + n0;
     const V dt2 = s.dt2[i], du = s.du[i];
@@ -273,13 +276,14 @@ inline void scan_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, i
   for (int j = 0; j < ng; ++j) h_io[n0 + j] = h[j];
 }
 
-// Reverse recurrence over one chunk for states n0 .. n0+ng-1:
+// Reverse recurrence over steps i1-1 down to i0 of the chunk starting at t0, for states n0 .. n0+ng-1:
 //   g_t = dL/dh_t = dy_t C_t + exp(delta_{t+1} A) g_{t+1}          (carried in s.g)
 //   gz  = g_t exp(delta_t A) h_{t-1}   (gradient w.r.t. delta_t A)
-// accumulating sum_n gz A and sum_n g B per step (for ddelta and du), dA, and the per-step dB, dC.
-template <typename T, int G, bool FULL>
-inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_, int n0, int ng_rt,
-                          T* dBrow, T* dCrow) {
+// accumulating sum_n gz A and sum_n g B per step (for ddelta and du), dA, and the per-step dB, dC. DY = false: steps
+// before y0, where dy is 0 (so dC is too: left as the caller's zeros).
+template <typename T, int G, bool FULL, bool DY>
+inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t i0, int64_t i1, int n0,
+                          int ng_rt, T* dBrow, T* dCrow) {
   using V = typename VT<T>::V;
   const int ng = FULL ? G : ng_rt;
   const int64_t N = a.N;
@@ -290,7 +294,7 @@ inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0
     dA[j] = s.dA[n0 + j];
     Av[j] = s.Av[n0 + j];
   }
-  for (int64_t i = T_ - 1; i >= 0; --i) {
+  for (int64_t i = i1 - 1; i >= i0; --i) {
     const T* Bt = a.B.at(b, t0 + i) + n0;
     const T* Ct = a.C.at(b, t0 + i) + n0;
     const V dyv = s.dy[i], dt = s.dt[i], du = s.du[i];
@@ -301,14 +305,14 @@ inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0
     V red[2 * G];
 #pragma GCC unroll 16
     for (int j = 0; j < ng; ++j) {
-      const V gn = g[j] + dyv * Ct[j];
+      const V gn = DY ? g[j] + dyv * Ct[j] : g[j];
       const V q = gn * ab[j];
       const V gz = q * hp[j];
       sA += gz * Av[j];
       dA[j] += gz * dt;
       sB += gn * Bt[j];
       red[j] = gn * du;
-      red[G + j] = dyv * hb[j];
+      red[G + j] = DY ? dyv * hb[j] : V{};
       g[j] = q;
     }
     if (!FULL) {
@@ -328,13 +332,15 @@ inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0
       std::memcpy(&o, db, sizeof(H));
       o += lo;
       std::memcpy(db, &o, sizeof(H));
-      std::memcpy(&o, dc, sizeof(H));
-      o += hi;
-      std::memcpy(dc, &o, sizeof(H));
+      if (DY) {
+        std::memcpy(&o, dc, sizeof(H));
+        o += hi;
+        std::memcpy(dc, &o, sizeof(H));
+      }
     } else {
       for (int j = 0; j < ng; ++j) {
         db[j] += sums[j];
-        dc[j] += sums[G + j];
+        if (DY) dc[j] += sums[G + j];
       }
     }
   }
@@ -346,27 +352,32 @@ inline void reverse_group(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0
 }
 
 template <typename T, bool REC, bool ACC_Y, bool FAST>
-void scan_groups_exp(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_,
+void scan_groups_exp(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t i0, int64_t i1,
                      typename VT<T>::V* h_io) {
   constexpr int G = kGroup<T>;
   for (int n0 = 0; n0 < a.N; n0 += G) {
     const int ng = static_cast<int>(std::min<int64_t>(G, a.N - n0));
     if (ng == G) {
-      scan_group<T, G, true, REC, ACC_Y, FAST>(a, s, b, t0, T_, n0, ng, h_io);
+      scan_group<T, G, true, REC, ACC_Y, FAST>(a, s, b, t0, i0, i1, n0, ng, h_io);
     } else {
-      scan_group<T, G, false, REC, ACC_Y, FAST>(a, s, b, t0, T_, n0, ng, h_io);
+      scan_group<T, G, false, REC, ACC_Y, FAST>(a, s, b, t0, i0, i1, n0, ng, h_io);
     }
   }
 }
 
 template <typename T, bool REC, bool ACC_Y>
-void scan_groups(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t T_, typename VT<T>::V* h_io) {
+void scan_groups(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t t0, int64_t i0, int64_t i1,
+                 typename VT<T>::V* h_io) {
+  if (i0 >= i1) return;
   if (a.fast_exp) {
-    scan_groups_exp<T, REC, ACC_Y, true>(a, s, b, t0, T_, h_io);
+    scan_groups_exp<T, REC, ACC_Y, true>(a, s, b, t0, i0, i1, h_io);
   } else {
-    scan_groups_exp<T, REC, ACC_Y, false>(a, s, b, t0, T_, h_io);
+    scan_groups_exp<T, REC, ACC_Y, false>(a, s, b, t0, i0, i1, h_io);
   }
 }
+
+// The chunk's steps before y0 (no y there), as an index into the chunk: 0 .. T_.
+inline int64_t y_split(int64_t y0, int64_t t0, int64_t T_) { return std::clamp<int64_t>(y0 - t0, 0, T_); }
 
 // The arguments seen by batch row b: with stacked models, the parameter pointers moved to b's model.
 template <typename T>
@@ -396,15 +407,17 @@ void fwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt) 
       for (int64_t n = 0; n < N; ++n) vstore(hs + n * d, s.h[n], cnt);
     }
     prep_chunk(a, s, b, c0, cnt, t0, T_, false);
-    scan_groups<T, false, true>(a, s, b, t0, T_, s.h.data());
-    for (int64_t i = 0; i < T_; ++i) {
+    const int64_t split = y_split(a.y0, t0, T_);   // (y0 > 0 only without z)
+    scan_groups<T, false, false>(a, s, b, t0, 0, split, s.h.data());
+    scan_groups<T, false, true>(a, s, b, t0, split, T_, s.h.data());
+    for (int64_t i = split; i < T_; ++i) {
       V yv = s.yacc[i];
       if (a.z.p) {
         if (a.ypre) vstore(a.ypre + (b * a.L + t0 + i) * d + c0, yv, cnt);
         const V zv = a.z.load(b, t0 + i, c0, cnt);
         yv *= zv * vsigmoid(zv);
       }
-      a.y.store(b, t0 + i, c0, yv, cnt);
+      a.y.store(b, t0 + i - a.y0, c0, yv, cnt);
     }
   }
   if (a.hlast) {
@@ -445,13 +458,18 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
     // forward, else accumulated again by the recompute below).
     const bool y_saved = a.ypre_in != nullptr;
     if (a.z.p && !y_saved) {
-      scan_groups<T, true, true>(a, s, b, t0, T_, s.h1.data());
+      scan_groups<T, true, true>(a, s, b, t0, 0, T_, s.h1.data());
     } else {
-      scan_groups<T, true, false>(a, s, b, t0, T_, s.h1.data());
+      scan_groups<T, true, false>(a, s, b, t0, 0, T_, s.h1.data());
     }
+    const int64_t split = y_split(a.y0, t0, T_);
     for (int64_t i = 0; i < T_; ++i) {
-      __builtin_prefetch(a.dout.at(b, t0 + i + 8, c0));
-      V dyv = a.dout.load(b, t0 + i, c0, cnt);
+      if (i < split) {   // no y before y0 (and no z): no gradient reaches it
+        s.dy[i] = s.sA[i] = s.sB[i] = V{};
+        continue;
+      }
+      __builtin_prefetch(a.dout.at(b, t0 + i - a.y0 + 8, c0));
+      V dyv = a.dout.load(b, t0 + i - a.y0, c0, cnt);
       if (a.z.p) {
         const V zv = a.z.load(b, t0 + i, c0, cnt);
         const V sg = vsigmoid(zv);
@@ -463,12 +481,14 @@ void bwd_block(const Args<T>& a, Scratch<T>& s, int64_t b, int64_t c0, int cnt, 
       s.sA[i] = V{};
       s.sB[i] = V{};
     }
-    for (int n0 = 0; n0 < N; n0 += G) {
+    for (int n0 = 0; n0 < N; n0 += G) {   // the steps with a gradient of y, then (back to the chunk's start) those without
       const int ng = static_cast<int>(std::min<int64_t>(G, N - n0));
       if (ng == G) {
-        reverse_group<T, G, true>(a, s, b, t0, T_, n0, ng, dBrow, dCrow);
+        reverse_group<T, G, true, true>(a, s, b, t0, split, T_, n0, ng, dBrow, dCrow);
+        reverse_group<T, G, true, false>(a, s, b, t0, 0, split, n0, ng, dBrow, dCrow);
       } else {
-        reverse_group<T, G, false>(a, s, b, t0, T_, n0, ng, dBrow, dCrow);
+        reverse_group<T, G, false, true>(a, s, b, t0, split, T_, n0, ng, dBrow, dCrow);
+        reverse_group<T, G, false, false>(a, s, b, t0, 0, split, n0, ng, dBrow, dCrow);
       }
     }
     for (int64_t i = 0; i < T_; ++i) {
@@ -600,6 +620,12 @@ void fill_common(Args<T>& a, const at::Tensor& u, const at::Tensor& delta, const
   a.softplus = softplus;
 }
 
+void check_y_from(int64_t y_from, int64_t L, bool gated) {
+  TORCH_CHECK(y_from >= 0 && y_from < std::max<int64_t>(L, 1), "selective_scan: y_from must be in [0, seq_len), got ",
+              y_from);
+  TORCH_CHECK(y_from == 0 || !gated, "selective_scan: y_from > 0 takes no z (the caller gates the steps it reads)");
+}
+
 void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& B,
                   const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                   const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& Wt) {
@@ -648,20 +674,22 @@ void check_common(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 
 // y (batch, L, d) [gated by silu(z) if z; in z's dtype], h_last (batch, N, d), and if save_states the state
 // entering each chunk (batch, ceil(L / chunk), N, d) and, with z, y before the gate (batch, L, d)
-// for the backward (empty tensors otherwise).
+// for the backward (empty tensors otherwise). With y_from > 0 (no z) y holds steps y_from .. L-1 only,
+// (batch, L - y_from, d), and the steps before skip C.h.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At, const at::Tensor& B, const at::Tensor& C,
     const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& Wt, const std::optional<at::Tensor>& h0, bool softplus, int64_t chunk,
-    bool save_states, bool fast_exp) {
+    bool save_states, bool fast_exp, int64_t y_from) {
   check_common(u, delta, At, B, C, D, z, bias, Wt);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(-2);
+  check_y_from(y_from, L, z.has_value());
   if (h0) {
     TORCH_CHECK(h0->dim() == 3 && h0->size(0) == batch && h0->size(1) == N && h0->size(2) == d &&
                     h0->is_contiguous() && h0->scalar_type() == u.scalar_type(),
                 "selective_scan: h0 must be contiguous (batch, d_state, d_inner)");
   }
-  at::Tensor y = at::empty({batch, L, d}, z ? z->options() : u.options());
+  at::Tensor y = at::empty({batch, L - y_from, d}, z ? z->options() : u.options());
   at::Tensor hlast = at::empty({batch, N, d}, u.options());
   const int64_t K = (L + std::max<int64_t>(1, chunk) - 1) / std::max<int64_t>(1, chunk);
   at::Tensor hsave = at::empty({save_states ? batch : 0, K, N, d}, u.options());
@@ -670,6 +698,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
     a.fast_exp = fast_exp;
+    a.y0 = y_from;
     if (h0) a.h0 = h0->data_ptr<scalar_t>();
     a.y = act<scalar_t>(y);
     a.hlast = hlast.data_ptr<scalar_t>();
@@ -686,22 +715,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_fwd(
 // d dt_low (groups, batch, L, R) partial and dW (batch, R, d) partial, then the two tensors those
 // partials are views of: (groups, batch, L, R + 2N) holding d dt_low, dB, dC side by side, and
 // (batch, (N + 2 + R) d) holding dA, dD, dbias, dW]. Partials are summed over their leading
-// dimension by the caller.
+// dimension by the caller. grad_output covers the steps of y: y_from .. L-1.
 std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& At,
                                  const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
                                  const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& bias,
                                  const std::optional<at::Tensor>& Wt, const at::Tensor& hsave,
                                  const std::optional<at::Tensor>& ypre, const at::Tensor& dout,
                                  const std::optional<at::Tensor>& dhlast, bool softplus, int64_t chunk,
-                                 const std::optional<at::Tensor>& dz_out, bool need_ddelta, bool fast_exp) {
+                                 const std::optional<at::Tensor>& dz_out, bool need_ddelta, bool fast_exp,
+                                 int64_t y_from) {
   check_common(u, delta, At, B, C, D, z, bias, Wt);
   const int64_t batch = u.size(0), L = u.size(1), d = u.size(2), N = At.size(-2);
+  check_y_from(y_from, L, z.has_value());
   const int64_t R = Wt ? Wt->size(-2) : 0;
   const int64_t K = (L + std::max<int64_t>(1, chunk) - 1) / std::max<int64_t>(1, chunk);
   TORCH_CHECK(hsave.dim() == 4 && hsave.size(0) == batch && hsave.size(1) == K && hsave.size(2) == N &&
                   hsave.size(3) == d && hsave.is_contiguous(),
               "selective_scan backward: saved states have shape ", hsave.sizes());
-  check_btk(dout, "grad_output", batch, L, d);
+  check_btk(dout, "grad_output", batch, L - y_from, d);
   TORCH_CHECK(act_dtype_ok(dout, u.scalar_type()), "selective_scan backward: grad_output must have u's dtype (or "
               "bfloat16 for float32 u), got ", dout.scalar_type());
   if (dhlast) {
@@ -744,6 +775,7 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& u, const at::Tensor& delta, c
     Args<scalar_t> a;
     fill_common<scalar_t>(a, u, delta, At, B, C, D, z, bias, Wt, softplus, chunk);
     a.fast_exp = fast_exp;
+    a.y0 = y_from;
     a.hsave_in = hsave.data_ptr<scalar_t>();
     if (z && ypre && ypre->numel() > 0) a.ypre_in = ypre->data_ptr<scalar_t>();
     a.dout = act<scalar_t>(dout);
@@ -1159,19 +1191,21 @@ at::Tensor simd_exp2(const at::Tensor& x, bool fast) {
   return out;
 }
 
+#include "layer_norm.h"
+
 }  // namespace
 
 TORCH_LIBRARY(mambacast, m) {
   m.def(
       "scan_fwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
-      "Tensor? dt_wt, Tensor? h0, bool softplus, int chunk, bool save_states, bool fast_exp=False) -> "
+      "Tensor? dt_wt, Tensor? h0, bool softplus, int chunk, bool save_states, bool fast_exp=False, int y_from=0) -> "
       "(Tensor, Tensor, Tensor, Tensor)",
       &scan_fwd);
   m.def(
       "scan_bwd(Tensor u, Tensor delta, Tensor At, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
       "Tensor? dt_wt, Tensor hsave, Tensor? ypre, Tensor dout, Tensor? dhlast, bool softplus, int chunk, "
       "Tensor? dz_out, "
-      "bool need_ddelta, bool fast_exp=False) -> Tensor[]",
+      "bool need_ddelta, bool fast_exp=False, int y_from=0) -> Tensor[]",
       &scan_bwd);
   m.def(
       "mamba_step(Tensor hidden, Tensor norm_w, Tensor norm_b, float eps, Tensor in_w, Tensor conv_w, Tensor? conv_b, "
@@ -1179,6 +1213,10 @@ TORCH_LIBRARY(mambacast, m) {
       "Tensor ssm_state) -> Tensor[]",
       &mamba_step);
   m.def("simd_exp2(Tensor x, bool fast=False) -> Tensor", &simd_exp2);
+  m.def("layer_norm(Tensor x, Tensor w, Tensor b, float eps) -> Tensor", &layer_norm);
+  m.def("layer_norm_fwd(Tensor x, Tensor w, Tensor b, float eps, bool save) -> Tensor[]", &layer_norm_fwd);
+  m.def("layer_norm_bwd(Tensor x, Tensor w, Tensor b, Tensor mean, Tensor rstd, Tensor dout) -> Tensor[]",
+        &layer_norm_bwd);
   m.def("conv_fwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, bool silu) -> Tensor", &conv_fwd);
   m.def(
       "conv_bwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, Tensor dout, bool silu, Tensor? dx_out) -> Tensor[]",

@@ -48,6 +48,8 @@ def test_flat_adam_equals_torch_adam_with_clipping(weight_decay):
         _loss(flat, x, y).backward()
         norms.append((torch.linalg.vector_norm(fa.flat_grad), norm_ref))
         assert fa.clip_and_step(0.5)
+        for p, q in zip(flat.parameters(), ref.parameters(), strict=True):   # clipped in place, as clip_grad_norm_
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-8)
     assert any(n > 0.5 for _, n in norms), "the test should exercise the clipping"
     for n, n_ref in norms:
         torch.testing.assert_close(n, n_ref, rtol=1e-5, atol=0)

@@ -31,9 +31,11 @@ _FIXED = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": Fa
 
 
 def fused_adam_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                steps: list[Tensor], group: dict[str, Any]) -> None:
+                steps: list[Tensor], group: dict[str, Any], grad_scale: Tensor | None = None) -> None:
     """One Adam update in place, one `torch._fused_adam_` call per dtype: the step counts (0-d float32 tensors)
-    first go up by one. `group` holds lr, betas, eps and weight_decay. CPU tensors; no amsgrad, no maximize."""
+    first go up by one. `group` holds lr, betas, eps and weight_decay. CPU tensors; no amsgrad, no maximize.
+    `grad_scale` (a 0-d float32 tensor): the update uses grad / grad_scale, and the kernel writes that quotient
+    back into the gradients."""
     beta1, beta2 = group["betas"]
     by_dtype: dict[torch.dtype, list[int]] = defaultdict(list)
     for i, p in enumerate(params):
@@ -45,7 +47,7 @@ def fused_adam_(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
         torch._foreach_add_(own_steps, 1)
         torch._fused_adam_(*pick, [], own_steps, lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2),
                            weight_decay=float(group["weight_decay"]), eps=float(group["eps"]), amsgrad=False,
-                           maximize=False)
+                           maximize=False, grad_scale=grad_scale)
 
 
 class Adam:

@@ -97,9 +97,12 @@ class FlatAdam:
                 raise RuntimeError("FlatAdam: a gradient is no longer a view of the flat buffer; call zero_grad() "
                                    "before backward and do not replace .grad between them")
         norm = torch.linalg.vector_norm(self.flat_grad)
-        self.flat_grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        # clip_grad_norm_'s factor min(1, max_norm / (norm + 1e-6)) as the Adam kernel's divisor: it scales each
+        # gradient as it reads it and writes the clipped one back, one pass over the gradients fewer (14 us of the
+        # 0.42 ms that clipping and Adam took in the guide's step, in a throw-away timing).
+        scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
         fused_adam_([self.flat_param], [self.flat_grad], [self.exp_avg], [self.exp_avg_sq], [self.step_count],
-                    self.optimizer.param_groups[0])
+                    self.optimizer.param_groups[0], grad_scale=scale)
         return True
 
     def release(self) -> None:

@@ -7,11 +7,11 @@ Run: .venv/bin/python benchmarks/bf16_quality.py [--symbols 6] [--seeds 42,43,44
 Trains the first `--symbols` bundled stocks (as bench_stacked.py picks them) at the guide's config for
 `--epochs` epochs with early stopping and the learning-rate schedule off (patience larger than the run),
 once per seed in float32 and once under bfloat16 autocast (`MAMBACAST_CPU_BF16=1`: the Linear layers as
-oneDNN bf16 matmuls with fp32 accumulation and fp32 master weights, the fused block's x_proj too; its conv,
-scan and dt_proj, the norms and the loss in fp32). The symbols of one seed and precision train as one stack
-(`train_symbols(stack=True)`, which stores what training each alone stores). The two precisions run side
-by side, one process of one thread each: this measures quality, not time. Every epoch's validation metrics
-come from the progress events and are written to `--out` (JSON).
+oneDNN bf16 matmuls with fp32 accumulation and fp32 master weights, the fused block's x_proj too, the residual
+stream bf16; its conv, scan and dt_proj, the norms' arithmetic and the loss in fp32). The symbols of one seed
+and precision train as one stack (`train_symbols(stack=True)`, which stores what training each alone stores).
+The two precisions run side by side, one process of one thread each: this measures quality, not time. Every
+epoch's validation metrics come from the progress events and are written to `--out` (JSON).
 
 Per symbol and metric the table gives float32's and bf16's mean over the seeds, float32's seed standard
 deviation (the noise), the difference of the means in units of its standard error (SE = the pooled seed

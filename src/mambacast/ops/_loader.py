@@ -1,5 +1,5 @@
-"""Build and load the fused CPU selective-scan kernel (``csrc/selective_scan.cpp`` and its header
-``csrc/simd.h``) on first use.
+"""Build and load the fused CPU kernels (``csrc/selective_scan.cpp`` and the headers it includes, ``csrc/simd.h`` and
+``csrc/layer_norm.h``) on first use.
 
 The kernel is compiled once per (sources, flags, torch, Python, CPU) combination with
 ``torch.utils.cpp_extension.load`` into ``$MAMBACAST_CACHE_DIR`` (default

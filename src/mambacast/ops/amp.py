@@ -23,7 +23,8 @@ backward, more than some of the kernels they wrap).
     The Linear layers (in_proj, out_proj, the embedding, the heads) then run as oneDNN bf16 matmuls with
     float32 accumulation on float32 master weights; the fused block reads in_proj's bf16 output as it is and runs
     x_proj in bf16 too (`nn.fused`), its conv, scan and dt_proj in float32 (the scan's exp by a degree-4 polynomial,
-    3e-6 relative); the norms and the loss stay float32. On
+    3e-6 relative); the residual stream between the blocks is bf16 as autocast leaves it, its norms compute in
+    float32 (`nn.norm`), and the loss stays float32. On
     this project's AVX512_BF16 machine that takes 10-17% off a train step, and the validation loss of 50-epoch
     runs stays within float32's seed noise (6 stocks x 4 seeds: docs/benchmarks.md, `benchmarks/bf16_quality.py`).
 """

@@ -21,7 +21,8 @@
 // into a (chunk, d_state, L) buffer per task, then runs the reverse recurrence. Reductions across
 // channels (dB, dC) use a transpose-add tree over L vectors.
 //
-// Built on first use by mambacast.ops._loader with torch.utils.cpp_extension.load.
+// The blocks' LayerNorm (forward, backward and its C++ autograd node) is in layer_norm.h, included at the end of this
+// translation unit. Built on first use by mambacast.ops._loader with torch.utils.cpp_extension.load.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

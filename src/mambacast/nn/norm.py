@@ -1,12 +1,15 @@
-"""The blocks' LayerNorm: one fused CPU kernel for its forward and one for its backward, `F.layer_norm` elsewhere.
+"""The blocks' LayerNorm on the CPU: one autograd node, written in C++, over a forward and a backward kernel
+(ops/csrc/layer_norm.h); `F.layer_norm` elsewhere.
 
     out = (x - mean) / sqrt(var + eps) * weight + bias          over the last dimension (Ba et al. 2016, eq. 4)
 
-PyTorch's CPU LayerNorm on the blocks' rows (d_model = 64 values) costs about six elementwise passes forward and more
-backward, and under bfloat16 autocast, where the residual stream it reads is bfloat16, more again (66 us forward and
-191 us with its backward for a batch of 32 x 60 steps, against 14 us for one bfloat16 add); four of them were about
-4% of a train step. The kernel (ops/csrc/layer_norm.h) reads x as it is (float32, float64 or bfloat16), computes in
-the weight's dtype, and writes the output and x's gradient in x's dtype, as PyTorch's LayerNorm does under autocast.
+PyTorch's CPU LayerNorm on the blocks' rows (d_model = 64 values) under bfloat16 autocast, where the residual stream
+it reads is bfloat16, took 66 us forward and 191 us with its backward for a batch of 32 x 60 steps, against 14 us for
+one bfloat16 add (a throw-away timing); leaving the four norms out altogether took 1.4-3.8% off the guide's train
+step (four throw-away alternations).
+The kernel reads x as it is (float32, float64 or bfloat16), computes in the weight's dtype, and writes the output
+and x's gradient in x's dtype, as PyTorch's LayerNorm does under autocast; its weight gradients are summed in the
+weight's dtype (PyTorch 2.13's, for a bfloat16 x, come back a few percent off: docs/benchmarks.md).
 
 `layer_norm` also takes M stacked models' affine parameters, weight and bias (M, d), with x (M, n, d)
 (`nn.stacked`): model m's rows are normalised with its own weight and bias, and their gradients come back per

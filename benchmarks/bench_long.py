@@ -165,7 +165,8 @@ def step_latency(n: int = 2000) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 10_000, 30_000, 65_536, 100_000, 1_000_000])
-    parser.add_argument("--rows", nargs="+", default=["encode_long", "encode", "train_long", "mambapy", "transformer"])
+    rows = ["encode_long", "encode", "train_long", "mambapy", "transformer"]
+    parser.add_argument("--rows", nargs="+", default=rows, choices=rows)
     parser.add_argument("--chunk-len", type=int, default=2048)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop a row after a point slower than this")
     parser.add_argument("--max-gb", type=float, default=8.0, help="stop a row after a point above this peak memory")

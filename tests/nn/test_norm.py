@@ -118,6 +118,16 @@ def test_weight_gradients_do_not_depend_on_the_thread_count():
         assert torch.equal(a, c)
 
 
+@pytest.mark.parametrize("stacked", [False, True])
+def test_no_rows(stacked):
+    """An empty batch gives empty outputs and zero weight gradients (it divided by zero rows per model once)."""
+    w, b = (torch.randn(2, 64), torch.randn(2, 64)) if stacked else (torch.randn(64), torch.randn(64))
+    x = torch.randn(2, 0, 64) if stacked else torch.randn(0, 64)
+    out, dx, dw, db = _grads(layer_norm, x, w, b, torch.randn(x.shape))
+    assert out.shape == dx.shape == x.shape
+    assert torch.equal(dw, torch.zeros_like(w)) and torch.equal(db, torch.zeros_like(b))
+
+
 def test_without_grad_and_for_weights_only():
     x, w, b, _ = _inputs(33, 64, torch.float32)
     with torch.no_grad():

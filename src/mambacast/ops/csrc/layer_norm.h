@@ -19,7 +19,7 @@
 template <typename T>
 struct NormArgs {
   int64_t rows = 0, D = 0, M = 1, per_model = 0, chunks = 1;
-  Act<T> x, out, dout, dx;  // (rows, D) as (rows, 1, D) activations: T or bfloat16
+  Act<T> x, out, dout, dx;  // (rows, D), read at step 0 of `act`'s (batch, seq_len, k): T or bfloat16
   const T* w = nullptr;     // (M, D)
   const T* b = nullptr;     // (M, D)
   T eps = 0;
@@ -31,10 +31,11 @@ struct NormArgs {
   T* db = nullptr;
 };
 
-// The row range [r0, r1) of task i: chunk i % chunks of model i / chunks.
+// The row range [r0, r1) of task i: chunk i % chunks of model m = i / chunks.
 template <typename T>
-inline void norm_task_rows(const NormArgs<T>& a, int64_t i, int64_t& r0, int64_t& r1) {
-  const int64_t m = i / a.chunks, c = i % a.chunks, per = (a.per_model + a.chunks - 1) / a.chunks;
+inline void norm_task_rows(const NormArgs<T>& a, int64_t i, int64_t& m, int64_t& r0, int64_t& r1) {
+  m = i / a.chunks;
+  const int64_t c = i % a.chunks, per = (a.per_model + a.chunks - 1) / a.chunks;
   r0 = m * a.per_model + std::min(a.per_model, c * per);
   r1 = m * a.per_model + std::min(a.per_model, (c + 1) * per);
 }
@@ -57,7 +58,7 @@ RowShape<T> row_shape(int64_t D) {
 // dependency chains made the row-at-a-time form latency-bound. NV > 0: D takes exactly NV vectors (the blocks'
 // d_model: the loops unroll); NV = 0 any D, with `scratch` sized by the caller.
 template <typename T, int NV>
-void norm_fwd_rows(const NormArgs<T>& a, int64_t r0, int64_t r1, typename VT<T>::V* scratch) {
+void norm_fwd_rows(const NormArgs<T>& a, int64_t m, int64_t r0, int64_t r1, typename VT<T>::V* scratch) {
   using V = typename VT<T>::V;
   constexpr int L = VT<T>::L;
   const RowShape<T> sh = row_shape<T>(a.D);
@@ -65,7 +66,6 @@ void norm_fwd_rows(const NormArgs<T>& a, int64_t r0, int64_t r1, typename VT<T>:
   V local[NV > 0 ? (L + 2) * NV : 1];
   V* buf = NV > 0 ? local : scratch;
   V *w = buf, *b = buf + nv, *xs = buf + 2 * nv;
-  const int64_t m = r0 / a.per_model;
   for (int k = 0; k < nv; ++k) {
     w[k] = vload(a.w + m * a.D + k * L, sh.cnt(k));
     b[k] = vload(a.b + m * a.D + k * L, sh.cnt(k));
@@ -110,7 +110,8 @@ void norm_fwd_rows(const NormArgs<T>& a, int64_t r0, int64_t r1, typename VT<T>:
 }
 
 template <typename T, int NV>
-void norm_bwd_rows(const NormArgs<T>& a, int64_t task, int64_t r0, int64_t r1, typename VT<T>::V* scratch) {
+void norm_bwd_rows(const NormArgs<T>& a, int64_t task, int64_t m, int64_t r0, int64_t r1,
+                   typename VT<T>::V* scratch) {
   using V = typename VT<T>::V;
   constexpr int L = VT<T>::L;
   const RowShape<T> sh = row_shape<T>(a.D);
@@ -118,7 +119,6 @@ void norm_bwd_rows(const NormArgs<T>& a, int64_t task, int64_t r0, int64_t r1, t
   V local[NV > 0 ? (2 * L + 3) * NV : 1];
   V* buf = NV > 0 ? local : scratch;
   V *w = buf, *dw = buf + nv, *db = buf + 2 * nv, *xh = buf + 3 * nv, *gs = buf + (3 + L) * nv;
-  const int64_t m = r0 / a.per_model;
   for (int k = 0; k < nv; ++k) {
     w[k] = vload(a.w + m * a.D + k * L, sh.cnt(k));
     dw[k] = db[k] = V{};
@@ -171,12 +171,12 @@ void run_norm(const NormArgs<T>& a) {
     parallel_tasks(
         a.M * a.chunks, [&] { return std::vector<V>(NV > 0 ? 0 : (2 * VT<T>::L + 3) * nv); },
         [&](std::vector<V>& scratch, int64_t i) {
-          int64_t r0, r1;
-          norm_task_rows(a, i, r0, r1);
+          int64_t m, r0, r1;
+          norm_task_rows(a, i, m, r0, r1);
           if constexpr (BWD) {
-            norm_bwd_rows<T, NV>(a, i, r0, r1, scratch.data());
+            norm_bwd_rows<T, NV>(a, i, m, r0, r1, scratch.data());
           } else {
-            norm_fwd_rows<T, NV>(a, r0, r1, scratch.data());
+            norm_fwd_rows<T, NV>(a, m, r0, r1, scratch.data());
           }
         });
   };
@@ -189,22 +189,13 @@ void run_norm(const NormArgs<T>& a) {
   }
 }
 
-template <typename T>
-Act<T> act2(const at::Tensor& x) {  // a (rows, D) tensor with unit stride along D, as a (rows, 1, D) activation
-  Act<T> r;
-  r.p = x.data_ptr();
-  r.sb = x.stride(0);
-  r.bf16 = x.scalar_type() == at::kBFloat16;
-  return r;
-}
-
 void check_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   TORCH_CHECK(x.device().is_cpu() && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble) &&
                   act_dtype_ok(x, w.scalar_type()) && b.scalar_type() == w.scalar_type(),
               "layer_norm (fused CPU kernel): float32/float64 CPU weights, x of their dtype (or bfloat16 for float32)");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.size(1) >= 1, "layer_norm: x must be (rows, D) with unit stride");
-  TORCH_CHECK((w.dim() == 1 || w.dim() == 2) && w.size(-1) == x.size(1) && w.is_contiguous() && b.sizes() == w.sizes() &&
-                  b.is_contiguous(),
+  TORCH_CHECK((w.dim() == 1 || w.dim() == 2) && w.size(-1) == x.size(1) && w.is_contiguous() &&
+                  b.sizes() == w.sizes() && b.is_contiguous(),
               "layer_norm: weight and bias must be contiguous (D), or (n_models, D) for stacked models");
   TORCH_CHECK(w.dim() == 1 || (w.size(0) >= 1 && x.size(0) % w.size(0) == 0), "layer_norm: ", x.size(0),
               " rows are not a multiple of the ", w.size(0), " stacked models");
@@ -220,7 +211,7 @@ NormArgs<T> norm_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   // Up to 8 row ranges of at least 64 rows per model: tasks enough for two threads' dynamic scheduling, few
   // partials to sum.
   a.chunks = std::max<int64_t>(1, std::min<int64_t>(8, a.per_model / 64));
-  a.x = act2<T>(x);
+  a.x = act<T>(x);
   a.w = w.data_ptr<T>();
   a.b = b.data_ptr<T>();
   a.eps = static_cast<T>(eps);
@@ -228,7 +219,8 @@ NormArgs<T> norm_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 }
 
 // Returns out (x's dtype), mean and rstd (rows,) in the weight's dtype (empty unless save).
-std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps, bool save) {
+std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps,
+                                       bool save) {
   check_norm(x, w, b);
   const int64_t rows = x.size(0);
   at::Tensor out = at::empty(x.sizes(), x.options());
@@ -236,7 +228,7 @@ std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const at::Tensor& w,
   at::Tensor rstd = at::empty({save ? rows : 0}, w.options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "mambacast_norm_fwd", [&] {
     NormArgs<scalar_t> a = norm_args<scalar_t>(x, w, b, eps);
-    a.out = act2<scalar_t>(out);
+    a.out = act<scalar_t>(out);
     if (save) {
       a.mean = mean.data_ptr<scalar_t>();
       a.rstd = rstd.data_ptr<scalar_t>();
@@ -247,8 +239,8 @@ std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const at::Tensor& w,
 }
 
 // Returns dx (x's dtype), dw and db partials (n_models * chunks, D) in the weight's dtype.
-std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& mean,
-                                 const at::Tensor& rstd, const at::Tensor& dout) {
+std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                       const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& dout) {
   check_norm(x, w, b);
   TORCH_CHECK(dout.sizes() == x.sizes() && dout.stride(1) == 1 && act_dtype_ok(dout, w.scalar_type()),
               "layer_norm backward: grad_output must be (rows, D) with unit stride, of x's or the weight's dtype");
@@ -261,8 +253,8 @@ std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& x, const at::Tensor& w,
     NormArgs<scalar_t> a = norm_args<scalar_t>(x, w, b, 0.0);
     dw = at::empty({a.M * a.chunks, a.D}, w.options());
     db = at::empty({a.M * a.chunks, a.D}, w.options());
-    a.dout = act2<scalar_t>(dout);
-    a.dx = act2<scalar_t>(dx);
+    a.dout = act<scalar_t>(dout);
+    a.dx = act<scalar_t>(dx);
     a.mean_in = mean.data_ptr<scalar_t>();
     a.rstd_in = rstd.data_ptr<scalar_t>();
     a.dw = dw.data_ptr<scalar_t>();

@@ -1,11 +1,14 @@
 """Where a training step's time goes: torch.profiler over train steps at the guide config.
 
 Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25] [--bf16]
+                                                 [--loss-ops | --compare-loss-ops]
                                                  [--fused-adam | --trainer-update | --stacked M]
                                                  [--baseline-kernel main]
 
-The step is the Trainer's: a batch of windows, `forward_distribution`, the default objective (the
-Student-t negative log-likelihood, `train.objective`), backward, clipping by global norm 1.0, Adam.
+The step is the Trainer's: a batch of windows, `MambaModel.head_loss` (the model, then its heads and the default
+objective, the Student-t negative log-likelihood, as one autograd node), backward, clipping by global norm 1.0,
+Adam. `--loss-ops` computes the objective as before that node: `forward_distribution`, then `train.objective`
+(`--compare-loss-ops`: both, interleaved).
 `--bf16` runs the forward under torch.autocast("cpu", bfloat16) (the Linear layers in bf16 with fp32
 master weights, the fused block's x_proj too, its conv and scan in fp32; with `--stacked`, the stack's own
 autocast, MAMBACAST_CPU_BF16=1),
@@ -66,6 +69,10 @@ def main() -> None:
     parser.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True)")
     parser.add_argument("--trainer-update", action="store_true",
                         help="the Trainer's CPU update: FlatAdam (flat buffers) from the second step")
+    parser.add_argument("--loss-ops", action="store_true",
+                        help="the objective as separate operations (forward_distribution, train.objective)")
+    parser.add_argument("--compare-loss-ops", action="store_true",
+                        help="also time the step with the objective as separate operations, interleaved")
     parser.add_argument("--stacked", type=int, metavar="M", default=0,
                         help="the step of a stack of M models (train.stacked), times per model")
     parser.add_argument("--baseline-kernel", metavar="REF", default=None,
@@ -77,13 +84,18 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=(args.fused_adam or args.trainer_update) or None)
     X, Y = torch.randn(700, 60, 26), torch.randn(700, 4)
     flat: list[FlatAdam] = []
+    loss_ops = [args.loss_ops]   # read by step(): the objective as separate operations
 
     def step() -> None:
         idx = torch.randperm(len(X))[:args.batch]
         x, y = X[idx], Y[idx]
         with torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext():
-            loc, scale, df = model.forward_distribution(x)
-        loss, _ = objective("nll", y, loc.float(), scale.float(), df.float())
+            if loss_ops[0]:
+                loc, scale, df = model.forward_distribution(x)
+            else:
+                loss, _ = model.head_loss(x, y)
+        if loss_ops[0]:
+            loss, _ = objective("nll", y, loc.float(), scale.float(), df.float())
         if flat:
             flat[0].zero_grad()
             loss.backward()
@@ -103,21 +115,25 @@ def main() -> None:
             os.environ["MAMBACAST_CPU_BF16"] = "1"
         step = stacked_step(cfg, X, Y, args.batch, args.stacked)
 
-    kernels = {"this tree": None}
+    # variant -> (kernel, objective as operations)
+    kernels = {"this tree": (None, args.loss_ops)}
     if args.baseline_kernel:
-        kernels[f"kernel of {args.baseline_kernel}"] = baseline_kernel(args.baseline_kernel)
+        kernels[f"kernel of {args.baseline_kernel}"] = (baseline_kernel(args.baseline_kernel), args.loss_ops)
+    if args.compare_loss_ops:
+        kernels["objective as operations"] = (None, True)
     times: dict[str, list[float]] = {name: [] for name in kernels}
-    for ops in kernels.values():
+    for ops, loss_ops[0] in kernels.values():
         with using_kernel(ops):
             for _ in range(5):
                 step()
     load = os.getloadavg()[0]
     for _ in range(args.steps * 2):
-        for name, ops in kernels.items():   # interleaved, so that load hits both alike
+        for name, (ops, loss_ops[0]) in kernels.items():   # interleaved, so that load hits both alike
             with using_kernel(ops):
                 t0 = time.perf_counter()
                 step()
                 times[name].append((time.perf_counter() - t0) / per)
+    loss_ops[0] = args.loss_ops
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '-')}, load {load:.1f} -> {os.getloadavg()[0]:.1f}, "
           f"bf16 autocast {'on' if args.bf16 else 'off'}, Adam "

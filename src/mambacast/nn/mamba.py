@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import MambaConfig
-from ..ops.amp import autocast_enabled, same_autocast_backward, same_autocast_forward
+from ..ops.amp import autocast_enabled, same_autocast_backward, same_autocast_forward, without_autocast
 from ..ops.eager import eager_under_compile
 from .fused import fused_ops, mamba_inner
-from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_params
+from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_head_loss, student_t_loc, student_t_params
 from .norm import layer_norm
 
 __all__ = ["MambaBlock", "MambaModel", "LayerState"]
@@ -311,7 +311,7 @@ class MambaModel(nn.Module):
         hidden = self.embed(x)
         for layer in self.layers:
             hidden = layer(hidden)
-        return self.norm_f(hidden)
+        return self._norm_f(hidden)
 
     def _last_hidden(self, x: Tensor) -> Tensor:
         """`encode(x)[:, -1]` (batch, d_model): the last block's `out_proj`, residual and the final norm at the last
@@ -323,7 +323,12 @@ class MambaModel(nn.Module):
         hidden = self.embed(x)
         for layer in self.layers[:-1]:
             hidden = layer(hidden)
-        return self.norm_f(self.layers[-1](hidden, last_only=True))
+        return self._norm_f(self.layers[-1](hidden, last_only=True))
+
+    def _norm_f(self, hidden: Tensor) -> Tensor:
+        """The final LayerNorm: on the CPU the blocks' kernel (`nn.norm`, as `nn.stacked` runs it), whose weight
+        gradients are float32 sums also for a bf16 hidden state; elsewhere `F.layer_norm`, as `nn.LayerNorm`."""
+        return layer_norm(hidden, self.norm_f.weight, self.norm_f.bias, self.norm_f.eps)
 
     def _encode_chunk(self, x: Tensor, state: list[LayerState]) -> tuple[Tensor, list[LayerState]]:
         hidden = self.embed(x)
@@ -331,7 +336,7 @@ class MambaModel(nn.Module):
         for layer, s in zip(self.layers, state, strict=True):
             hidden, s = layer.forward_with_state(hidden, s)
             new_state.append(s)
-        return self.norm_f(hidden), new_state
+        return self._norm_f(hidden), new_state
 
     def _encode_chunk_flat(self, x: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
         state = [LayerState(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.layers))]
@@ -406,15 +411,33 @@ class MambaModel(nn.Module):
         return (out, state) if return_state else out
 
     def forward(self, x: Tensor) -> Tensor:
-        """The point forecast: the Student-t location (batch, n_horizons)."""
-        return self.forward_distribution(x)[0]
+        """The point forecast: the Student-t location (batch, n_horizons), without the scale head."""
+        h = self._last_hidden(x)
+        with without_autocast(h.device):
+            return student_t_loc(self.head(self._head_input(h)), self.baseline(x[:, -1]))
 
     def forward_distribution(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Student-t per horizon of the standardised log-return (`nn.heads`): loc, scale (batch, n_horizons),
-        df (n_horizons,)."""
+        df (n_horizons,). The heads compute in the parameters' dtype, with autocast off (`nn.heads`)."""
         h = self._last_hidden(x)
-        log_scale_corr, df_raw = self.dist_head(h)
-        return student_t_params(self.head(h), log_scale_corr, df_raw, self.baseline(x[:, -1]))
+        with without_autocast(h.device):
+            h = self._head_input(h)
+            log_scale_corr, df_raw = self.dist_head(h)
+            return student_t_params(self.head(h), log_scale_corr, df_raw, self.baseline(x[:, -1]))
+
+    def head_loss(self, x: Tensor, y: Tensor, mse: bool = False) -> tuple[Tensor, Tensor]:
+        """The training objective on a batch, x (batch, seq_len, n_features) and standardised targets y (batch,
+        n_horizons): (the Student-t NLL's mean, or with `mse` the MSE of the location plus the NLL with the location
+        held fixed, as `train.objective`; loc (batch, n_horizons) without gradient). The heads, the law and the
+        objective are one autograd node (`nn.heads.student_t_head_loss`); the values and gradients are those of
+        `forward_distribution` followed by `train.objective`."""
+        h = self._last_hidden(x)
+        with without_autocast(h.device):
+            h = self._head_input(h)
+            return student_t_head_loss(h, self.head, self.dist_head, self.baseline(x[:, -1]), y.to(h.dtype), mse)
+
+    def _head_input(self, h: Tensor) -> Tensor:
+        return h.to(self.head.proj.weight.dtype)
 
     def init_state(self, batch_size: int) -> list[LayerState]:
         p = self.embed.weight
@@ -432,7 +455,7 @@ class MambaModel(nn.Module):
         for layer, s in zip(self.layers, state, strict=True):
             hidden, s = layer._step_fused(ops, hidden, s) if ops is not None else layer.step_ref(hidden, s)
             new_state.append(s)
-        return self.norm_f(hidden), new_state
+        return self._norm_f(hidden), new_state
 
     def count_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

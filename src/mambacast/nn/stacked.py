@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.amp import without_autocast
 from .fused import mamba_inner
-from .heads import baseline_log_sigma, student_t_params
+from .heads import baseline_log_sigma, student_t_loc, student_t_params
 from .mamba import MambaModel
 from .norm import layer_norm
 
@@ -99,12 +100,18 @@ def stacked_forward_distribution(params: dict[str, Tensor], model: MambaModel, x
     scale (M, batch, n_horizons), df (M, 1, n_horizons). `buffers` from `stack_buffers`; `model` is any one of
     the stacked models (only its configuration is read)."""
     h = _last_hidden(params, model, x)
-    delta = _linear(h, params["head.proj.weight"], params["head.proj.bias"])
-    corr = _linear(h, params["dist_head.scale_proj.weight"], params["dist_head.scale_proj.bias"])
-    base = baseline_log_sigma(x[:, :, -1], buffers)
-    return student_t_params(delta, corr, params["dist_head.df_raw"].unsqueeze(1), base)
+    with without_autocast(h.device):   # the heads in the parameters' dtype, as MambaModel's
+        h = h.to(params["head.proj.weight"].dtype)
+        delta = _linear(h, params["head.proj.weight"], params["head.proj.bias"])
+        corr = _linear(h, params["dist_head.scale_proj.weight"], params["dist_head.scale_proj.bias"])
+        base = baseline_log_sigma(x[:, :, -1], buffers)
+        return student_t_params(delta, corr, params["dist_head.df_raw"].unsqueeze(1), base)
 
 
 def stacked_forward(params: dict[str, Tensor], model: MambaModel, x: Tensor, buffers: dict[str, Tensor]) -> Tensor:
     """`MambaModel.forward` (the location) of every stacked model: (M, batch, n_horizons)."""
-    return stacked_forward_distribution(params, model, x, buffers)[0]
+    h = _last_hidden(params, model, x)
+    with without_autocast(h.device):
+        h = h.to(params["head.proj.weight"].dtype)
+        delta = _linear(h, params["head.proj.weight"], params["head.proj.bias"])
+        return student_t_loc(delta, baseline_log_sigma(x[:, :, -1], buffers))

@@ -20,13 +20,13 @@ backward, more than some of the kernels they wrap).
 `cpu_bf16_autocast`: whether training on the CPU runs under `torch.autocast("cpu", dtype=torch.bfloat16)`: by
     default where the CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX: `cpu_has_bf16`), float32
     elsewhere (oneDNN would emulate bf16 there, slower than float32); `MAMBACAST_CPU_BF16=0|1` forces either.
-    The Linear layers (in_proj, out_proj, the embedding, the heads) then run as oneDNN bf16 matmuls with
-    float32 accumulation on float32 master weights; the fused block reads in_proj's bf16 output as it is and runs
-    x_proj in bf16 too (`nn.fused`), its conv, scan and dt_proj in float32 (the scan's exp by a degree-4 polynomial,
-    3e-6 relative); the residual stream between the blocks is bf16 as autocast leaves it, its norms compute in
-    float32 (`nn.norm`), and the loss stays float32. On
-    this project's AVX512_BF16 machine that takes 10-17% off a train step, and the validation loss of 50-epoch
-    runs stays within float32's seed noise (6 stocks x 4 seeds: docs/benchmarks.md, `benchmarks/bf16_quality.py`).
+    The Linear layers (in_proj, out_proj, the embedding; the heads stay float32, `nn.heads`) run as oneDNN bf16
+    matmuls with float32 accumulation on float32 master weights; the fused block reads in_proj's bf16 output as it
+    is and runs x_proj in bf16 too (`nn.fused`), its conv, scan and dt_proj in float32 (the scan's exp by a degree-4
+    polynomial, 3e-6 relative); the residual stream between the blocks is bf16 as autocast leaves it, its norms
+    compute in float32 (`nn.norm`), and the loss stays float32. On this project's AVX512_BF16 machine that takes
+    10-17% off a train step, and the validation loss of 50-epoch runs stays within float32's seed noise (6 stocks x
+    4 seeds: docs/benchmarks.md, `benchmarks/bf16_quality.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from typing import Any
 import torch
 
 __all__ = ["float32_forward", "autocast_backward", "same_autocast_forward", "same_autocast_backward",
-           "autocast_enabled", "cpu_bf16_autocast", "cpu_has_bf16", "cuda_bf16_autocast", "CPU_BF16_ENV"]
+           "autocast_enabled", "without_autocast", "cpu_bf16_autocast", "cpu_has_bf16", "cuda_bf16_autocast",
+           "CPU_BF16_ENV"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,11 @@ def autocast_enabled(device: torch.device) -> bool:
         return torch.is_autocast_enabled(device.type)
     except RuntimeError:
         return False
+
+
+def without_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """A context with autocast off for `device`'s type, where it is on (a no-op elsewhere)."""
+    return torch.autocast(device.type, enabled=False) if autocast_enabled(device) else contextlib.nullcontext()
 
 
 def float32_forward(forward: Callable[..., Any] | None = None, *,

@@ -37,7 +37,7 @@ from ..ops.amp import cpu_bf16_autocast, cuda_bf16_autocast
 from ..ops.heap import kept_heap
 from .adam import Adam
 from .callbacks import Callback
-from .flat import FlatAdam
+from .flat import FlatAdam, clip_divisor
 from .graphs import GraphedSteps, graphs_enabled
 from .objective import crps_student_t_np, objective
 
@@ -107,6 +107,7 @@ class Trainer:
         self._graphed: GraphedSteps | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
         self._has_distribution = hasattr(model, "forward_distribution")
+        self._head_loss = hasattr(model, "head_loss")
         self.stop_training = False
         self.start_epoch = 0
         self.baseline_logs: dict[str, float] = {}   # the untrained model's validation (set by a fresh fit)
@@ -249,6 +250,10 @@ class Trainer:
 
     def _forward_loss(self, xb: Tensor, yb: Tensor, cache: bool = True) -> tuple[Tensor, Tensor]:
         """The objective and the location's mean absolute error on one batch (two 0-d tensors)."""
+        if self._head_loss:   # the heads and the objective as one autograd node (`MambaModel.head_loss`)
+            with self._autocast(cache):
+                loss, pred = self.model.head_loss(xb, yb, mse=self.config.loss == "mse")
+            return loss.float(), (pred.float() - yb).abs().mean()
         with self._autocast(cache):
             if self._has_distribution:
                 pred, scale, df = (t.float() for t in self.model.forward_distribution(xb))
@@ -274,9 +279,14 @@ class Trainer:
                 return
             log.debug("a parameter outside the flat Adam buffers received a gradient: per-parameter Adam from now on")
             self._end_flat()
-        # the optimizer's own list: walking model.parameters() (the module tree) costs more than the clipping
-        nn.utils.clip_grad_norm_(self._params, self.config.clipnorm)
-        self.optimizer.step()
+        if isinstance(self.optimizer, Adam):   # the CPU: FlatAdam's clipping (see `clip_divisor`)
+            grads = [p.grad.reshape(-1) for p in self._params if p.grad is not None]
+            if grads:
+                self.optimizer.step(grad_scale=clip_divisor(torch.cat(grads), self.config.clipnorm))
+        else:
+            # the optimizer's own list: walking model.parameters() (the module tree) costs more than the clipping
+            nn.utils.clip_grad_norm_(self._params, self.config.clipnorm)
+            self.optimizer.step()
         if self._flat_pending:
             self._start_flat()
 

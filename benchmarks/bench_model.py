@@ -11,7 +11,7 @@ alike):
                            (oneDNN, fp32 accumulation, fp32 master weights), the fused block in fp32
   fused, fused Adam        the same with torch.optim.Adam(fused=True) (one kernel over all parameters)
   fused, Trainer's update  what `Trainer` runs on the CPU: `train.flat.FlatAdam` (parameters, gradients and
-                           moments in flat buffers, from the second step) with clipping by global norm 1.0
+                           moments in flat buffers; here from the second step) with clipping by global norm 1.0
   Trainer's step, bf16 (default)
                            where the CPU has bf16 in hardware (the Trainer's default there, `ops.amp`): the
                            Trainer's update under bf16 autocast, on a copy of the model
@@ -250,7 +250,7 @@ class Row:
         with self._autocast():
             out = self.model(self.x)
         loss = nn.functional.mse_loss(out.float(), self.y)
-        if self.flat is not None:   # the Trainer's update from its second step (rows share the model: the flat
+        if self.flat is not None:   # the Trainer's flat update, from the second step (rows share the model: the flat
             self.flat.zero_grad()   # buffers hold its parameters, which the other rows update in place)
             loss.backward()
             self.flat.clip_and_step(1.0)

@@ -13,7 +13,7 @@ Adam. `--loss-ops` computes the objective as before that node: `forward_distribu
 master weights, the fused block's x_proj too, its conv and scan in fp32; with `--stacked`, the stack's own
 autocast, MAMBACAST_CPU_BF16=1),
 `--fused-adam` uses torch.optim.Adam(fused=True), `--trainer-update` what `Trainer` runs on the CPU
-(`train.flat.FlatAdam` from the second step: zeroing, clipping and Adam on flat buffers). `--stacked M`
+(`train.flat.FlatAdam`, here from the second step: zeroing, clipping and Adam on flat buffers). `--stacked M`
 profiles the step of a stack of M models instead (`train.stacked`, as `--stack` trains: batched matmuls, one
 fused kernel call per block for all M models' rows, the stack's clipping and Adam) and
 reports every time per model (divided by M), beside one model's step.

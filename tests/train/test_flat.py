@@ -138,7 +138,7 @@ def test_left_out_parameter_with_a_gradient_declines_the_update():
 
 @pytest.mark.parametrize("loss", ["nll", "mse"])
 def test_fit_equals_the_per_parameter_update(monkeypatch, loss):
-    """Two epochs of Trainer.fit with the flat update (from the second step) and with torch.optim.Adam throughout:
+    """Two epochs of Trainer.fit with the flat update (from the first backward) and with torch.optim.Adam throughout:
     the same weights, and a parameter the per-parameter run leaves as it started (no gradient) stays so."""
     x, y = torch.randn(40, 10, 5) * 2, torch.randn(40, 4)
     cfg = TrainConfig(epochs=2, batch_size=8, loss=loss, weight_decay=1e-3)

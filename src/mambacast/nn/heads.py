@@ -20,19 +20,23 @@ guide's point forecast is ``loc``.
 
 The heads compute in their parameters' dtype (float32) even under autocast (`MambaModel` runs them with it
 off): they are 0.03% of the model's FLOPs, and their outputs are the product. `student_t_head_loss` is both
-heads, the law's parameters and the training objective as one autograd node with its gradient in closed form:
-in training it replaces about 60 small operations and their backward nodes, a serial 0.5 ms of an 18 ms CPU
-step.
+heads, the law's parameters and the training objective as one autograd node with its gradient in closed form, on
+the CPU one C++ call each way: in training it replaces about 60 small operations and their backward nodes (at the
+guide's batch 0.41 ms forward and backward against 0.11 ms, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..ops.eager import eager_under_compile
+from .fused import fused_ops
 
 __all__ = ["PointHead", "StudentTHead", "VolatilityBaseline", "student_t_loc", "student_t_params", "student_t_nll",
            "student_t_head_loss"]
@@ -222,6 +226,19 @@ def student_t_head_loss(h: Tensor, head: PointHead, dist_head: StudentTHead, bas
     """Both heads on the last hidden state h (batch, d_model), the Student-t they give and the training objective,
     as one autograd node: (the objective's mean over batch x horizons, loc (batch, n_horizons) without gradient).
     The same values and gradients as `student_t_params` of the heads' outputs followed by `train.objective`
-    ("nll", or "mse" with `mse`); y and base_log_sigma (batch, n_horizons) are constants. Computes in h's dtype."""
-    return _StudentTHeadLoss.apply(h, head.proj.weight, head.proj.bias, dist_head.scale_proj.weight,
-                                   dist_head.scale_proj.bias, dist_head.df_raw, base_log_sigma, y, mse)
+    ("nll", or "mse" with `mse`); y and base_log_sigma (batch, n_horizons) are constants. Computes in h's dtype:
+    on the CPU (float32/float64, the kernel built) in C++ (ops/csrc/head_loss.h, one call forward and backward,
+    in double inside), elsewhere as `_StudentTHeadLoss`'s PyTorch operations."""
+    args = (h, head.proj.weight, head.proj.bias, dist_head.scale_proj.weight, dist_head.scale_proj.bias,
+            dist_head.df_raw, base_log_sigma, y)
+    ops = fused_ops(*args) if h.dim() == 2 and h.shape[0] > 0 else None
+    if ops is not None and hasattr(ops, "head_loss"):   # (an older kernel, `benchmarks/`' --baseline-kernel, has none)
+        loss, loc = _fused_head_loss(ops, *args, mse)
+        return loss, loc
+    return _StudentTHeadLoss.apply(*args, mse)
+
+
+@eager_under_compile
+def _fused_head_loss(ops: Any, *args: Any) -> list[Tensor]:
+    """The kernel's autograd op: under torch.compile behind a graph break."""
+    return ops.head_loss(*args)

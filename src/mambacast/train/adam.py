@@ -80,9 +80,7 @@ class Adam:
                 p.grad.detach_().zero_()
 
     @torch.no_grad()
-    def step(self, grad_scale: Tensor | None = None) -> None:
-        """One update of the parameters that have a gradient; with `grad_scale` (a 0-d tensor) of grad / grad_scale,
-        which is written back into the gradients (`fused_adam_`)."""
+    def step(self) -> None:
         group = self.param_groups[0]
         params = [p for p in group["params"] if p.grad is not None]
         if any(p.grad.is_sparse for p in params):
@@ -93,7 +91,7 @@ class Adam:
                                  "exp_avg_sq": torch.zeros_like(p)}
         states = [self.state[p] for p in params]
         fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states], [s["step"] for s in states], group, grad_scale=grad_scale)
+                    [s["exp_avg_sq"] for s in states], [s["step"] for s in states], group)
 
     def state_dict(self) -> dict[str, Any]:
         """`torch.optim.Adam.state_dict()`'s format: state keyed by the parameter's index in the group."""

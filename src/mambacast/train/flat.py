@@ -7,15 +7,16 @@
 model and the optimizer hold being views of them, so a step is one zeroing, one norm, one scaling and one fused
 Adam call on four flat tensors (0.45 ms measured; docs/benchmarks.md).
 
-The optimizer stays the source of truth: its `state` holds views of the flat moments and one shared step count,
-so `optimizer.state_dict()` (the training checkpoints) reads what the flat update writes, and `release()` gives
-every tensor its own storage back. The maths is Adam's and the clipping's (`clip_grad_norm_`: coefficient
-max_norm / (||g|| + 1e-6), at most 1). Only the parameters that received a gradient (the caller names them, after
-an ordinary first step) are flattened: the others keep a None gradient and, as `torch.optim.Adam` skips them, are
-not updated (a distribution model trained on the MSE never uses its scale head). One difference of semantics
-remains: a flattened parameter that takes no part in some later step gets a zero gradient, not None, and is
-updated with it (its moments decay), as after `zero_grad(set_to_none=False)`; `clip_and_step` declines (returns
-False) if a parameter left out receives a gradient, so the caller can go back to the per-parameter update.
+The optimizer stays the source of truth: its `state` holds views of the flat moments and one shared step count, so
+`optimizer.state_dict()` (the training checkpoints) reads what the flat update writes, and `release()` gives every
+tensor its own storage back. The maths is Adam's and the clipping's (`clip_grad_norm_`: coefficient max_norm /
+(||g|| + 1e-6), at most 1). Only the parameters that received a gradient (the caller names them, after the first
+backward; the gradients they hold then are taken into the flat buffer) are flattened: the others keep a None
+gradient and, as `torch.optim.Adam` skips them, are not updated (a distribution model trained on the MSE never uses
+its scale head). One difference of semantics remains: a flattened parameter that takes no part in some later step
+gets a zero gradient, not None, and is updated with it (its moments decay), as after `zero_grad(set_to_none=False)`;
+`clip_and_step` declines (returns False) if a parameter left out receives a gradient, so the caller can go back to
+the per-parameter update.
 """
 
 from __future__ import annotations
@@ -25,22 +26,13 @@ from torch import Tensor
 
 from .adam import Adam, fused_adam_
 
-__all__ = ["FlatAdam", "clip_divisor"]
-
-
-def clip_divisor(flat_grad: Tensor, max_norm: float) -> Tensor:
-    """`clip_grad_norm_`'s factor min(1, max_norm / (norm + 1e-6)) as a divisor, for the Adam kernel's `grad_scale`:
-    it scales each gradient as it reads it and writes the clipped one back, one pass over the gradients fewer (14 us
-    of the 0.42 ms that clipping and Adam took in the guide's step, in a throw-away timing). `flat_grad`: every
-    gradient in one vector, so that the norm's rounding is the same wherever the gradients live (the Trainer's first
-    step, before the flat buffers exist, concatenates them: a resumed fit repeats the uninterrupted one bit for bit)."""
-    return torch.clamp((torch.linalg.vector_norm(flat_grad) + 1e-6) / max_norm, min=1.0)
+__all__ = ["FlatAdam"]
 
 
 class FlatAdam:
     """`params` of an Adam (`train.adam.Adam` or `torch.optim.Adam`; CPU, one dtype, equal step counts) in flat
     buffers, for the duration of a fit: `zero_grad()`, then backward, then `clip_and_step(max_norm)`; `release()`
-    at the end."""
+    at the end. The gradients the parameters hold when it is built are its first (`clip_and_step` may follow)."""
 
     def __init__(self, optimizer: Adam | torch.optim.Adam, params: list[Tensor]):
         if len(optimizer.param_groups) != 1:
@@ -77,6 +69,8 @@ class FlatAdam:
                 span = slice(offset, offset + p.numel())
                 offset = span.stop
                 self.flat_param[span].copy_(p.reshape(-1))
+                if p.grad is not None:
+                    self.flat_grad[span].copy_(p.grad.reshape(-1))
                 p.data = self.flat_param[span].view_as(p)
                 m, v = self.exp_avg[span].view_as(p), self.exp_avg_sq[span].view_as(p)
                 s = state.get(p)
@@ -105,8 +99,13 @@ class FlatAdam:
             if p.grad is not g:   # autograd replaced a view (it accumulates in place unless asked for a graph)
                 raise RuntimeError("FlatAdam: a gradient is no longer a view of the flat buffer; call zero_grad() "
                                    "before backward and do not replace .grad between them")
+        norm = torch.linalg.vector_norm(self.flat_grad)
+        # clip_grad_norm_'s factor min(1, max_norm / (norm + 1e-6)) as the Adam kernel's divisor: it scales each
+        # gradient as it reads it and writes the clipped one back, one pass over the gradients fewer (14 us of the
+        # 0.42 ms that clipping and Adam took in the guide's step, in a throw-away timing).
+        scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
         fused_adam_([self.flat_param], [self.flat_grad], [self.exp_avg], [self.exp_avg_sq], [self.step_count],
-                    self.optimizer.param_groups[0], grad_scale=clip_divisor(self.flat_grad, max_norm))
+                    self.optimizer.param_groups[0], grad_scale=scale)
         return True
 
     def release(self) -> None:

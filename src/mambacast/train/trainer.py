@@ -37,7 +37,7 @@ from ..ops.amp import cpu_bf16_autocast, cuda_bf16_autocast
 from ..ops.heap import kept_heap
 from .adam import Adam
 from .callbacks import Callback
-from .flat import FlatAdam, clip_divisor
+from .flat import FlatAdam
 from .graphs import GraphedSteps, graphs_enabled
 from .objective import crps_student_t_np, objective
 
@@ -102,7 +102,7 @@ class Trainer:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
                                               weight_decay=config.weight_decay, capturable=self._graphs)
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self._flat: FlatAdam | None = None   # during a CPU fit, from its second step (`_flat_update`)
+        self._flat: FlatAdam | None = None   # during a CPU fit, from its first backward (`_flat_update`)
         self._flat_pending = False
         self._graphed: GraphedSteps | None = None
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -162,8 +162,8 @@ class Trainer:
     @contextlib.contextmanager
     def _flat_update(self) -> Iterator[None]:
         """On the CPU, the parameters that receive gradients, their gradients and Adam's moments in flat buffers
-        while the fit runs, from its second step on (`train.flat`: the clipping and the update as a few
-        whole-buffer ops instead of per-parameter Python loops; the first step finds which parameters take part)."""
+        while the fit runs (`train.flat`: the clipping and the update as a few whole-buffer ops instead of
+        per-parameter Python loops; the first backward finds which parameters take part)."""
         self._flat_pending = self.device.type == "cpu" and not self._graphs
         try:
             yield
@@ -274,21 +274,19 @@ class Trainer:
     def _update(self, loss: Tensor) -> None:
         """Backward, clipping by global norm, Adam; the gradients must be None or zero beforehand."""
         loss.backward()
+        if self._flat_pending:
+            # A CPU fit's first step: the flat buffers take the parameters that have a gradient now, with it, so every
+            # step updates through them (a resumed fit, which starts here again, repeats the uninterrupted one bit for
+            # bit; torch's fused Adam rounds some elements differently on a tensor of its own than inside a flat one).
+            self._start_flat()
         if self._flat is not None:
             if self._flat.clip_and_step(self.config.clipnorm):
                 return
             log.debug("a parameter outside the flat Adam buffers received a gradient: per-parameter Adam from now on")
             self._end_flat()
-        if isinstance(self.optimizer, Adam):   # the CPU: FlatAdam's clipping (see `clip_divisor`)
-            grads = [p.grad.reshape(-1) for p in self._params if p.grad is not None]
-            if grads:
-                self.optimizer.step(grad_scale=clip_divisor(torch.cat(grads), self.config.clipnorm))
-        else:
-            # the optimizer's own list: walking model.parameters() (the module tree) costs more than the clipping
-            nn.utils.clip_grad_norm_(self._params, self.config.clipnorm)
-            self.optimizer.step()
-        if self._flat_pending:
-            self._start_flat()
+        # the optimizer's own list: walking model.parameters() (the module tree) costs more than the clipping
+        nn.utils.clip_grad_norm_(self._params, self.config.clipnorm)
+        self.optimizer.step()
 
     def _graph_step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         """The whole step as `GraphedSteps` captures it."""

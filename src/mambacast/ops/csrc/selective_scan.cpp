@@ -21,12 +21,14 @@
 // into a (chunk, d_state, L) buffer per task, then runs the reverse recurrence. Reductions across
 // channels (dB, dC) use a transpose-add tree over L vectors.
 //
-// The blocks' LayerNorm (forward, backward and its C++ autograd node) is in layer_norm.h, included at the end of this
-// translation unit. Built on first use by mambacast.ops._loader with torch.utils.cpp_extension.load.
+// The blocks' LayerNorm (forward, backward and its C++ autograd node) is in layer_norm.h, the heads with the training
+// objective in head_loss.h, both included at the end of this translation unit. Built on first use by
+// mambacast.ops._loader with torch.utils.cpp_extension.load.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/native/Math.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -1193,6 +1195,7 @@ at::Tensor simd_exp2(const at::Tensor& x, bool fast) {
 }
 
 #include "layer_norm.h"
+#include "head_loss.h"
 
 }  // namespace
 
@@ -1218,6 +1221,10 @@ TORCH_LIBRARY(mambacast, m) {
   m.def("layer_norm_fwd(Tensor x, Tensor w, Tensor b, float eps, bool save) -> Tensor[]", &layer_norm_fwd);
   m.def("layer_norm_bwd(Tensor x, Tensor w, Tensor b, Tensor mean, Tensor rstd, Tensor dout) -> Tensor[]",
         &layer_norm_bwd);
+  m.def(
+      "head_loss(Tensor h, Tensor wl, Tensor bl, Tensor ws, Tensor bs, Tensor df_raw, Tensor base, Tensor y, "
+      "bool mse) -> Tensor[]",
+      &head_loss);
   m.def("conv_fwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, bool silu) -> Tensor", &conv_fwd);
   m.def(
       "conv_bwd(Tensor x, Tensor wt, Tensor? bias, Tensor? x_prev, Tensor dout, bool silu, Tensor? dx_out) -> Tensor[]",

@@ -165,13 +165,6 @@ def _log_norm(df: Tensor) -> Tensor:
     return torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi)
 
 
-def _outer_sum(g: Tensor, h: Tensor) -> Tensor:
-    """g (batch, k), h (batch, d) -> g^T h (k, d), as a product and a sum rather than a matmul: a float32 GEMM this
-    small rounded differently from run to run (a resumed training then left the uninterrupted one in the last bit
-    of a head's weights); the sum's order is fixed."""
-    return (g.unsqueeze(2) * h.unsqueeze(1)).sum(0)
-
-
 class _StudentTHeadLoss(torch.autograd.Function):
     """h (batch, d_model) -> the mean objective over batch x horizons, and loc (batch, n_horizons), no gradient.
 
@@ -216,8 +209,8 @@ class _StudentTHeadLoss(torch.autograd.Function):
         d_corr = g * d_corr
         need = ctx.needs_input_grad
         d_h = d_delta @ loc_weight + d_corr @ scale_weight if need[0] else None
-        return (d_h, _outer_sum(d_delta, h) if need[1] else None, d_delta.sum(0) if need[2] else None,
-                _outer_sum(d_corr, h) if need[3] else None, d_corr.sum(0) if need[4] else None,
+        return (d_h, d_delta.t() @ h if need[1] else None, d_delta.sum(0) if need[2] else None,
+                d_corr.t() @ h if need[3] else None, d_corr.sum(0) if need[4] else None,
                 g * d_df.sum(0) * torch.sigmoid(df_raw) if need[5] else None, None, None, None)
 
 

@@ -150,19 +150,18 @@ def baseline_log_sigma(x_last: Tensor, b: dict[str, Tensor]) -> Tensor:
     return ready * (0.5 * log_v - log_std)
 
 
+def _log_norm(df: Tensor) -> Tensor:
+    """log of the Student-t density's constant: lgamma((df+1)/2) - lgamma(df/2) - log(df pi)/2."""
+    return torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi)
+
+
 def student_t_nll(y: Tensor, loc: Tensor, scale: Tensor, df: Tensor,
                   dim: int | tuple[int, ...] | None = None) -> Tensor:
     """Mean negative log-likelihood of y under Student-t(loc, scale, df), all broadcastable to y;
     the mean over `dim` only if given (e.g. one value per stacked model)."""
     z = (y - loc) / scale
-    log_norm = (torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi))
-    nll = -(log_norm - torch.log(scale) - (df + 1) / 2 * torch.log1p(z * z / df))
+    nll = -(_log_norm(df) - torch.log(scale) - (df + 1) / 2 * torch.log1p(z * z / df))
     return nll.mean() if dim is None else nll.mean(dim)
-
-
-def _log_norm(df: Tensor) -> Tensor:
-    """log of the Student-t density's constant: lgamma((df+1)/2) - lgamma(df/2) - log(df pi)/2."""
-    return torch.lgamma((df + 1) / 2) - torch.lgamma(df / 2) - 0.5 * torch.log(df * math.pi)
 
 
 class _StudentTHeadLoss(torch.autograd.Function):
@@ -226,7 +225,7 @@ def student_t_head_loss(h: Tensor, head: PointHead, dist_head: StudentTHead, bas
             dist_head.df_raw, base_log_sigma, y)
     ops = fused_ops(*args) if h.dim() == 2 and h.shape[0] > 0 else None
     if ops is not None and hasattr(ops, "head_loss"):   # (an older kernel, `benchmarks/`' --baseline-kernel, has none)
-        loss, loc = _fused_head_loss(ops, *args, mse)
+        loss, loc = _fused_head_loss(ops, *args, mse)   # (the op returns a list)
         return loss, loc
     return _StudentTHeadLoss.apply(*args, mse)
 

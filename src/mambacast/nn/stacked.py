@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..ops.amp import without_autocast
 from .fused import mamba_inner
-from .heads import baseline_log_sigma, student_t_loc, student_t_params
+from .heads import baseline_log_sigma, student_t_params
 from .mamba import MambaModel
 from .norm import layer_norm
 
@@ -110,8 +110,4 @@ def stacked_forward_distribution(params: dict[str, Tensor], model: MambaModel, x
 
 def stacked_forward(params: dict[str, Tensor], model: MambaModel, x: Tensor, buffers: dict[str, Tensor]) -> Tensor:
     """`MambaModel.forward` (the location) of every stacked model: (M, batch, n_horizons)."""
-    h = _last_hidden(params, model, x)
-    with without_autocast(h.device):
-        h = h.to(params["head.proj.weight"].dtype)
-        delta = _linear(h, params["head.proj.weight"], params["head.proj.bias"])
-        return student_t_loc(delta, baseline_log_sigma(x[:, :, -1], buffers))
+    return stacked_forward_distribution(params, model, x, buffers)[0]

@@ -55,6 +55,7 @@ PARTS = {
     "scan backward": ("mambacast::scan_bwd",),
     "conv (fused kernel)": ("mambacast::conv_fwd", "mambacast::conv_bwd"),
     "LayerNorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward", "mambacast::layer_norm",
+                  "mambacast::layer_norm_bwd",
                   "torch::autograd::CppNode<(anonymous namespace)::LayerNormFunction>"),
     "bf16 casts": ("aten::_to_copy", "aten::copy_"),
 }

@@ -5,6 +5,11 @@ layout, with an optional prefix of the `d_conv - 1` inputs before the sequence (
 conv state). The fused kernel works on that layout directly; PyTorch's conv1d needs
 `(batch, d_inner, seq_len)` and two transposed copies.
 
+`fused_block`: a whole pre-norm residual block, LayerNorm, in_proj, `mamba_inner` and out_proj plus the residual, as
+one autograd node written in C++ (ops/csrc/mamba_block.h), where it applies (a whole sequence from the zero state, one
+model, the CPU kernels' dtypes): the same kernels and matmuls in the same order and dtypes, without the ~25 framework
+ops, the autograd nodes and the Python between them each way.
+
 `mamba_inner`: everything between `in_proj` and `out_proj` in one autograd node (as mamba-ssm's
 `mamba_inner_fn`): conv1d + SiLU, `x_proj`, `dt_proj`, softplus, the selective scan, the D skip
 and the `silu(z)` gate. Its backward is written by hand: it runs the kernels' backward passes
@@ -39,7 +44,7 @@ from ..ops.amp import autocast_backward, float32_forward
 from ..ops.eager import eager_under_compile
 from .scan import compute_dtype, fused_chunk, fused_enabled, scan_impl, selective_scan
 
-__all__ = ["causal_conv1d", "causal_conv1d_ref", "mamba_inner", "mamba_inner_ref", "fused_ops"]
+__all__ = ["causal_conv1d", "causal_conv1d_ref", "mamba_inner", "mamba_inner_ref", "fused_ops", "fused_block"]
 
 
 def fused_ops(*tensors: Tensor, d_state: int = 1):
@@ -334,3 +339,43 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
                       None if conv_state is None else conv_state.contiguous(), ssm_state, _lowp(xz), last_only)
     return _mamba_inner_ops(causal_conv1d, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                             dt_proj_bias, A, D, conv_state, ssm_state, last_only)
+
+
+@eager_under_compile
+def _block_node(ops, *args) -> Tensor:
+    """The block's autograd op (forward and backward in C++): under torch.compile behind a graph break."""
+    return ops.mamba_block(*args)
+
+
+def fused_block(hidden: Tensor, norm_weight: Tensor, norm_bias: Tensor, eps: float, in_proj_weight: Tensor,
+                conv_weight: Tensor, conv_bias: Tensor, x_proj_weight: Tensor, dt_proj_weight: Tensor,
+                dt_proj_bias: Tensor, A_log: Tensor, D: Tensor, out_proj_weight: Tensor,
+                last_only: bool = False) -> Tensor | None:
+    """One Mamba block over a whole sequence from the zero state as one C++ autograd node, or None where that node
+    does not apply (the caller then composes `layer_norm`, in_proj, `mamba_inner` and out_proj itself):
+
+        hidden + out_proj(mamba_inner(in_proj(LayerNorm(hidden)), A = -exp(A_log)))
+
+    hidden (batch, seq_len, d_model) -> same shape; `last_only`: the last step's output (batch, d_model), with the
+    gate, out_proj and the residual at that step alone (as `MambaBlock.forward(last_only=True)`). It applies on the
+    CPU with the kernel built (`fused_ops`), one model's float32 or float64 parameters (conv_weight (d_inner, 1,
+    d_conv), d_conv <= 16), hidden of their dtype, and autocast off or the CPU's bfloat16 autocast over float32
+    parameters (hidden float32 or bfloat16), which the node runs as the composed path runs under it (`nn.fused`
+    module doc)."""
+    params = (norm_weight, norm_bias, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+              dt_proj_bias, A_log, D, out_proj_weight)
+    dtype = in_proj_weight.dtype
+    if (hidden.dim() != 3 or hidden.shape[1] == 0 or in_proj_weight.dim() != 2 or A_log.dim() != 2
+            or conv_weight.shape[-1] > 16 or any(p.dtype != dtype for p in params)):
+        return None     # (stacked weights, 3-d, run nn.stacked's ops)
+    lowp = torch.is_autocast_enabled("cpu")
+    if lowp and (torch.get_autocast_dtype("cpu") != torch.bfloat16 or dtype != torch.float32):
+        return None     # autocast to float16, or over float64 weights: the composed path runs what autocast does
+    if hidden.dtype != dtype and not (lowp and hidden.dtype == torch.bfloat16):
+        return None
+    ops = fused_ops(hidden, *params, d_state=A_log.shape[-1])
+    if ops is None or not hasattr(ops, "mamba_block"):   # (an older kernel, e.g. benchmarks' --baseline-kernel)
+        return None
+    return _block_node(ops, hidden, norm_weight, norm_bias, eps, in_proj_weight, conv_weight, conv_bias,
+                       x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, lowp, last_only,
+                       fused_chunk(A_log.shape[-1]))

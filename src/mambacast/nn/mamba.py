@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..config import MambaConfig
 from ..ops.amp import autocast_enabled, same_autocast_backward, same_autocast_forward, without_autocast
 from ..ops.eager import eager_under_compile
-from .fused import fused_ops, mamba_inner
+from .fused import fused_block, fused_ops, mamba_inner
 from .heads import PointHead, StudentTHead, VolatilityBaseline, student_t_head_loss, student_t_loc, student_t_params
 from .norm import layer_norm
 
@@ -114,6 +114,10 @@ class MambaBlock(nn.Module):
         chunks of a long sequence, and `step()` after them, compute exactly what one `forward`
         over the whole sequence computes. `last_only`: the output is the last step's, (batch, d_model).
         """
+        if state is None and not need_state:
+            out = self._fused(hidden, last_only)
+            if out is not None:
+                return out, None
         normed = _norm(self.norm, hidden)
         if last_only:
             # Only the last step's gate is read: z = in_proj's second half at that step alone (about 40% of this
@@ -146,6 +150,15 @@ class MambaBlock(nn.Module):
             prev = state.conv.transpose(1, 2)
         conv = torch.cat([prev, x[:, -self.d_conv:]], dim=1)[:, -self.d_conv:].transpose(1, 2)  # (b, d_inner, d_conv)
         return out, LayerState(conv, ssm)
+
+    def _fused(self, hidden: Tensor, last_only: bool = False) -> Tensor | None:
+        """The whole block as one C++ autograd node where it applies (`nn.fused.fused_block`), else None."""
+        norm, conv = self.norm, self.conv1d
+        if norm.weight is None or norm.bias is None or conv.bias is None or self.dt_proj.bias is None:
+            return None
+        return fused_block(hidden, norm.weight, norm.bias, norm.eps, self.in_proj.weight, conv.weight, conv.bias,
+                           self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
+                           self.out_proj.weight, last_only)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LayerState:
         return LayerState(torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),

@@ -1,5 +1,5 @@
 """Build and load the fused CPU kernels (``csrc/selective_scan.cpp`` and the headers it includes, ``csrc/simd.h``,
-``csrc/layer_norm.h`` and ``csrc/head_loss.h``) on first use.
+``csrc/layer_norm.h``, ``csrc/head_loss.h`` and ``csrc/mamba_block.h``) on first use.
 
 The kernel is compiled once per (sources, flags, torch, Python, CPU) combination with
 ``torch.utils.cpp_extension.load`` into ``$MAMBACAST_CACHE_DIR`` (default
@@ -33,12 +33,13 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
 # Every file the translation unit includes from csrc/: part of the cache key, so an edit to a header
 # builds afresh.
-HEADERS = (SOURCE.parent / "simd.h", SOURCE.parent / "layer_norm.h", SOURCE.parent / "head_loss.h")
+HEADERS = (SOURCE.parent / "simd.h", SOURCE.parent / "layer_norm.h", SOURCE.parent / "head_loss.h",
+           SOURCE.parent / "mamba_block.h")
 _COMMON_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp"]
 _FLAG_SETS = (["-march=native"], [])
 
 _OPS = ("scan_fwd", "scan_bwd", "conv_fwd", "conv_bwd", "mamba_step", "simd_exp2", "layer_norm",
-        "layer_norm_fwd", "layer_norm_bwd", "head_loss")
+        "layer_norm_fwd", "layer_norm_bwd", "head_loss", "mamba_block")
 
 _lock = threading.Lock()
 _ops: Any = None

@@ -22,15 +22,20 @@
 // channels (dB, dC) use a transpose-add tree over L vectors.
 //
 // The blocks' LayerNorm (forward, backward and its C++ autograd node) is in layer_norm.h, the heads with the training
-// objective in head_loss.h, both included at the end of this translation unit. Built on first use by
+// objective in head_loss.h, a whole block as one autograd node in mamba_block.h, all included at the end of this
+// translation unit. Built on first use by
 // mambacast.ops._loader with torch.utils.cpp_extension.load.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/record_function.h>
 #include <ATen/native/Math.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -1196,6 +1201,7 @@ at::Tensor simd_exp2(const at::Tensor& x, bool fast) {
 
 #include "layer_norm.h"
 #include "head_loss.h"
+#include "mamba_block.h"
 
 }  // namespace
 
@@ -1216,6 +1222,11 @@ TORCH_LIBRARY(mambacast, m) {
       "Tensor x_w, Tensor dt_w, Tensor? dt_b, Tensor A, Tensor? D, Tensor out_w, Tensor conv_state, "
       "Tensor ssm_state) -> Tensor[]",
       &mamba_step);
+  m.def(
+      "mamba_block(Tensor hidden, Tensor norm_w, Tensor norm_b, float eps, Tensor in_w, Tensor conv_w, Tensor conv_b, "
+      "Tensor x_w, Tensor dt_w, Tensor dt_b, Tensor A_log, Tensor D, Tensor out_w, bool lowp, bool last_only, "
+      "int chunk) -> Tensor",
+      &mamba_block);
   m.def("simd_exp2(Tensor x, bool fast=False) -> Tensor", &simd_exp2);
   m.def("layer_norm(Tensor x, Tensor w, Tensor b, float eps) -> Tensor", &layer_norm);
   m.def("layer_norm_fwd(Tensor x, Tensor w, Tensor b, float eps, bool save) -> Tensor[]", &layer_norm_fwd);

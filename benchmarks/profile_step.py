@@ -1,14 +1,16 @@
 """Where a training step's time goes: torch.profiler over train steps at the guide config.
 
 Run: .venv/bin/python benchmarks/profile_step.py [--steps 20] [--batch 32] [--rows 25] [--bf16]
-                                                 [--loss-ops | --compare-loss-ops]
+                                                 [--loss-ops | --compare-loss-ops] [--compare-composed]
                                                  [--fused-adam | --trainer-update | --stacked M]
                                                  [--baseline-kernel main]
 
-The step is the Trainer's: a batch of windows, `MambaModel.head_loss` (the model, then its heads and the default
-objective, the Student-t negative log-likelihood, as one autograd node), backward, clipping by global norm 1.0,
-Adam. `--loss-ops` computes the objective as before that node: `forward_distribution`, then `train.objective`
-(`--compare-loss-ops`: both, interleaved).
+The step is the Trainer's: a batch of windows, `MambaModel.head_loss` (the model, each block one C++ autograd node,
+then its heads and the default objective, the Student-t negative log-likelihood, as one more), backward, clipping by
+global norm 1.0, Adam. `--loss-ops` computes the objective as before that node: `forward_distribution`, then
+`train.objective` (`--compare-loss-ops`: both, interleaved). `--compare-composed` also times the step with the
+blocks composed of their pieces (LayerNorm, in_proj, the fused `mamba_inner`, out_proj: the path before the block's
+node, which computes the same bits), interleaved.
 `--bf16` runs the forward under torch.autocast("cpu", bfloat16) (the Linear layers in bf16 with fp32
 master weights, the fused block's x_proj too, its conv and scan in fp32; with `--stacked`, the stack's own
 autocast, MAMBACAST_CPU_BF16=1),
@@ -33,14 +35,14 @@ import argparse
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from bench_model import baseline_kernel, matmul_peak_gflops, model_flops, using_kernel  # benchmarks/ is on sys.path
 from torch.profiler import ProfilerActivity, profile
 
 from mambacast.config import MambaConfig, TrainConfig
-from mambacast.nn.mamba import MambaModel
+from mambacast.nn.mamba import MambaBlock, MambaModel
 from mambacast.ops.heap import kept_heap
 from mambacast.train.flat import FlatAdam
 from mambacast.train.objective import objective
@@ -61,6 +63,20 @@ PARTS = {
 }
 
 
+@contextlib.contextmanager
+def composed_blocks(on: bool) -> Iterator[None]:
+    """With `on`, the blocks run as their pieces (norm, in_proj, `mamba_inner`, out_proj) instead of one C++ node."""
+    if not on:
+        yield
+        return
+    fused = MambaBlock._fused
+    MambaBlock._fused = lambda self, hidden, last_only=False: None   # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        MambaBlock._fused = fused   # type: ignore[method-assign]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
@@ -74,6 +90,9 @@ def main() -> None:
                         help="the objective as separate operations (forward_distribution, train.objective)")
     parser.add_argument("--compare-loss-ops", action="store_true",
                         help="also time the step with the objective as separate operations, interleaved")
+    parser.add_argument("--compare-composed", action="store_true",
+                        help="also time the step with the blocks composed of their pieces instead of one C++ node "
+                             "each (nn.fused.fused_block), interleaved")
     parser.add_argument("--stacked", type=int, metavar="M", default=0,
                         help="the step of a stack of M models (train.stacked), times per model")
     parser.add_argument("--baseline-kernel", metavar="REF", default=None,
@@ -116,21 +135,23 @@ def main() -> None:
             os.environ["MAMBACAST_CPU_BF16"] = "1"
         step = stacked_step(cfg, X, Y, args.batch, args.stacked)
 
-    # variant -> (kernel, objective as operations)
-    kernels = {"this tree": (None, args.loss_ops)}
+    # variant -> (kernel, objective as operations, blocks composed of their pieces)
+    kernels = {"this tree": (None, args.loss_ops, False)}
     if args.baseline_kernel:
-        kernels[f"kernel of {args.baseline_kernel}"] = (baseline_kernel(args.baseline_kernel), args.loss_ops)
+        kernels[f"kernel of {args.baseline_kernel}"] = (baseline_kernel(args.baseline_kernel), args.loss_ops, False)
     if args.compare_loss_ops:
-        kernels["objective as operations"] = (None, True)
+        kernels["objective as operations"] = (None, True, False)
+    if args.compare_composed:
+        kernels["blocks composed"] = (None, args.loss_ops, True)
     times: dict[str, list[float]] = {name: [] for name in kernels}
-    for ops, loss_ops[0] in kernels.values():
-        with using_kernel(ops):
+    for ops, loss_ops[0], composed in kernels.values():
+        with using_kernel(ops), composed_blocks(composed):
             for _ in range(5):
                 step()
     load = os.getloadavg()[0]
     for _ in range(args.steps * 2):
-        for name, (ops, loss_ops[0]) in kernels.items():   # interleaved, so that load hits both alike
-            with using_kernel(ops):
+        for name, (ops, loss_ops[0], composed) in kernels.items():   # interleaved, so that load hits both alike
+            with using_kernel(ops), composed_blocks(composed):
                 t0 = time.perf_counter()
                 step()
                 times[name].append((time.perf_counter() - t0) / per)

@@ -16,7 +16,8 @@ step; `encode_long()` runs `encode()` over arbitrarily long sequences in bounded
 On CPU (float32/float64) everything between in_proj and out_proj runs as one fused autograd node
 (`nn.fused.mamba_inner`: compiled conv1d + SiLU, x_proj, and a selective-scan kernel that also does
 dt_proj, softplus, the D skip and the z gate); elsewhere, or if the kernel cannot be built, the
-same function runs as PyTorch ops (`mamba_inner_ref`).
+same function runs as PyTorch ops (`mamba_inner_ref`). Over a whole sequence from the zero state the CPU runs
+the whole block, norm and projections included, as one C++ node with the same values (`nn.fused.fused_block`).
 """
 
 from __future__ import annotations

@@ -105,6 +105,24 @@ def test_gradcheck(last_only):
     assert torch.autograd.gradcheck(fn, (hidden, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+def test_strided_parameters(monkeypatch):
+    """Weights that are views with other strides (e.g. loaded into transposed storage) compute the same values."""
+    cfg = MambaConfig(d_model=16, d_state=4)
+    block = _block(cfg, torch.float32)
+    hidden = torch.randn(3, 10, 16)
+    ref = _run(block, hidden, False, False, True, monkeypatch)
+    with torch.no_grad():
+        for name in ("norm.weight", "D", "dt_proj.bias", "in_proj.weight", "x_proj.weight", "A_log"):
+            p = block.get_parameter(name)
+            strided = torch.empty(*p.shape, 2)[..., 0] if p.dim() == 1 else torch.empty(p.shape[::-1]).t()
+            p.data = strided.copy_(p)
+    assert not block.D.is_contiguous() and not block.in_proj.weight.is_contiguous()
+    got = _run(block, hidden, False, False, False, monkeypatch)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-6, atol=1e-6)
+    for name, grad in ref[2].items():
+        torch.testing.assert_close(got[2][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_without_grad_and_with_frozen_parameters(monkeypatch):
     cfg = MambaConfig(d_model=16, d_state=4)
     block = _block(cfg, torch.float32)

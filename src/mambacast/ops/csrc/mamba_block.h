@@ -181,6 +181,8 @@ at::Tensor mamba_block(const at::Tensor& hidden, const at::Tensor& norm_w, const
       save = save || t->requires_grad();
     }
   }
-  return MambaBlockFunction::apply(hidden, norm_w, norm_b, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w, eps,
-                                   lowp, last_only, chunk, save);
+  // the kernels read the vectors through raw pointers (a no-op for a module's own parameters)
+  return MambaBlockFunction::apply(hidden, norm_w.contiguous(), norm_b.contiguous(), in_w, conv_w, conv_b.contiguous(),
+                                   x_w, dt_w, dt_b.contiguous(), A_log, D.contiguous(), out_w, eps, lowp, last_only,
+                                   chunk, save);
 }
